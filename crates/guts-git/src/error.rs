@@ -1,0 +1,77 @@
+//! The one error type of this crate.
+
+use gix_hash::ObjectId;
+
+/// Everything that can go wrong in `guts-git`.
+///
+/// The node maps each variant to an HTTP status or a git `ERR` packet in one
+/// place (`guts-node`'s `error` module); the messages are written to be shown
+/// to a git user as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer broke the wire protocol (bad pkt-line, unexpected packet, bad argument).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A request exceeded one of the protocol limits in [`crate::limits`].
+    #[error("request too large: {0}")]
+    TooLarge(String),
+    /// Reading or writing a stream or file failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A repository name does not follow the `OWNER/NAME` rules.
+    #[error("invalid repository name {name:?}: {reason}")]
+    InvalidRepoName {
+        /// The offending name.
+        name: String,
+        /// Which rule it broke.
+        reason: &'static str,
+    },
+    /// A ref name fails `git check-ref-format`.
+    #[error("invalid ref name {0:?}")]
+    InvalidRefName(String),
+    /// No repository with this name.
+    #[error("repository {0} does not exist")]
+    RepoNotFound(String),
+    /// The repository already exists.
+    #[error("repository {0} already exists")]
+    RepoExists(String),
+    /// An object the operation needs is not in the store.
+    #[error("object {0} is missing")]
+    MissingObject(ObjectId),
+    /// An object could not be parsed.
+    #[error("object {id} is corrupt: {reason}")]
+    CorruptObject {
+        /// The object.
+        id: ObjectId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A client asked for an object that no ref advertises.
+    #[error("not our ref {0}")]
+    NotOurRef(ObjectId),
+    /// Reading, indexing or generating a pack failed.
+    #[error("pack error: {0}")]
+    Pack(String),
+    /// The metadata database failed.
+    #[error("metadata store error: {0}")]
+    Metadata(String),
+    /// An operation the protocol allows but this node does not implement.
+    #[error("not supported by this server: {0}")]
+    Unsupported(String),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Metadata(e.to_string())
+    }
+}
+
+impl Error {
+    /// Wrap an error from gitoxide with a short context.
+    pub(crate) fn pack(context: &str, err: impl std::fmt::Display) -> Self {
+        Error::Pack(format!("{context}: {err}"))
+    }
+}

@@ -1,0 +1,31 @@
+//! `guts-git`: the git half of a Guts node.
+//!
+//! Everything a node needs to speak git's smart protocol and keep
+//! repositories: pkt-line framing ([`pktline`]), ref advertisements
+//! ([`protocol`]), the server side of fetch ([`upload_pack`], v0/v1/v2) and
+//! push ([`receive_pack`]), history walks ([`walk`]), pack generation that
+//! reuses stored deltas ([`pack_out`]), quarantined pack reception
+//! ([`pack_in`]) and storage of packs and refs ([`storage`]).
+//!
+//! What this crate must not do: open sockets, spawn an async runtime, or know
+//! about HTTP. Its protocol functions take a [`std::io::BufRead`] for the
+//! request body and a [`std::io::Write`] for the response body, so tests drive
+//! them with byte slices and the node drives them from a blocking task.
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod limits;
+pub mod names;
+pub mod odb;
+pub mod pack_in;
+pub mod pack_out;
+pub mod pktline;
+pub mod protocol;
+pub mod receive_pack;
+pub mod storage;
+pub mod upload_pack;
+pub mod walk;
+
+pub use error::{Error, Result};
+pub use gix_hash::ObjectId;

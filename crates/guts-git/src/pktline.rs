@@ -1,0 +1,369 @@
+//! The pkt-line framing of git's wire protocol (`gitprotocol-common`).
+//!
+//! A pkt-line is a 4-digit hexadecimal length (which counts itself) followed by
+//! that many bytes minus four. The lengths `0000`, `0001` and `0002` are the
+//! special packets *flush*, *delim* and *response-end*; `0003` is invalid.
+//! [`PktReader`] parses them from any [`BufRead`] without ever trusting the
+//! length beyond [`MAX_PKT_LEN`]; [`PktWriter`] and [`SideBand`] produce them.
+
+use std::io::{self, BufRead, Write};
+
+use crate::error::{Error, Result};
+
+/// The largest pkt-line git allows, length prefix included.
+pub const MAX_PKT_LEN: usize = 65520;
+/// The largest payload of one pkt-line.
+pub const MAX_PKT_DATA: usize = MAX_PKT_LEN - 4;
+/// Payload limit of a `side-band` (not `-64k`) packet, band byte included.
+pub const SIDE_BAND_SMALL_MAX: usize = 1000 - 4;
+
+/// One packet read from the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// A packet with a payload (possibly empty, `0004`).
+    Data(&'a [u8]),
+    /// `0000`: end of a list or message.
+    Flush,
+    /// `0001`: separates sections in protocol v2.
+    Delim,
+    /// `0002`: end of a stateless response in protocol v2.
+    ResponseEnd,
+}
+
+impl<'a> Packet<'a> {
+    /// The payload as text with one trailing `\n` removed, or an error naming `what` was expected.
+    pub fn as_text(&self, what: &str) -> Result<&'a str> {
+        match self {
+            Packet::Data(d) => {
+                let d = d.strip_suffix(b"\n").unwrap_or(d);
+                std::str::from_utf8(d).map_err(|_| Error::Protocol(format!("{what} is not UTF-8")))
+            }
+            other => Err(Error::Protocol(format!("expected {what}, got {other:?}"))),
+        }
+    }
+}
+
+/// Reads pkt-lines from a buffered reader, one at a time.
+pub struct PktReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> PktReader<R> {
+    /// Wrap `inner`.
+    pub fn new(inner: R) -> Self {
+        PktReader {
+            inner,
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Read the next packet; `Ok(None)` at a clean end of input (between packets).
+    pub fn read(&mut self) -> Result<Option<Packet<'_>>> {
+        let mut len_hex = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            let n = self.inner.read(&mut len_hex[got..]).map_err(Error::Io)?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(None);
+                }
+                return Err(Error::Protocol("truncated pkt-line length".into()));
+            }
+            got += n;
+        }
+        let len = parse_len(&len_hex)?;
+        match len {
+            0 => return Ok(Some(Packet::Flush)),
+            1 => return Ok(Some(Packet::Delim)),
+            2 => return Ok(Some(Packet::ResponseEnd)),
+            3 => return Err(Error::Protocol("invalid pkt-line length 0003".into())),
+            _ => {}
+        }
+        if len > MAX_PKT_LEN {
+            return Err(Error::Protocol(format!(
+                "pkt-line length {len} exceeds the maximum of {MAX_PKT_LEN}"
+            )));
+        }
+        self.buf.resize(len - 4, 0);
+        self.inner.read_exact(&mut self.buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Error::Protocol(format!("truncated pkt-line: expected {} bytes", len - 4))
+            } else {
+                Error::Io(e)
+            }
+        })?;
+        Ok(Some(Packet::Data(&self.buf)))
+    }
+
+    /// Read the next packet, treating end of input as a protocol error.
+    pub fn read_required(&mut self) -> Result<Packet<'_>> {
+        self.read()?
+            .ok_or_else(|| Error::Protocol("unexpected end of request".into()))
+    }
+
+    /// Give back the underlying reader, positioned right after the last packet read.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+fn parse_len(hex: &[u8; 4]) -> Result<usize> {
+    let mut len = 0usize;
+    for &c in hex {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "bad pkt-line length {:?}",
+                    String::from_utf8_lossy(hex)
+                )))
+            }
+        };
+        len = len * 16 + digit as usize;
+    }
+    Ok(len)
+}
+
+/// Writes pkt-lines to an inner writer.
+pub struct PktWriter<W> {
+    inner: W,
+}
+
+impl<W: Write> PktWriter<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        PktWriter { inner }
+    }
+
+    /// Write `data` as one packet. Fails if it is larger than [`MAX_PKT_DATA`].
+    pub fn data(&mut self, data: &[u8]) -> io::Result<()> {
+        write_pkt(&mut self.inner, data)
+    }
+
+    /// Write a text line; a `\n` is appended.
+    pub fn line(&mut self, text: &str) -> io::Result<()> {
+        let mut v = Vec::with_capacity(text.len() + 1);
+        v.extend_from_slice(text.as_bytes());
+        v.push(b'\n');
+        self.data(&v)
+    }
+
+    /// Write a flush packet `0000`.
+    pub fn flush_pkt(&mut self) -> io::Result<()> {
+        self.inner.write_all(b"0000")
+    }
+
+    /// Write a delim packet `0001`.
+    pub fn delim(&mut self) -> io::Result<()> {
+        self.inner.write_all(b"0001")
+    }
+
+    /// Access the inner writer.
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Give back the inner writer.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+/// Write one pkt-line with `data` as payload.
+pub fn write_pkt(w: &mut (impl Write + ?Sized), data: &[u8]) -> io::Result<()> {
+    if data.len() > MAX_PKT_DATA {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pkt-line payload too large",
+        ));
+    }
+    let header = format!("{:04x}", data.len() + 4);
+    w.write_all(header.as_bytes())?;
+    w.write_all(data)
+}
+
+/// The band of a side-band multiplexed packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Band {
+    /// Band 1: pack data.
+    Data = 1,
+    /// Band 2: progress messages shown as `remote: ...`.
+    Progress = 2,
+    /// Band 3: a fatal error message.
+    Error = 3,
+}
+
+/// Multiplexes data, progress and errors onto side-band packets, or writes
+/// data raw when the client did not ask for side-band.
+pub struct SideBand<W> {
+    inner: W,
+    /// Max payload per packet, band byte excluded; `None` means no side-band.
+    max: Option<usize>,
+    progress: bool,
+}
+
+impl<W: Write> SideBand<W> {
+    /// `mode` chooses the framing; `progress` whether band 2 messages are sent at all.
+    pub fn new(inner: W, mode: SideBandMode, progress: bool) -> Self {
+        let max = match mode {
+            SideBandMode::None => None,
+            SideBandMode::Small => Some(SIDE_BAND_SMALL_MAX - 1),
+            SideBandMode::Large => Some(MAX_PKT_DATA - 1),
+        };
+        SideBand {
+            inner,
+            max,
+            progress: progress && max.is_some(),
+        }
+    }
+
+    /// Send a message on band 2 (dropped when progress is off).
+    pub fn progress(&mut self, msg: &str) -> io::Result<()> {
+        if self.progress {
+            self.band(Band::Progress, msg.as_bytes())?;
+            self.inner.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Send a fatal error on band 3, or as an `ERR` packet without side-band.
+    pub fn error(&mut self, msg: &str) -> io::Result<()> {
+        match self.max {
+            Some(_) => self.band(Band::Error, format!("{msg}\n").as_bytes()),
+            None => write_pkt(&mut self.inner, format!("ERR {msg}\n").as_bytes()),
+        }
+    }
+
+    /// Whether band framing is in use.
+    pub fn is_multiplexed(&self) -> bool {
+        self.max.is_some()
+    }
+
+    fn band(&mut self, band: Band, mut data: &[u8]) -> io::Result<()> {
+        let max = self.max.unwrap_or(MAX_PKT_DATA - 1);
+        let mut pkt = Vec::with_capacity(max.min(data.len()) + 1);
+        while !data.is_empty() {
+            let n = data.len().min(max);
+            pkt.clear();
+            pkt.push(band as u8);
+            pkt.extend_from_slice(&data[..n]);
+            write_pkt(&mut self.inner, &pkt)?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Write a flush packet on the outer stream (ends a side-band response).
+    pub fn flush_pkt(&mut self) -> io::Result<()> {
+        self.inner.write_all(b"0000")
+    }
+
+    /// Give back the inner writer.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for SideBand<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.max.is_some() {
+            self.band(Band::Data, buf)?;
+        } else {
+            self.inner.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Which side-band framing the client negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideBandMode {
+    /// No multiplexing: pack data goes out raw.
+    None,
+    /// `side-band`: packets of at most 1000 bytes.
+    Small,
+    /// `side-band-64k`: packets of at most 65520 bytes.
+    Large,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(input: &[u8]) -> Result<Vec<String>> {
+        let mut r = PktReader::new(input);
+        let mut out = Vec::new();
+        while let Some(p) = r.read()? {
+            out.push(match p {
+                Packet::Data(d) => String::from_utf8_lossy(d).into_owned(),
+                Packet::Flush => "<flush>".into(),
+                Packet::Delim => "<delim>".into(),
+                Packet::ResponseEnd => "<end>".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn parses_data_and_special_packets() {
+        let got = read_all(b"0009hello0000000100020004").expect("valid input");
+        assert_eq!(got, vec!["hello", "<flush>", "<delim>", "<end>", ""]);
+    }
+
+    #[test]
+    fn rejects_bad_length_digits() {
+        let err = read_all(b"zzzzhello").expect_err("bad hex");
+        assert!(err.to_string().contains("bad pkt-line length"), "{err}");
+    }
+
+    #[test]
+    fn rejects_truncated_payload() {
+        let err = read_all(b"0032want 1234").expect_err("truncated");
+        assert!(err.to_string().contains("truncated pkt-line"), "{err}");
+    }
+
+    #[test]
+    fn rejects_truncated_length_and_0003() {
+        assert!(read_all(b"00").is_err());
+        assert!(read_all(b"0003").is_err());
+    }
+
+    #[test]
+    fn rejects_oversized_length() {
+        let err = read_all(b"fff1").expect_err("too long");
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    #[test]
+    fn writer_round_trips() {
+        let mut w = PktWriter::new(Vec::new());
+        w.line("want abc").expect("vec write");
+        w.delim().expect("vec write");
+        w.flush_pkt().expect("vec write");
+        let bytes = w.into_inner();
+        assert_eq!(bytes, b"000dwant abc\n00010000");
+        assert!(write_pkt(&mut Vec::new(), &vec![0u8; MAX_PKT_DATA + 1]).is_err());
+    }
+
+    #[test]
+    fn sideband_splits_large_writes() {
+        let mut sb = SideBand::new(Vec::new(), SideBandMode::Small, true);
+        sb.write_all(&[7u8; 2500]).expect("vec write");
+        let bytes = sb.into_inner();
+        let mut r = PktReader::new(&bytes[..]);
+        let mut total = 0;
+        while let Some(Packet::Data(d)) = r.read().expect("valid") {
+            assert_eq!(d[0], 1);
+            assert!(d.len() <= SIDE_BAND_SMALL_MAX);
+            total += d.len() - 1;
+        }
+        assert_eq!(total, 2500);
+    }
+}

@@ -1,0 +1,332 @@
+//! The server side of push: receive-pack (v0/v1; git has no v2 push).
+//!
+//! Order of operations, each step able to refuse without side effects until
+//! the pack is published:
+//! 1. parse the commands (and push options),
+//! 2. stream the pack into a quarantine and index it ([`crate::pack_in`]),
+//! 3. check connectivity of the new tips and per-ref rules (names,
+//!    fast-forward, not deleting HEAD's branch),
+//! 4. publish the pack, then compare-and-swap the refs in one sled
+//!    transaction (atomic) or one per ref,
+//! 5. report `unpack ok` / `ok` / `ng` lines, over side-band when asked.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+
+use gix_hash::ObjectId;
+
+use crate::error::{Error, Result};
+use crate::limits::{MAX_PUSH_COMMANDS, MAX_PUSH_OPTIONS};
+use crate::names::check_ref_name;
+use crate::odb::ObjectStore;
+use crate::pack_in;
+use crate::pktline::{Packet, PktReader, PktWriter, SideBand, SideBandMode};
+use crate::storage::{RefRejection, RefUpdate, Repo};
+use crate::walk::is_ancestor;
+
+/// Node-wide settings for pushes.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveOptions {
+    /// Largest pack accepted, in bytes.
+    pub max_pack_bytes: u64,
+}
+
+/// One `old new ref` command as sent by the client.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Expected current value (`None` for create).
+    pub old: Option<ObjectId>,
+    /// New value (`None` for delete).
+    pub new: Option<ObjectId>,
+    /// Ref name as sent.
+    pub name: String,
+}
+
+/// What happened to a push, for logging and the REST API.
+#[derive(Debug, Default, Clone)]
+pub struct PushOutcome {
+    /// Refs updated.
+    pub updated: Vec<String>,
+    /// Refs refused, with the reason sent to the client.
+    pub rejected: Vec<(String, String)>,
+    /// Objects received.
+    pub objects: u32,
+    /// Pack bytes received.
+    pub bytes: u64,
+}
+
+/// Serve one receive-pack POST request.
+pub fn receive_pack(
+    repo: &Repo,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    opts: ReceiveOptions,
+) -> Result<PushOutcome> {
+    let mut reader = PktReader::new(input);
+    let (commands, caps) = match read_commands(&mut reader) {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing negotiated yet: a plain ERR packet is all the client understands.
+            let _ = crate::pktline::write_pkt(out, format!("ERR receive-pack: {e}\n").as_bytes());
+            return Err(e);
+        }
+    };
+    if commands.is_empty() {
+        // The `0000` probe git sends before a large chunked body, or an empty push.
+        return Ok(PushOutcome::default());
+    }
+    if caps.contains("push-options") {
+        read_push_options(&mut reader)?;
+    }
+    let mode = if caps.contains("side-band-64k") {
+        SideBandMode::Large
+    } else {
+        SideBandMode::None
+    };
+    let progress = !caps.contains("quiet");
+    let report = caps.contains("report-status") || caps.contains("report-status-v2");
+    let atomic = caps.contains("atomic");
+    let mut sb = SideBand::new(out, mode, progress);
+    let mut input = reader.into_inner();
+    let result = process(repo, &commands, atomic, &mut input, &mut sb, opts);
+    let (unpack, results, outcome) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(repo = %repo.name(), error = %e, "push refused");
+            let reason = match &e {
+                Error::Pack(_) | Error::TooLarge(_) | Error::CorruptObject { .. } => "unpacker error",
+                _ => "server error",
+            };
+            let results = commands.iter().map(|_| Err(reason.to_owned())).collect();
+            (Err(e.to_string()), results, PushOutcome::default())
+        }
+    };
+    if report {
+        let mut status = PktWriter::new(Vec::new());
+        match &unpack {
+            Ok(()) => status.line("unpack ok")?,
+            Err(e) => status.line(&format!("unpack {}", one_line(e)))?,
+        }
+        for (c, r) in commands.iter().zip(&results) {
+            match r {
+                Ok(()) => status.line(&format!("ok {}", c.name))?,
+                Err(reason) => status.line(&format!("ng {} {}", c.name, one_line(reason)))?,
+            }
+        }
+        status.flush_pkt()?;
+        sb.write_all(&status.into_inner())?;
+    }
+    if sb.is_multiplexed() {
+        sb.flush_pkt()?;
+    }
+    sb.flush()?;
+    Ok(outcome)
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+type Report = (
+    std::result::Result<(), String>,
+    Vec<std::result::Result<(), String>>,
+    PushOutcome,
+);
+
+fn process(
+    repo: &Repo,
+    commands: &[Command],
+    atomic: bool,
+    input: &mut dyn BufRead,
+    sb: &mut SideBand<&mut dyn Write>,
+    opts: ReceiveOptions,
+) -> Result<Report> {
+    let odb = repo.objects()?;
+    let needs_pack = commands.iter().any(|c| c.new.is_some());
+    let quarantine = if needs_pack {
+        let q = {
+            let mut report = |bytes: u64| {
+                let _ = sb.progress(&format!("Receiving pack: {:.1} MiB\r", bytes as f64 / 1048576.0));
+            };
+            pack_in::receive(&repo.objects_dir(), &odb, input, opts.max_pack_bytes, &mut report)?
+        };
+        sb.progress(&format!(
+            "Received {} objects ({} bytes), checking connectivity\n",
+            q.objects, q.bytes_received
+        ))?;
+        let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
+        q.check_connectivity(&odb, &tips)?;
+        Some(q)
+    } else {
+        None
+    };
+    let view = match &quarantine {
+        Some(q) => q.overlay(&odb),
+        None => odb.clone(),
+    };
+    let settings = repo.settings()?;
+    let mut results: Vec<std::result::Result<(), String>> = Vec::with_capacity(commands.len());
+    let mut updates = Vec::new();
+    let mut update_index = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, c) in commands.iter().enumerate() {
+        match check_command(&view, c, &settings, repo, &mut seen) {
+            Ok(update) => {
+                update_index.push(i);
+                updates.push(update);
+                results.push(Ok(()));
+            }
+            Err(reason) => results.push(Err(reason)),
+        }
+    }
+    let any_refused = results.iter().any(|r| r.is_err());
+    let mut outcome = PushOutcome {
+        objects: quarantine.as_ref().map_or(0, |q| q.objects),
+        bytes: quarantine.as_ref().map_or(0, |q| q.bytes_received),
+        ..PushOutcome::default()
+    };
+    if atomic && any_refused {
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = Err(RefRejection::AtomicFailed.to_string());
+        }
+        updates.clear();
+    }
+    if !updates.is_empty() {
+        if let Some(q) = quarantine {
+            q.publish(&repo.objects_dir())?;
+        }
+        let applied = repo.update_refs(&updates, atomic)?;
+        for ((i, u), r) in update_index.iter().zip(&updates).zip(applied) {
+            if let Err(rej) = r {
+                results[*i] = Err(rej.to_string());
+            } else {
+                outcome.updated.push(u.name.clone());
+            }
+        }
+        sb.progress(&format!("Updated {} ref(s)\n", outcome.updated.len()))?;
+    }
+    for (c, r) in commands.iter().zip(&results) {
+        if let Err(reason) = r {
+            outcome.rejected.push((c.name.clone(), reason.clone()));
+        }
+    }
+    tracing::info!(
+        repo = %repo.name(),
+        updated = outcome.updated.len(),
+        rejected = outcome.rejected.len(),
+        objects = outcome.objects,
+        bytes = outcome.bytes,
+        "push processed"
+    );
+    Ok((Ok(()), results, outcome))
+}
+
+fn check_command(
+    odb: &ObjectStore,
+    c: &Command,
+    settings: &crate::storage::RepoSettings,
+    repo: &Repo,
+    seen: &mut HashSet<String>,
+) -> std::result::Result<RefUpdate, String> {
+    if check_ref_name(&c.name).is_err() {
+        return Err("invalid ref name (see git check-ref-format)".into());
+    }
+    if !seen.insert(c.name.clone()) {
+        return Err("ref named more than once in this push".into());
+    }
+    let mut buf = Vec::new();
+    if c.new.is_none() && c.name == settings.head {
+        return Err("refusing to delete the current branch (the repository's HEAD)".into());
+    }
+    if let (Some(old), Some(new)) = (c.old, c.new) {
+        if settings.deny_non_fast_forwards && c.name.starts_with("refs/heads/") {
+            let ff = matches!(
+                (odb.kind(&old, &mut buf), odb.kind(&new, &mut buf)),
+                (Ok(Some(gix_object::Kind::Commit)), Ok(Some(gix_object::Kind::Commit)))
+            ) && is_ancestor(odb, old, new).unwrap_or(false);
+            if !ff {
+                return Err("non-fast-forward (this repository denies non-fast-forward pushes)".into());
+            }
+        }
+    }
+    if let Ok(current) = repo.find_ref(&c.name) {
+        if current != c.old {
+            return Err(RefRejection::Stale.to_string());
+        }
+    }
+    let new_peeled = match c.new {
+        Some(new) => match odb.peel(&new, &mut buf) {
+            Ok((peeled, _)) if peeled != new => Some(peeled),
+            Ok(_) => None,
+            Err(e) => return Err(format!("cannot read new value: {e}")),
+        },
+        None => None,
+    };
+    Ok(RefUpdate {
+        name: c.name.clone(),
+        old: c.old,
+        new: c.new,
+        new_peeled,
+    })
+}
+
+fn read_commands(reader: &mut PktReader<&mut dyn BufRead>) -> Result<(Vec<Command>, HashSet<String>)> {
+    let mut commands = Vec::new();
+    let mut caps = HashSet::new();
+    loop {
+        let packet = match reader.read()? {
+            None | Some(Packet::Flush) => break,
+            Some(Packet::Data(d)) => d,
+            Some(other) => return Err(Error::Protocol(format!("unexpected {other:?} in push commands"))),
+        };
+        let (line, cap_part) = match packet.iter().position(|&b| b == 0) {
+            Some(nul) => (&packet[..nul], Some(&packet[nul + 1..])),
+            None => (packet, None),
+        };
+        if commands.is_empty() {
+            if let Some(c) = cap_part {
+                let c = std::str::from_utf8(c).map_err(|_| Error::Protocol("capabilities are not UTF-8".into()))?;
+                caps.extend(c.split_whitespace().map(str::to_owned));
+            }
+        }
+        let line = Packet::Data(line).as_text("push command")?;
+        if line.starts_with("shallow ") {
+            return Err(Error::Unsupported("pushing from a shallow clone".into()));
+        }
+        let mut parts = line.splitn(3, ' ');
+        let (Some(old), Some(new), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::Protocol(format!("malformed push command {line:?}")));
+        };
+        if commands.len() >= MAX_PUSH_COMMANDS {
+            return Err(Error::TooLarge(format!("more than {MAX_PUSH_COMMANDS} ref updates")));
+        }
+        commands.push(Command {
+            old: parse_maybe_null(old)?,
+            new: parse_maybe_null(new)?,
+            name: name.to_owned(),
+        });
+    }
+    Ok((commands, caps))
+}
+
+fn read_push_options(reader: &mut PktReader<&mut dyn BufRead>) -> Result<Vec<String>> {
+    let mut options = Vec::new();
+    loop {
+        match reader.read()? {
+            None | Some(Packet::Flush) => break,
+            Some(p) => {
+                if options.len() >= MAX_PUSH_OPTIONS {
+                    return Err(Error::TooLarge(format!("more than {MAX_PUSH_OPTIONS} push options")));
+                }
+                options.push(p.as_text("push option")?.to_owned());
+            }
+        }
+    }
+    Ok(options)
+}
+
+fn parse_maybe_null(hex: &str) -> Result<Option<ObjectId>> {
+    let id = ObjectId::from_hex(hex.as_bytes())
+        .map_err(|_| Error::Protocol(format!("invalid object id {hex:?} in push command")))?;
+    Ok(if id.is_null() { None } else { Some(id) })
+}

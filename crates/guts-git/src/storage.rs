@@ -1,0 +1,432 @@
+//! Where repositories live: pack files on disk, refs and settings in sled.
+//!
+//! Layout under the node's data dir:
+//!
+//! ```text
+//! meta/                         sled database: repo settings, refs, HEAD
+//! repos/OWNER/NAME.git/objects/pack/pack-*.{pack,idx}
+//! repos/OWNER/NAME.git/objects/incoming-*/   push quarantine (never read by fetches)
+//! trash/                        repositories being deleted
+//! ```
+//!
+//! Refs of one repository are a sled tree `refs:OWNER/NAME` mapping the ref
+//! name to its object id (20 bytes), followed by the peeled id (20 more) for
+//! annotated tags. Every ref update is a compare-and-swap inside a sled
+//! transaction, and the database is flushed before a push is acknowledged.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gix_hash::ObjectId;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::error::{Error, Result};
+use crate::names::RepoName;
+use crate::odb::ObjectStore;
+
+/// The branch a new repository's HEAD points to.
+pub const DEFAULT_BRANCH: &str = "refs/heads/main";
+
+/// Settings of one repository, stored as JSON in sled.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoSettings {
+    /// The ref HEAD points to (a symref, always).
+    pub head: String,
+    /// Refuse pushes that are not fast-forwards.
+    #[serde(default)]
+    pub deny_non_fast_forwards: bool,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// The node's repository storage.
+#[derive(Clone)]
+pub struct Storage {
+    root: PathBuf,
+    db: sled::Db,
+    repos: sled::Tree,
+}
+
+impl Storage {
+    /// Open (creating if needed) the storage in `data_dir`, and remove what
+    /// interrupted pushes and deletions left behind.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir.join("repos"))?;
+        let db = sled::Config::new().path(data_dir.join("meta")).open()?;
+        let repos = db.open_tree("repos")?;
+        let storage = Storage {
+            root: data_dir.to_owned(),
+            db,
+            repos,
+        };
+        storage.cleanup()?;
+        Ok(storage)
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let trash = self.root.join("trash");
+        if trash.exists() {
+            std::fs::remove_dir_all(&trash)?;
+        }
+        for name in self.list()? {
+            let objects = self.repo_dir(&name).join("objects");
+            let Ok(entries) = std::fs::read_dir(&objects) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                    tracing::info!(repo = %name, dir = %entry.path().display(), "removing quarantine left by an interrupted push");
+                    std::fs::remove_dir_all(entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn repo_dir(&self, name: &RepoName) -> PathBuf {
+        self.root
+            .join("repos")
+            .join(name.owner())
+            .join(format!("{}.git", name.name()))
+    }
+
+    /// Create an empty repository. Fails with [`Error::RepoExists`] if it exists.
+    pub fn create(&self, name: &RepoName) -> Result<Repo> {
+        let settings = RepoSettings {
+            head: DEFAULT_BRANCH.to_owned(),
+            deny_non_fast_forwards: false,
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let dir = self.repo_dir(name);
+        // A directory without settings is debris of a failed create or delete.
+        if self.repos.get(name.to_string())?.is_none() && dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(dir.join("objects").join("pack"))?;
+        let value = serde_json::to_vec(&settings).map_err(|e| Error::Metadata(e.to_string()))?;
+        let swapped = self
+            .repos
+            .compare_and_swap(name.to_string(), None as Option<&[u8]>, Some(value))?;
+        if swapped.is_err() {
+            return Err(Error::RepoExists(name.to_string()));
+        }
+        self.db.flush()?;
+        self.open_repo(name)
+    }
+
+    /// Open an existing repository.
+    pub fn open_repo(&self, name: &RepoName) -> Result<Repo> {
+        if self.repos.get(name.to_string())?.is_none() {
+            return Err(Error::RepoNotFound(name.to_string()));
+        }
+        Ok(Repo {
+            name: name.clone(),
+            dir: self.repo_dir(name),
+            refs: self.db.open_tree(refs_tree_name(name))?,
+            repos: self.repos.clone(),
+            db: self.db.clone(),
+        })
+    }
+
+    /// All repositories, sorted by name.
+    pub fn list(&self) -> Result<Vec<RepoName>> {
+        let mut out = Vec::new();
+        for item in self.repos.iter() {
+            let (key, _) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            out.push(RepoName::parse(&key)?);
+        }
+        Ok(out)
+    }
+
+    /// Delete a repository with its refs and objects.
+    pub fn delete(&self, name: &RepoName) -> Result<()> {
+        if self.repos.remove(name.to_string())?.is_none() {
+            return Err(Error::RepoNotFound(name.to_string()));
+        }
+        self.db.drop_tree(refs_tree_name(name))?;
+        self.db.flush()?;
+        let dir = self.repo_dir(name);
+        if dir.exists() {
+            let trash = self.root.join("trash");
+            std::fs::create_dir_all(&trash)?;
+            let target = trash.join(format!(
+                "{}-{}-{}",
+                name.owner(),
+                name.name(),
+                std::process::id() as u128 + SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            ));
+            std::fs::rename(&dir, &target)?;
+            std::fs::remove_dir_all(&target)?;
+        }
+        Ok(())
+    }
+}
+
+fn refs_tree_name(name: &RepoName) -> String {
+    format!("refs:{name}")
+}
+
+/// One ref as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref {
+    /// Full name, `refs/...`.
+    pub name: String,
+    /// The object it points to.
+    pub id: ObjectId,
+    /// For annotated tags: the non-tag object at the end of the tag chain.
+    pub peeled: Option<ObjectId>,
+}
+
+/// What HEAD resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The symref target, e.g. `refs/heads/main`.
+    pub target: String,
+    /// Its value, `None` while the branch is unborn.
+    pub id: Option<ObjectId>,
+}
+
+/// One requested ref change: compare-and-swap from `old` to `new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefUpdate {
+    /// Full ref name.
+    pub name: String,
+    /// Expected current value; `None` means the ref must not exist.
+    pub old: Option<ObjectId>,
+    /// New value; `None` deletes the ref.
+    pub new: Option<ObjectId>,
+    /// Peeled id of `new` if it is an annotated tag.
+    pub new_peeled: Option<ObjectId>,
+}
+
+/// Why a single ref update was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefRejection {
+    /// The ref's current value is not the expected old value.
+    #[error("stale info: the ref changed since you fetched; fetch first")]
+    Stale,
+    /// Another update in the same atomic push failed.
+    #[error("atomic push failed")]
+    AtomicFailed,
+}
+
+/// One repository: its objects on disk and its refs in sled.
+#[derive(Clone)]
+pub struct Repo {
+    name: RepoName,
+    dir: PathBuf,
+    refs: sled::Tree,
+    repos: sled::Tree,
+    db: sled::Db,
+}
+
+impl Repo {
+    /// The repository's name.
+    pub fn name(&self) -> &RepoName {
+        &self.name
+    }
+
+    /// The `objects/` directory.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.dir.join("objects")
+    }
+
+    /// Open the object database.
+    pub fn objects(&self) -> Result<ObjectStore> {
+        ObjectStore::open(&self.objects_dir())
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Result<RepoSettings> {
+        let raw = self
+            .repos
+            .get(self.name.to_string())?
+            .ok_or_else(|| Error::RepoNotFound(self.name.to_string()))?;
+        serde_json::from_slice(&raw).map_err(|e| Error::Metadata(e.to_string()))
+    }
+
+    /// Change whether non-fast-forward pushes are refused.
+    pub fn set_deny_non_fast_forwards(&self, deny: bool) -> Result<RepoSettings> {
+        let key = self.name.to_string();
+        let mut result = None;
+        self.repos.fetch_and_update(&key, |old| {
+            let mut s: RepoSettings = old.and_then(|raw| serde_json::from_slice(raw).ok())?;
+            s.deny_non_fast_forwards = deny;
+            let bytes = serde_json::to_vec(&s).ok();
+            result = Some(s);
+            bytes
+        })?;
+        self.db.flush()?;
+        result.ok_or_else(|| Error::RepoNotFound(key))
+    }
+
+    /// All refs, sorted by name.
+    pub fn refs(&self) -> Result<Vec<Ref>> {
+        let mut out = Vec::new();
+        for item in self.refs.iter() {
+            let (key, value) = item?;
+            out.push(decode_ref(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// One ref's value.
+    pub fn find_ref(&self, name: &str) -> Result<Option<ObjectId>> {
+        Ok(match self.refs.get(name)? {
+            Some(v) => Some(decode_ref(name.as_bytes(), &v)?.id),
+            None => None,
+        })
+    }
+
+    /// HEAD's target and value.
+    pub fn head(&self) -> Result<Head> {
+        let target = self.settings()?.head;
+        let id = self.find_ref(&target)?;
+        Ok(Head { target, id })
+    }
+
+    /// Apply `updates`, each a compare-and-swap on its old value.
+    ///
+    /// With `atomic`, all are applied in one transaction or none is. Without,
+    /// each is applied on its own. When the repository had no refs and HEAD's
+    /// branch is not created, HEAD is pointed at the best new branch (`main`,
+    /// `master`, else the first by name) so that clones check something out.
+    /// The database is flushed before returning.
+    pub fn update_refs(
+        &self,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> Result<Vec<Result<(), RefRejection>>> {
+        let was_empty = self.refs.is_empty();
+        let mut results = Vec::with_capacity(updates.len());
+        if atomic {
+            match self.transact(updates) {
+                Ok(()) => results.extend(updates.iter().map(|_| Ok(()))),
+                Err(TxFail::Stale(i)) => {
+                    for (n, _) in updates.iter().enumerate() {
+                        results.push(Err(if n == i {
+                            RefRejection::Stale
+                        } else {
+                            RefRejection::AtomicFailed
+                        }));
+                    }
+                }
+                Err(TxFail::Db(e)) => return Err(e),
+            }
+        } else {
+            for update in updates {
+                match self.transact(std::slice::from_ref(update)) {
+                    Ok(()) => results.push(Ok(())),
+                    Err(TxFail::Stale(_)) => results.push(Err(RefRejection::Stale)),
+                    Err(TxFail::Db(e)) => return Err(e),
+                }
+            }
+        }
+        if was_empty {
+            self.choose_head(updates, &results)?;
+        }
+        self.db.flush()?;
+        Ok(results)
+    }
+
+    fn transact(&self, updates: &[RefUpdate]) -> std::result::Result<(), TxFail> {
+        let outcome = (&self.refs,).transaction(|(refs,)| {
+            for (i, u) in updates.iter().enumerate() {
+                let current = refs
+                    .get(u.name.as_bytes())?
+                    .and_then(|v| oid_from(v.get(..20)));
+                if current != u.old {
+                    return Err(ConflictableTransactionError::Abort(i));
+                }
+                match u.new {
+                    Some(new) => {
+                        let mut v = new.as_bytes().to_vec();
+                        if let Some(p) = u.new_peeled {
+                            v.extend_from_slice(p.as_bytes());
+                        }
+                        refs.insert(u.name.as_bytes(), v)?;
+                    }
+                    None => {
+                        refs.remove(u.name.as_bytes())?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(i)) => Err(TxFail::Stale(i)),
+            Err(TransactionError::Storage(e)) => Err(TxFail::Db(e.into())),
+        }
+    }
+
+    fn choose_head(&self, updates: &[RefUpdate], results: &[Result<(), RefRejection>]) -> Result<()> {
+        let settings = self.settings()?;
+        if self.find_ref(&settings.head)?.is_some() {
+            return Ok(());
+        }
+        let mut created: Vec<&str> = updates
+            .iter()
+            .zip(results)
+            .filter(|(u, r)| r.is_ok() && u.new.is_some() && u.name.starts_with("refs/heads/"))
+            .map(|(u, _)| u.name.as_str())
+            .collect();
+        created.sort_unstable();
+        let pick = ["refs/heads/main", "refs/heads/master"]
+            .into_iter()
+            .find(|p| created.contains(p))
+            .or(created.first().copied());
+        if let Some(pick) = pick {
+            let key = self.name.to_string();
+            let pick = pick.to_owned();
+            self.repos.fetch_and_update(&key, |old| {
+                let mut s: RepoSettings = old.and_then(|raw| serde_json::from_slice(raw).ok())?;
+                s.head = pick.clone();
+                serde_json::to_vec(&s).ok()
+            })?;
+            tracing::info!(repo = %self.name, head = %pick, "HEAD points at the first pushed branch");
+        }
+        Ok(())
+    }
+
+    /// Number of objects and bytes on disk in the repository's packs.
+    pub fn disk_usage(&self) -> Result<(u64, u64)> {
+        let mut objects = 0u64;
+        let mut bytes = 0u64;
+        let pack_dir = self.objects_dir().join("pack");
+        for entry in std::fs::read_dir(&pack_dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            bytes += entry.metadata()?.len();
+            if path.extension().is_some_and(|e| e == "idx") {
+                let idx = gix_pack::index::File::at(&path, crate::odb::HASH)
+                    .map_err(|e| Error::pack("reading pack index", e))?;
+                objects += u64::from(idx.num_objects());
+            }
+        }
+        Ok((objects, bytes))
+    }
+}
+
+enum TxFail {
+    Stale(usize),
+    Db(Error),
+}
+
+fn decode_ref(key: &[u8], value: &[u8]) -> Result<Ref> {
+    let name = String::from_utf8(key.to_vec()).map_err(|_| Error::Metadata("ref name is not UTF-8".into()))?;
+    let id = oid_from(value.get(..20))
+        .ok_or_else(|| Error::Metadata(format!("ref {name} has a corrupt value")))?;
+    let peeled = oid_from(value.get(20..40));
+    Ok(Ref { name, id, peeled })
+}
+
+fn oid_from(bytes: Option<&[u8]>) -> Option<ObjectId> {
+    bytes.and_then(|b| ObjectId::try_from(b).ok())
+}

@@ -1,0 +1,367 @@
+//! History walks: which objects a fetch must send, and ancestry checks.
+//!
+//! The walk is the one `git rev-list --objects WANTS --not HAVES` does:
+//! commits are visited newest first from the wants and the haves together,
+//! "uninteresting" marks flow from the haves to their ancestors, and the walk
+//! stops once only uninteresting commits are left in the queue. Trees of the
+//! boundary commits are marked as already present on the client, so a tree
+//! or blob the client has is never sent. Only the commits between the wants
+//! and the haves are visited, never the whole history.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use gix_hash::ObjectId;
+
+use crate::error::Result;
+use crate::odb::{for_each_tree_entry, tag_target, ObjectStore};
+
+/// How many extra commits to visit after the queue became all-uninteresting,
+/// to tolerate clock skew between commits (git's `SLOP`).
+const SLOP: usize = 5;
+
+#[derive(Default, Clone, Copy)]
+struct Flags {
+    uninteresting: bool,
+    visited: bool,
+}
+
+struct Walker<'a> {
+    odb: &'a ObjectStore,
+    buf: Vec<u8>,
+    flags: HashMap<ObjectId, Flags>,
+    parents: HashMap<ObjectId, Vec<ObjectId>>,
+    trees: HashMap<ObjectId, ObjectId>,
+    queue: BinaryHeap<(i64, u64, ObjectId)>,
+    seq: u64,
+}
+
+impl<'a> Walker<'a> {
+    fn new(odb: &'a ObjectStore) -> Self {
+        Walker {
+            odb,
+            buf: Vec::new(),
+            flags: HashMap::new(),
+            parents: HashMap::new(),
+            trees: HashMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+        }
+    }
+
+    fn push(&mut self, id: ObjectId, uninteresting: bool) -> Result<()> {
+        let entry = self.flags.entry(id).or_default();
+        let newly_uninteresting = uninteresting && !entry.uninteresting;
+        if uninteresting {
+            entry.uninteresting = true;
+        }
+        if entry.visited {
+            if newly_uninteresting {
+                self.propagate_uninteresting(id);
+            }
+            return Ok(());
+        }
+        let already_queued = self.trees.contains_key(&id);
+        if !already_queued {
+            let info = self.odb.commit(&id, &mut self.buf)?;
+            self.trees.insert(id, info.tree);
+            self.parents.insert(id, info.parents);
+            self.seq += 1;
+            // Newest first; among equal times, first pushed first.
+            self.queue.push((info.time, u64::MAX - self.seq, id));
+        }
+        Ok(())
+    }
+
+    /// Mark the known ancestors of an already visited commit uninteresting.
+    fn propagate_uninteresting(&mut self, id: ObjectId) {
+        let mut stack = vec![id];
+        while let Some(c) = stack.pop() {
+            for p in self.parents.get(&c).cloned().unwrap_or_default() {
+                let f = self.flags.entry(p).or_default();
+                if !f.uninteresting {
+                    f.uninteresting = true;
+                    if f.visited {
+                        stack.push(p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn all_queued_uninteresting(&self) -> bool {
+        self.queue
+            .iter()
+            .all(|(_, _, id)| self.flags.get(id).is_some_and(|f| f.uninteresting))
+    }
+
+    /// Visit commits; returns the interesting ones in visit order.
+    fn run(&mut self) -> Result<Vec<ObjectId>> {
+        let mut order = Vec::new();
+        let mut slop = SLOP;
+        while let Some((_, _, id)) = self.queue.pop() {
+            let flags = {
+                let f = self.flags.entry(id).or_default();
+                f.visited = true;
+                *f
+            };
+            let parents = self.parents.get(&id).cloned().unwrap_or_default();
+            for p in parents {
+                self.push(p, flags.uninteresting)?;
+            }
+            if !flags.uninteresting {
+                order.push(id);
+            }
+            if self.all_queued_uninteresting() {
+                if slop == 0 {
+                    break;
+                }
+                slop -= 1;
+            } else {
+                slop = SLOP;
+            }
+        }
+        Ok(order
+            .into_iter()
+            .filter(|id| self.flags.get(id).is_some_and(|f| !f.uninteresting))
+            .collect())
+    }
+}
+
+/// The objects a fetch must send, in the order commits, then their trees and blobs.
+#[derive(Debug, Default)]
+pub struct ObjectsToSend {
+    /// Every object id, each once.
+    pub ids: Vec<ObjectId>,
+    /// How many of them are commits.
+    pub commits: usize,
+}
+
+/// Compute the objects reachable from `wants` but not from `haves`.
+///
+/// `wants` may be commits or annotated tags (the tags themselves are sent);
+/// `haves` are commits the client has (unknown ids must be filtered out before).
+pub fn objects_to_send(
+    odb: &ObjectStore,
+    wants: &[ObjectId],
+    haves: &[ObjectId],
+) -> Result<ObjectsToSend> {
+    let mut out = ObjectsToSend::default();
+    let mut sent: HashSet<ObjectId> = HashSet::new();
+    let mut buf = Vec::new();
+    let mut walker = Walker::new(odb);
+    let mut extra_trees = Vec::new();
+    let mut extra_blobs = Vec::new();
+    let mut tags = Vec::new();
+
+    for want in wants {
+        let mut id = *want;
+        for _ in 0..crate::limits::MAX_TAG_CHAIN {
+            let data = odb.read(&id, &mut buf)?;
+            match data.kind {
+                gix_object::Kind::Tag => {
+                    if sent.insert(id) {
+                        tags.push(id);
+                    }
+                    id = tag_target(&id, data.data)?;
+                    continue;
+                }
+                gix_object::Kind::Commit => walker.push(id, false)?,
+                gix_object::Kind::Tree => extra_trees.push(id),
+                gix_object::Kind::Blob => extra_blobs.push(id),
+            }
+            break;
+        }
+    }
+    for have in haves {
+        walker.push(*have, true)?;
+    }
+    let commits = walker.run()?;
+
+    // Everything the client has at the boundary is marked as sent.
+    let mut boundary: Vec<ObjectId> = haves.to_vec();
+    for c in &commits {
+        for p in walker.parents.get(c).map(Vec::as_slice).unwrap_or_default() {
+            if walker.flags.get(p).is_some_and(|f| f.uninteresting) {
+                boundary.push(*p);
+            }
+        }
+    }
+    for b in boundary {
+        if let Some(tree) = walker.trees.get(&b).copied() {
+            mark_tree(odb, tree, &mut sent, &mut buf, &mut |_| {})?;
+        }
+    }
+
+    for c in &commits {
+        if sent.insert(*c) {
+            out.ids.push(*c);
+        }
+    }
+    out.commits = out.ids.len();
+    out.ids.extend(tags);
+    let mut tree_ids = Vec::new();
+    for c in &commits {
+        if let Some(tree) = walker.trees.get(c).copied() {
+            tree_ids.push(tree);
+        }
+    }
+    tree_ids.extend(extra_trees);
+    for t in tree_ids {
+        mark_tree(odb, t, &mut sent, &mut buf, &mut |id| out.ids.push(id))?;
+    }
+    for b in extra_blobs {
+        if sent.insert(b) {
+            out.ids.push(b);
+        }
+    }
+    Ok(out)
+}
+
+/// Walk a tree depth-first, calling `found` for every object not yet in `seen`
+/// and adding it there. Subtrees already in `seen` are not entered.
+fn mark_tree(
+    odb: &ObjectStore,
+    root: ObjectId,
+    seen: &mut HashSet<ObjectId>,
+    buf: &mut Vec<u8>,
+    found: &mut dyn FnMut(ObjectId),
+) -> Result<()> {
+    if !seen.insert(root) {
+        return Ok(());
+    }
+    found(root);
+    let mut stack = vec![root];
+    while let Some(tree) = stack.pop() {
+        let data = odb.read(&tree, buf)?;
+        let mut subtrees = Vec::new();
+        for_each_tree_entry(&tree, data.data, |id, is_tree| {
+            if seen.insert(id) {
+                found(id);
+                if is_tree {
+                    subtrees.push(id);
+                }
+            }
+        })?;
+        stack.extend(subtrees);
+    }
+    Ok(())
+}
+
+/// Whether `ancestor` is reachable from `descendant` (or equal to it).
+pub fn is_ancestor(odb: &ObjectStore, ancestor: ObjectId, descendant: ObjectId) -> Result<bool> {
+    if ancestor == descendant {
+        return Ok(true);
+    }
+    let mut buf = Vec::new();
+    let target_time = odb.commit(&ancestor, &mut buf)?.time;
+    let mut seen = HashSet::new();
+    let mut queue = BinaryHeap::new();
+    let first = odb.commit(&descendant, &mut buf)?;
+    queue.push((first.time, descendant, first.parents));
+    while let Some((time, id, parents)) = queue.pop() {
+        if id == ancestor {
+            return Ok(true);
+        }
+        // Commits are visited newest first; once far older than the target
+        // (a day of allowed clock skew), the target cannot be below.
+        if time < target_time.saturating_sub(86_400) {
+            break;
+        }
+        for p in parents {
+            if seen.insert(p) {
+                let info = odb.commit(&p, &mut buf)?;
+                queue.push((info.time, p, info.parents));
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Negotiation state of one fetch: which client commits we know are common.
+pub struct Negotiation<'a> {
+    odb: &'a ObjectStore,
+    buf: Vec<u8>,
+    they_have: HashSet<ObjectId>,
+    oldest_have: Option<i64>,
+    /// Common commits in the order they were acknowledged.
+    pub common: Vec<ObjectId>,
+    reachable_cache: HashMap<ObjectId, bool>,
+}
+
+impl<'a> Negotiation<'a> {
+    /// Start negotiating against `odb`.
+    pub fn new(odb: &'a ObjectStore) -> Self {
+        Negotiation {
+            odb,
+            buf: Vec::new(),
+            they_have: HashSet::new(),
+            oldest_have: None,
+            common: Vec::new(),
+            reachable_cache: HashMap::new(),
+        }
+    }
+
+    /// Process one `have`; returns whether we have the object (then it is common).
+    pub fn have(&mut self, id: ObjectId) -> Result<bool> {
+        let Some(kind) = self.odb.kind(&id, &mut self.buf)? else {
+            return Ok(false);
+        };
+        if kind == gix_object::Kind::Commit && !self.they_have.contains(&id) {
+            let info = self.odb.commit(&id, &mut self.buf)?;
+            self.they_have.insert(id);
+            self.they_have.extend(info.parents);
+            self.oldest_have = Some(self.oldest_have.map_or(info.time, |t| t.min(info.time)));
+            self.reachable_cache.retain(|_, v| *v);
+        }
+        if !self.common.contains(&id) {
+            self.common.push(id);
+        }
+        Ok(true)
+    }
+
+    /// Whether every want has a common commit among its ancestors, so that
+    /// the client can stop sending haves (git's `ok_to_give_up`).
+    pub fn ok_to_give_up(&mut self, wants: &[ObjectId]) -> Result<bool> {
+        let Some(oldest) = self.oldest_have else {
+            return Ok(false);
+        };
+        for want in wants {
+            if let Some(&known) = self.reachable_cache.get(want) {
+                if !known {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let reach = self.reaches_common(*want, oldest)?;
+            self.reachable_cache.insert(*want, reach);
+            if !reach {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn reaches_common(&mut self, want: ObjectId, oldest: i64) -> Result<bool> {
+        let (want, kind) = self.odb.peel(&want, &mut self.buf)?;
+        if kind != gix_object::Kind::Commit {
+            return Ok(true);
+        }
+        let mut seen = HashSet::new();
+        let mut stack = vec![want];
+        while let Some(c) = stack.pop() {
+            if self.they_have.contains(&c) {
+                return Ok(true);
+            }
+            let info = self.odb.commit(&c, &mut self.buf)?;
+            if info.time < oldest {
+                continue;
+            }
+            for p in info.parents {
+                if seen.insert(p) {
+                    stack.push(p);
+                }
+            }
+        }
+        Ok(false)
+    }
+}

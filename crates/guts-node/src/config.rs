@@ -1,0 +1,56 @@
+//! Node configuration: command-line flags, then `GUTS_*` environment
+//! variables, then an optional TOML file, then defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::NodeError;
+
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+
+/// The optional TOML config file (`DATA_DIR/config.toml` or `--config`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address for the HTTP server.
+    pub http_listen: Option<SocketAddr>,
+    /// Largest pack accepted in a push, in bytes.
+    pub max_pack_bytes: Option<u64>,
+}
+
+impl FileConfig {
+    /// Read `path`; a missing file is an empty config unless `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Self, NodeError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| NodeError::Config(format!("invalid config file {}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(FileConfig::default()),
+            Err(e) => Err(NodeError::Config(format!("cannot read config file {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// The resolved configuration of a running node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where repositories and metadata live.
+    pub data_dir: PathBuf,
+    /// HTTP listen address (port 0 picks a free port).
+    pub http_listen: SocketAddr,
+    /// Largest pack accepted in a push.
+    pub max_pack_bytes: u64,
+}
+
+/// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("GUTS_HOME") {
+        return PathBuf::from(home);
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local").join("share").join("guts"),
+        None => PathBuf::from("guts-data"),
+    }
+}

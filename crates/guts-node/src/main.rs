@@ -1,0 +1,188 @@
+//! `guts-node`: a Guts peer node serving git smart HTTP.
+//!
+//! This binary wires `guts-git` to an axum HTTP server and offers a CLI
+//! (`run`, `repo ...`). It holds no git logic of its own.
+#![deny(clippy::unwrap_used)]
+
+mod body;
+mod client;
+mod config;
+mod error;
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use guts_git::receive_pack::ReceiveOptions;
+use guts_git::storage::Storage;
+
+use crate::config::{default_data_dir, Config, FileConfig, DEFAULT_HTTP_LISTEN};
+use crate::error::NodeError;
+
+/// A Guts node: a git server that stock `git` clones from and pushes to over HTTP.
+#[derive(Parser, Debug)]
+#[command(name = "guts-node", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the node and serve git smart HTTP and the REST API until stopped.
+    Run(RunArgs),
+    /// Manage repositories on a running node (over its REST API).
+    Repo {
+        #[command(subcommand)]
+        action: RepoAction,
+        /// Base URL of the node [default: the address in DATA_DIR/http.addr, else http://127.0.0.1:8080].
+        #[arg(long, global = true, env = "GUTS_NODE")]
+        node: Option<String>,
+        /// Data dir used to find the node's address when --node is not given.
+        #[arg(long, global = true, env = "GUTS_HOME")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Where repositories and metadata are stored [default: $GUTS_HOME, else ~/.local/share/guts].
+    #[arg(long, env = "GUTS_HOME")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
+    #[arg(long, env = "GUTS_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// TOML config file with `http_listen` and `max_pack_bytes` [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    #[arg(long, env = "GUTS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Largest pack a push may send, in bytes [default: 4 GiB].
+    #[arg(long, env = "GUTS_MAX_PACK_BYTES")]
+    max_pack_bytes: Option<u64>,
+    /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
+    #[arg(long, env = "GUTS_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum RepoAction {
+    /// Create an empty repository OWNER/NAME.
+    Create {
+        /// Repository name, OWNER/NAME.
+        name: String,
+    },
+    /// List repositories.
+    List,
+    /// Show refs, HEAD, object count and size of OWNER/NAME.
+    Show {
+        /// Repository name, OWNER/NAME.
+        name: String,
+    },
+    /// Delete OWNER/NAME with all its refs and objects.
+    Delete {
+        /// Repository name, OWNER/NAME.
+        name: String,
+    },
+    /// Change repository settings.
+    Set {
+        /// Repository name, OWNER/NAME.
+        name: String,
+        /// Refuse pushes that are not fast-forwards (true/false).
+        #[arg(long)]
+        deny_non_fast_forwards: Option<bool>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Repo { action, node, data_dir } => client::repo_command(action, node, data_dir),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path, true)?,
+        None => FileConfig::load(&data_dir.join("config.toml"), false)?,
+    };
+    let default_listen: SocketAddr = DEFAULT_HTTP_LISTEN
+        .parse()
+        .map_err(|e| NodeError::Config(format!("bad default address: {e}")))?;
+    Ok(Config {
+        http_listen: args.http_listen.or(file.http_listen).unwrap_or(default_listen),
+        max_pack_bytes: args
+            .max_pack_bytes
+            .or(file.max_pack_bytes)
+            .unwrap_or(guts_git::limits::DEFAULT_MAX_PACK_BYTES),
+        data_dir,
+    })
+}
+
+fn run(args: RunArgs) -> Result<(), NodeError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .map_err(|e| NodeError::Config(format!("invalid --log filter: {e}")))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = resolve(&args)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let storage = Storage::open(&config.data_dir)?;
+    tracing::info!(data_dir = %config.data_dir.display(), repos = storage.list()?.len(), "storage opened");
+    let state = Arc::new(http::AppState {
+        storage,
+        receive: ReceiveOptions {
+            max_pack_bytes: config.max_pack_bytes,
+        },
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;
+        let addr = listener.local_addr()?;
+        let addr_file = config.data_dir.join("http.addr");
+        let tmp = config.data_dir.join("http.addr.tmp");
+        std::fs::write(&tmp, addr.to_string())?;
+        std::fs::rename(&tmp, &addr_file)?;
+        tracing::info!(%addr, "serving git smart HTTP on http://{addr}/OWNER/NAME.git and the REST API on http://{addr}/api/v1");
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        let _ = std::fs::remove_file(&addr_file);
+        tracing::info!("node stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
