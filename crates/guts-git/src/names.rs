@@ -98,7 +98,9 @@ mod tests {
     fn repo_names() {
         assert!(RepoName::new("alice", "demo").is_ok());
         assert_eq!(
-            RepoName::new("alice", "demo.git").map(|r| r.to_string()).ok(),
+            RepoName::new("alice", "demo.git")
+                .map(|r| r.to_string())
+                .ok(),
             Some("alice/demo".to_owned())
         );
         assert!(RepoName::new("a-b_c.d", "x.y").is_ok());
@@ -119,7 +121,11 @@ mod tests {
 
     #[test]
     fn ref_names() {
-        for ok in ["refs/heads/main", "refs/tags/v1.0", "refs/heads/feature/x-1"] {
+        for ok in [
+            "refs/heads/main",
+            "refs/tags/v1.0",
+            "refs/heads/feature/x-1",
+        ] {
             assert!(check_ref_name(ok).is_ok(), "{ok}");
         }
         for bad in [

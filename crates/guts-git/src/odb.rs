@@ -74,7 +74,11 @@ impl ObjectStore {
     }
 
     /// Read an object into `buf`; `None` if it does not exist.
-    pub fn try_read<'a>(&self, id: &oid, buf: &'a mut Vec<u8>) -> Result<Option<gix_object::Data<'a>>> {
+    pub fn try_read<'a>(
+        &self,
+        id: &oid,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<Option<gix_object::Data<'a>>> {
         if let Some(bundle) = self.overlay.as_ref().filter(|_| self.overlay_has(id)) {
             let mut inflate = gix_zlib::Inflate::default();
             return bundle
@@ -102,7 +106,10 @@ impl ObjectStore {
     pub fn commit(&self, id: &oid, buf: &mut Vec<u8>) -> Result<CommitInfo> {
         let data = self.read(id, buf)?;
         if data.kind != gix_object::Kind::Commit {
-            return Err(corrupt(id, format!("expected a commit, found a {}", data.kind)));
+            return Err(corrupt(
+                id,
+                format!("expected a commit, found a {}", data.kind),
+            ));
         }
         parse_commit(id, data.data)
     }

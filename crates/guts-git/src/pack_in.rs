@@ -101,7 +101,8 @@ pub fn receive(
     if let Some(idx) = &q.index_path {
         if q.objects > 0 {
             q.bundle = Some(Arc::new(
-                gix_pack::Bundle::at(idx, HASH).map_err(|e| Error::pack("opening received pack", e))?,
+                gix_pack::Bundle::at(idx, HASH)
+                    .map_err(|e| Error::pack("opening received pack", e))?,
             ));
         }
     }
@@ -225,7 +226,9 @@ impl Read for LimitedReader<'_> {
         if self.remaining == 0 {
             return Err(io::Error::other("pack size limit exceeded"));
         }
-        let max = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         self.remaining -= n as u64;
         self.read += n as u64;

@@ -8,8 +8,8 @@
 //! Entries are produced in chunks on worker threads and written in order, so
 //! memory stays bounded by a few chunks, not by the pack.
 
-use std::io::Write;
 use std::cell::Cell;
+use std::io::Write;
 
 use gix_hash::ObjectId;
 use gix_pack::data::output;
@@ -64,8 +64,8 @@ pub fn write_pack(
     let deltas = Cell::new(0usize);
     let vanished = Cell::new(false);
     let in_order = gix_parallel::InOrderIter::from(entries).map(|chunk| {
-        chunk.map(|chunk: Vec<output::Entry>| {
-            for e in &chunk {
+        chunk.inspect(|chunk: &Vec<output::Entry>| {
+            for e in chunk {
                 if e.is_invalid() {
                     vanished.set(true);
                 }
@@ -74,10 +74,12 @@ pub fn write_pack(
                 }
             }
             objects.set(objects.get() + chunk.len());
-            chunk
         })
     });
-    let mut counting = CountingWriter { inner: out, bytes: 0 };
+    let mut counting = CountingWriter {
+        inner: out,
+        bytes: 0,
+    };
     let count = u32::try_from(total)
         .map_err(|_| Error::TooLarge("too many objects for one pack".into()))?;
     let mut writer = output::bytes::FromEntriesIter::new(

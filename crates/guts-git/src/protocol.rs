@@ -99,7 +99,12 @@ const RECEIVE_PACK_CAPS: &str =
 /// v0/v1 start with the `# service=` preamble git's smart HTTP requires;
 /// v2 (upload-pack only) is the capability advertisement alone, as
 /// `git http-backend` sends it. receive-pack has no v2 and answers v0/v1.
-pub fn advertise(repo: &Repo, service: Service, version: Version, out: &mut dyn Write) -> Result<()> {
+pub fn advertise(
+    repo: &Repo,
+    service: Service,
+    version: Version,
+    out: &mut dyn Write,
+) -> Result<()> {
     let mut w = PktWriter::new(out);
     if service == Service::UploadPack && version == Version::V2 {
         w.line("version 2")?;
@@ -139,7 +144,10 @@ pub fn advertise(repo: &Repo, service: Service, version: Version, out: &mut dyn 
     }
     caps.push_str(&format!(" object-format=sha1 agent={AGENT}"));
     if lines.is_empty() {
-        lines.push((gix_hash::Kind::Sha1.null().to_string(), "capabilities^{}".into()));
+        lines.push((
+            gix_hash::Kind::Sha1.null().to_string(),
+            "capabilities^{}".into(),
+        ));
     }
     for (i, (id, name)) in lines.iter().enumerate() {
         if i == 0 {

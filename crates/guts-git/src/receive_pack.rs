@@ -94,7 +94,9 @@ pub fn receive_pack(
         Err(e) => {
             tracing::warn!(repo = %repo.name(), error = %e, "push refused");
             let reason = match &e {
-                Error::Pack(_) | Error::TooLarge(_) | Error::CorruptObject { .. } => "unpacker error",
+                Error::Pack(_) | Error::TooLarge(_) | Error::CorruptObject { .. } => {
+                    "unpacker error"
+                }
                 _ => "server error",
             };
             let results = commands.iter().map(|_| Err(reason.to_owned())).collect();
@@ -146,9 +148,18 @@ fn process(
     let quarantine = if needs_pack {
         let q = {
             let mut report = |bytes: u64| {
-                let _ = sb.progress(&format!("Receiving pack: {:.1} MiB\r", bytes as f64 / 1048576.0));
+                let _ = sb.progress(&format!(
+                    "Receiving pack: {:.1} MiB\r",
+                    bytes as f64 / 1048576.0
+                ));
             };
-            pack_in::receive(&repo.objects_dir(), &odb, input, opts.max_pack_bytes, &mut report)?
+            pack_in::receive(
+                &repo.objects_dir(),
+                &odb,
+                input,
+                opts.max_pack_bytes,
+                &mut report,
+            )?
         };
         sb.progress(&format!(
             "Received {} objects ({} bytes), checking connectivity\n",
@@ -242,10 +253,15 @@ fn check_command(
         if settings.deny_non_fast_forwards && c.name.starts_with("refs/heads/") {
             let ff = matches!(
                 (odb.kind(&old, &mut buf), odb.kind(&new, &mut buf)),
-                (Ok(Some(gix_object::Kind::Commit)), Ok(Some(gix_object::Kind::Commit)))
+                (
+                    Ok(Some(gix_object::Kind::Commit)),
+                    Ok(Some(gix_object::Kind::Commit))
+                )
             ) && is_ancestor(odb, old, new).unwrap_or(false);
             if !ff {
-                return Err("non-fast-forward (this repository denies non-fast-forward pushes)".into());
+                return Err(
+                    "non-fast-forward (this repository denies non-fast-forward pushes)".into(),
+                );
             }
         }
     }
@@ -270,14 +286,20 @@ fn check_command(
     })
 }
 
-fn read_commands(reader: &mut PktReader<&mut dyn BufRead>) -> Result<(Vec<Command>, HashSet<String>)> {
+fn read_commands(
+    reader: &mut PktReader<&mut dyn BufRead>,
+) -> Result<(Vec<Command>, HashSet<String>)> {
     let mut commands = Vec::new();
     let mut caps = HashSet::new();
     loop {
         let packet = match reader.read()? {
             None | Some(Packet::Flush) => break,
             Some(Packet::Data(d)) => d,
-            Some(other) => return Err(Error::Protocol(format!("unexpected {other:?} in push commands"))),
+            Some(other) => {
+                return Err(Error::Protocol(format!(
+                    "unexpected {other:?} in push commands"
+                )))
+            }
         };
         let (line, cap_part) = match packet.iter().position(|&b| b == 0) {
             Some(nul) => (&packet[..nul], Some(&packet[nul + 1..])),
@@ -285,7 +307,8 @@ fn read_commands(reader: &mut PktReader<&mut dyn BufRead>) -> Result<(Vec<Comman
         };
         if commands.is_empty() {
             if let Some(c) = cap_part {
-                let c = std::str::from_utf8(c).map_err(|_| Error::Protocol("capabilities are not UTF-8".into()))?;
+                let c = std::str::from_utf8(c)
+                    .map_err(|_| Error::Protocol("capabilities are not UTF-8".into()))?;
                 caps.extend(c.split_whitespace().map(str::to_owned));
             }
         }
@@ -298,7 +321,9 @@ fn read_commands(reader: &mut PktReader<&mut dyn BufRead>) -> Result<(Vec<Comman
             return Err(Error::Protocol(format!("malformed push command {line:?}")));
         };
         if commands.len() >= MAX_PUSH_COMMANDS {
-            return Err(Error::TooLarge(format!("more than {MAX_PUSH_COMMANDS} ref updates")));
+            return Err(Error::TooLarge(format!(
+                "more than {MAX_PUSH_COMMANDS} ref updates"
+            )));
         }
         commands.push(Command {
             old: parse_maybe_null(old)?,
@@ -316,7 +341,9 @@ fn read_push_options(reader: &mut PktReader<&mut dyn BufRead>) -> Result<Vec<Str
             None | Some(Packet::Flush) => break,
             Some(p) => {
                 if options.len() >= MAX_PUSH_OPTIONS {
-                    return Err(Error::TooLarge(format!("more than {MAX_PUSH_OPTIONS} push options")));
+                    return Err(Error::TooLarge(format!(
+                        "more than {MAX_PUSH_OPTIONS} push options"
+                    )));
                 }
                 options.push(p.as_text("push option")?.to_owned());
             }

@@ -109,9 +109,9 @@ impl Storage {
         }
         std::fs::create_dir_all(dir.join("objects").join("pack"))?;
         let value = serde_json::to_vec(&settings).map_err(|e| Error::Metadata(e.to_string()))?;
-        let swapped = self
-            .repos
-            .compare_and_swap(name.to_string(), None as Option<&[u8]>, Some(value))?;
+        let swapped =
+            self.repos
+                .compare_and_swap(name.to_string(), None as Option<&[u8]>, Some(value))?;
         if swapped.is_err() {
             return Err(Error::RepoExists(name.to_string()));
         }
@@ -159,7 +159,11 @@ impl Storage {
                 "{}-{}-{}",
                 name.owner(),
                 name.name(),
-                std::process::id() as u128 + SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+                std::process::id() as u128
+                    + SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
             ));
             std::fs::rename(&dir, &target)?;
             std::fs::remove_dir_all(&target)?;
@@ -263,7 +267,7 @@ impl Repo {
             bytes
         })?;
         self.db.flush()?;
-        result.ok_or_else(|| Error::RepoNotFound(key))
+        result.ok_or(Error::RepoNotFound(key))
     }
 
     /// All refs, sorted by name.
@@ -366,7 +370,11 @@ impl Repo {
         }
     }
 
-    fn choose_head(&self, updates: &[RefUpdate], results: &[Result<(), RefRejection>]) -> Result<()> {
+    fn choose_head(
+        &self,
+        updates: &[RefUpdate],
+        results: &[Result<(), RefRejection>],
+    ) -> Result<()> {
         let settings = self.settings()?;
         if self.find_ref(&settings.head)?.is_some() {
             return Ok(());
@@ -420,7 +428,8 @@ enum TxFail {
 }
 
 fn decode_ref(key: &[u8], value: &[u8]) -> Result<Ref> {
-    let name = String::from_utf8(key.to_vec()).map_err(|_| Error::Metadata("ref name is not UTF-8".into()))?;
+    let name = String::from_utf8(key.to_vec())
+        .map_err(|_| Error::Metadata("ref name is not UTF-8".into()))?;
     let id = oid_from(value.get(..20))
         .ok_or_else(|| Error::Metadata(format!("ref {name} has a corrupt value")))?;
     let peeled = oid_from(value.get(20..40));

@@ -103,9 +103,17 @@ fn check_wants(wants: &[ObjectId], refs: &[Ref]) -> Result<()> {
 }
 
 fn unsupported_arg(line: &str) -> Option<Error> {
-    let feature = ["shallow", "deepen", "filter", "want-ref", "sideband-all", "packfile-uris", "wait-for-done"]
-        .into_iter()
-        .find(|f| line.starts_with(f))?;
+    let feature = [
+        "shallow",
+        "deepen",
+        "filter",
+        "want-ref",
+        "sideband-all",
+        "packfile-uris",
+        "wait-for-done",
+    ]
+    .into_iter()
+    .find(|f| line.starts_with(f))?;
     Some(Error::Unsupported(format!(
         "'{feature}' (shallow and partial clones are not available on this node yet)"
     )))
@@ -139,7 +147,9 @@ fn serve_v0(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> 
         } else if let Some(e) = unsupported_arg(line) {
             return Err(e);
         } else {
-            return Err(Error::Protocol(format!("expected a want line, got {line:?}")));
+            return Err(Error::Protocol(format!(
+                "expected a want line, got {line:?}"
+            )));
         }
     }
     if wants.is_empty() {
@@ -148,7 +158,9 @@ fn serve_v0(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> 
     let refs = repo.refs()?;
     check_wants(&wants, &refs)?;
     if !caps.contains("ofs-delta") {
-        return Err(Error::Unsupported("clients without the ofs-delta capability".into()));
+        return Err(Error::Unsupported(
+            "clients without the ofs-delta capability".into(),
+        ));
     }
     let multi_ack = if caps.contains("multi_ack_detailed") {
         MultiAck::Detailed
@@ -170,7 +182,11 @@ fn serve_v0(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> 
         let packet = reader.read()?;
         match packet {
             None | Some(Packet::Flush) => {
-                if multi_ack == MultiAck::Detailed && got_common && !got_other && neg.ok_to_give_up(&wants)? {
+                if multi_ack == MultiAck::Detailed
+                    && got_common
+                    && !got_other
+                    && neg.ok_to_give_up(&wants)?
+                {
                     if let Some(l) = last {
                         sent_ready = true;
                         w.line(&format!("ACK {l} ready"))?;
@@ -202,7 +218,9 @@ fn serve_v0(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> 
                         match multi_ack {
                             MultiAck::Detailed => w.line(&format!("ACK {id} common"))?,
                             MultiAck::Plain => w.line(&format!("ACK {id} continue"))?,
-                            MultiAck::None if neg.common.len() == 1 => w.line(&format!("ACK {id}"))?,
+                            MultiAck::None if neg.common.len() == 1 => {
+                                w.line(&format!("ACK {id}"))?
+                            }
                             MultiAck::None => {}
                         }
                     } else {
@@ -224,7 +242,9 @@ fn serve_v0(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> 
                     }
                     break;
                 } else {
-                    return Err(Error::Protocol(format!("expected have or done, got {line:?}")));
+                    return Err(Error::Protocol(format!(
+                        "expected have or done, got {line:?}"
+                    )));
                 }
             }
         }
@@ -385,8 +405,9 @@ fn fetch_v2(repo: &Repo, args: &[String], session: &mut Session<'_>) -> Result<(
                 "ofs-delta" => ofs_delta = true,
                 "thin-pack" => {}
                 other => {
-                    return Err(unsupported_arg(other)
-                        .unwrap_or_else(|| Error::Protocol(format!("unknown fetch argument {other:?}"))))
+                    return Err(unsupported_arg(other).unwrap_or_else(|| {
+                        Error::Protocol(format!("unknown fetch argument {other:?}"))
+                    }))
                 }
             }
         }
@@ -397,7 +418,9 @@ fn fetch_v2(repo: &Repo, args: &[String], session: &mut Session<'_>) -> Result<(
     let refs = repo.refs()?;
     check_wants(&wants, &refs)?;
     if !ofs_delta {
-        return Err(Error::Unsupported("clients without the ofs-delta capability".into()));
+        return Err(Error::Unsupported(
+            "clients without the ofs-delta capability".into(),
+        ));
     }
     let odb = repo.objects()?;
     let mut neg = Negotiation::new(&odb);
@@ -448,10 +471,16 @@ fn add_included_tags(refs: &[Ref], ids: &mut Vec<ObjectId>) {
     }
 }
 
-fn send_pack(odb: &ObjectStore, refs: &[Ref], req: PackRequest, session: &mut Session<'_>) -> Result<()> {
+fn send_pack(
+    odb: &ObjectStore,
+    refs: &[Ref],
+    req: PackRequest,
+    session: &mut Session<'_>,
+) -> Result<()> {
     session.sideband = Some(req.sideband).filter(|m| *m != SideBandMode::None);
     let sb = RefCell::new(SideBand::new(&mut *session.out, req.sideband, req.progress));
-    sb.borrow_mut().progress("Enumerating objects, guts upload-pack\r")?;
+    sb.borrow_mut()
+        .progress("Enumerating objects, guts upload-pack\r")?;
     let mut objects = objects_to_send(odb, &req.wants, &req.haves)?;
     if req.include_tag {
         add_included_tags(refs, &mut objects.ids);
@@ -464,7 +493,7 @@ fn send_pack(odb: &ObjectStore, refs: &[Ref], req: PackRequest, session: &mut Se
     let stats = write_pack(odb, objects.ids, &mut writer, &mut |done, total| {
         if done == total || last.elapsed() >= PROGRESS_INTERVAL {
             last = Instant::now();
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             let end = if done == total { ", done.\n" } else { "\r" };
             let _ = sb
                 .borrow_mut()

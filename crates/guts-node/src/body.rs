@@ -17,11 +17,16 @@ const CHANNEL_DEPTH: usize = 8;
 
 /// A blocking, buffered reader over a request body, gunzipped if `gzip`.
 /// Must be used from a blocking thread.
-pub fn blocking_reader(body: Body, gzip: bool) -> io::BufReader<SyncIoBridge<Box<dyn AsyncBufRead + Send + Unpin>>> {
+pub fn blocking_reader(
+    body: Body,
+    gzip: bool,
+) -> io::BufReader<SyncIoBridge<Box<dyn AsyncBufRead + Send + Unpin>>> {
     let stream = body.into_data_stream().map_err(io::Error::other);
     let reader = StreamReader::new(stream);
     let reader: Box<dyn AsyncBufRead + Send + Unpin> = if gzip {
-        Box::new(BufReader::new(async_compression::tokio::bufread::GzipDecoder::new(reader)))
+        Box::new(BufReader::new(
+            async_compression::tokio::bufread::GzipDecoder::new(reader),
+        ))
     } else {
         Box::new(reader)
     };

@@ -27,7 +27,10 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn check(resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
+fn check(
+    resp: ureq::http::Response<ureq::Body>,
+    what: &str,
+) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -37,15 +40,25 @@ fn check(resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<ureq::htt
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or(text);
-    Err(NodeError::Client(format!("{what} failed ({status}): {msg}")))
+    Err(NodeError::Client(format!(
+        "{what} failed ({status}): {msg}"
+    )))
 }
 
 fn client_err(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
-    move |e| NodeError::Client(format!("cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"))
+    move |e| {
+        NodeError::Client(format!(
+            "cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"
+        ))
+    }
 }
 
 /// Run one `repo` subcommand.
-pub fn repo_command(action: RepoAction, node: Option<String>, data_dir: Option<PathBuf>) -> Result<(), NodeError> {
+pub fn repo_command(
+    action: RepoAction,
+    node: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> Result<(), NodeError> {
     let base = node_url(node, data_dir);
     let agent = agent();
     let api = format!("{base}/api/v1/repos");
@@ -71,7 +84,13 @@ pub fn repo_command(action: RepoAction, node: Option<String>, data_dir: Option<P
         }
         RepoAction::Show { name } => {
             let n = RepoName::parse(&name)?;
-            let resp = check(agent.get(&format!("{api}/{n}")).call().map_err(client_err(&base))?, "show")?;
+            let resp = check(
+                agent
+                    .get(&format!("{api}/{n}"))
+                    .call()
+                    .map_err(client_err(&base))?,
+                "show",
+            )?;
             let d: RepoDetail = resp
                 .into_body()
                 .read_json()
@@ -88,7 +107,13 @@ pub fn repo_command(action: RepoAction, node: Option<String>, data_dir: Option<P
         }
         RepoAction::Delete { name } => {
             let n = RepoName::parse(&name)?;
-            check(agent.delete(&format!("{api}/{n}")).call().map_err(client_err(&base))?, "delete")?;
+            check(
+                agent
+                    .delete(&format!("{api}/{n}"))
+                    .call()
+                    .map_err(client_err(&base))?,
+                "delete",
+            )?;
             println!("deleted {n}");
         }
         RepoAction::Set {

@@ -25,10 +25,16 @@ impl FileConfig {
     /// Read `path`; a missing file is an empty config unless `required`.
     pub fn load(path: &Path, required: bool) -> Result<Self, NodeError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| NodeError::Config(format!("invalid config file {}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(FileConfig::default()),
-            Err(e) => Err(NodeError::Config(format!("cannot read config file {}: {e}", path.display()))),
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                NodeError::Config(format!("invalid config file {}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(FileConfig::default())
+            }
+            Err(e) => Err(NodeError::Config(format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            ))),
         }
     }
 }
@@ -50,7 +56,10 @@ pub fn default_data_dir() -> PathBuf {
         return PathBuf::from(home);
     }
     match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local").join("share").join("guts"),
+        Some(home) => PathBuf::from(home)
+            .join(".local")
+            .join("share")
+            .join("guts"),
         None => PathBuf::from("guts-data"),
     }
 }

@@ -31,15 +31,19 @@ pub fn status_for(e: &NodeError) -> StatusCode {
     use guts_git::Error as G;
     match e {
         NodeError::Git(g) => match g {
-            G::InvalidRepoName { .. } | G::InvalidRefName(_) | G::Protocol(_) => StatusCode::BAD_REQUEST,
+            G::InvalidRepoName { .. } | G::InvalidRefName(_) | G::Protocol(_) => {
+                StatusCode::BAD_REQUEST
+            }
             G::RepoNotFound(_) => StatusCode::NOT_FOUND,
             G::RepoExists(_) => StatusCode::CONFLICT,
             G::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             G::NotOurRef(_) => StatusCode::BAD_REQUEST,
             G::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            G::Io(_) | G::MissingObject(_) | G::CorruptObject { .. } | G::Pack(_) | G::Metadata(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            G::Io(_)
+            | G::MissingObject(_)
+            | G::CorruptObject { .. }
+            | G::Pack(_)
+            | G::Metadata(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         NodeError::BadRequest(s, _) => *s,
         NodeError::Internal(_) | NodeError::Config(_) | NodeError::Client(_) | NodeError::Io(_) => {
@@ -63,7 +67,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
-        (status, axum::Json(serde_json::json!({ "error": self.0.to_string() }))).into_response()
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.0.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -92,7 +100,10 @@ impl IntoResponse for GitHttpError {
         }
         (
             status,
-            [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
             format!("{msg}\n"),
         )
             .into_response()

@@ -36,7 +36,10 @@ pub fn router(state: Shared) -> Router {
             "/api/v1/repos/{owner}/{name}",
             get(show_repo).delete(delete_repo).patch(patch_repo),
         )
-        .route("/api/v1/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/api/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))
         .route("/{owner}/{name}/git-receive-pack", post(receive_pack))
@@ -108,7 +111,10 @@ fn check_request(headers: &HeaderMap, service: Service) -> Result<bool, NodeErro
             format!("expected Content-Type {}", service.request_content_type()),
         ));
     }
-    match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
         None | Some("identity") => Ok(false),
         Some("gzip") | Some("x-gzip") => Ok(true),
         Some(other) => Err(NodeError::BadRequest(
@@ -119,7 +125,11 @@ fn check_request(headers: &HeaderMap, service: Service) -> Result<bool, NodeErro
 }
 
 fn streaming_response(service: Service, body: Body) -> Response {
-    let mut resp = ([(header::CONTENT_TYPE, service.result_content_type())], body).into_response();
+    let mut resp = (
+        [(header::CONTENT_TYPE, service.result_content_type())],
+        body,
+    )
+        .into_response();
     no_cache(resp.headers_mut());
     resp
 }
@@ -139,7 +149,9 @@ async fn upload_pack(
         let mut input = blocking_reader(body, gzip);
         let started = std::time::Instant::now();
         match guts_git::upload_pack::upload_pack(&repo, version, &mut input, &mut writer) {
-            Ok(()) => tracing::debug!(repo = %name, ?version, elapsed_ms = started.elapsed().as_millis() as u64, "upload-pack done"),
+            Ok(()) => {
+                tracing::debug!(repo = %name, ?version, elapsed_ms = started.elapsed().as_millis() as u64, "upload-pack done")
+            }
             Err(e) => tracing::warn!(repo = %name, ?version, error = %e, "upload-pack failed"),
         }
     });
@@ -227,7 +239,8 @@ async fn create_repo(
     State(state): State<Shared>,
     body: Result<Json<CreateRepo>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<RepoSummary>), ApiError> {
-    let Json(req) = body.map_err(|e| NodeError::BadRequest(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(req) =
+        body.map_err(|e| NodeError::BadRequest(StatusCode::BAD_REQUEST, e.body_text()))?;
     let name = RepoName::new(&req.owner, &req.name)?;
     let created = name.clone();
     blocking(move || {
@@ -289,7 +302,8 @@ async fn patch_repo(
     Path((owner, name)): Path<(String, String)>,
     body: Result<Json<PatchRepo>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| NodeError::BadRequest(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(req) =
+        body.map_err(|e| NodeError::BadRequest(StatusCode::BAD_REQUEST, e.body_text()))?;
     let name = RepoName::new(&owner, &name)?;
     let settings = blocking(move || {
         let repo = state.storage.open_repo(&name)?;

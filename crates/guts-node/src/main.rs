@@ -98,7 +98,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Repo { action, node, data_dir } => client::repo_command(action, node, data_dir),
+        Command::Repo {
+            action,
+            node,
+            data_dir,
+        } => client::repo_command(action, node, data_dir),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -119,7 +123,10 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
         .parse()
         .map_err(|e| NodeError::Config(format!("bad default address: {e}")))?;
     Ok(Config {
-        http_listen: args.http_listen.or(file.http_listen).unwrap_or(default_listen),
+        http_listen: args
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or(default_listen),
         max_pack_bytes: args
             .max_pack_bytes
             .or(file.max_pack_bytes)
