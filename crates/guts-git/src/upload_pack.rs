@@ -479,8 +479,7 @@ fn send_pack(
 ) -> Result<()> {
     session.sideband = Some(req.sideband).filter(|m| *m != SideBandMode::None);
     let sb = RefCell::new(SideBand::new(&mut *session.out, req.sideband, req.progress));
-    sb.borrow_mut()
-        .progress("Enumerating objects, guts upload-pack\r")?;
+    sb.borrow_mut().progress("Enumerating objects...\r")?;
     let mut objects = objects_to_send(odb, &req.wants, &req.haves)?;
     if req.include_tag {
         add_included_tags(refs, &mut objects.ids);
@@ -489,9 +488,14 @@ fn send_pack(
     sb.borrow_mut()
         .progress(&format!("Enumerating objects: {total}, done.\n"))?;
     let mut last = Instant::now();
+    let mut finished = false;
     let mut writer = SharedWriter(&sb);
     let stats = write_pack(odb, objects.ids, &mut writer, &mut |done, total| {
-        if done == total || last.elapsed() >= PROGRESS_INTERVAL {
+        if finished {
+            return;
+        }
+        finished = done == total;
+        if finished || last.elapsed() >= PROGRESS_INTERVAL {
             last = Instant::now();
             let pct = (done * 100).checked_div(total).unwrap_or(100);
             let end = if done == total { ", done.\n" } else { "\r" };

@@ -60,6 +60,11 @@ impl Node {
     /// Starts a node on the given data directory (which outlives the node, so
     /// a node can be restarted on the same data).
     pub fn start_in(data_dir: &Path) -> Node {
+        Node::start_with(data_dir, &[])
+    }
+
+    /// Like [`Node::start_in`] with extra `run` flags.
+    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Node {
         let addr_file = data_dir.join("http.addr");
         // A previous node on the same data dir leaves a stale address behind.
         match fs::remove_file(&addr_file) {
@@ -76,6 +81,7 @@ impl Node {
             .arg(data_dir)
             .arg("--http-listen")
             .arg("127.0.0.1:0")
+            .args(extra_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),

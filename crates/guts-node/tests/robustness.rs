@@ -1,0 +1,372 @@
+//! Robustness end-to-end tests: a node killed mid-push, size limits, gzip
+//! request bodies, long negotiations and requests the node must refuse.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tempfile::TempDir;
+
+const ZERO_ID: &str = "0000000000000000000000000000000000000000";
+
+/// Deterministic, incompressible bytes (so packs are as large as the data).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn commit_bytes(dir: &Path, name: &str, content: &[u8], msg: &str) -> String {
+    fs::write(dir.join(name), content).expect("write file");
+    git_ok(dir, &["add", "--", name]);
+    git_ok(dir, &["commit", "-q", "-m", msg]);
+    rev_parse(dir, "HEAD")
+}
+
+fn incoming_dirs(objects: &Path) -> Vec<String> {
+    fs::read_dir(objects)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("incoming-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pack_files(objects: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(objects.join("pack"))
+        .expect("pack dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn killed_mid_push_leaves_repo_unchanged() {
+    let tmp = TempDir::new().expect("tmp");
+    let data = tmp.path().join("data");
+    let mut node = Node::start_in(&data);
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c0 = init_work_repo(&work);
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+    let objects = data.join("repos/alice/demo.git/objects");
+    let packs_before = pack_files(&objects);
+    let refs_before = node.server_refs("alice", "demo");
+
+    // A commit with 8 MiB of incompressible data, sent only half-way.
+    let c1 = commit_bytes(&work, "blob.bin", &noise(8 << 20, 1), "big");
+    let pack = pack_objects(&work, &[&c1, &format!("^{c0}")], false);
+    let body = receive_pack_body(
+        &[format!("{c0} {c1} refs/heads/main")],
+        "report-status side-band-64k",
+        &pack,
+    );
+    let mut stream = TcpStream::connect(node.addr()).expect("connect");
+    write!(
+        stream,
+        "POST /alice/demo.git/git-receive-pack HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: {}\r\n\r\n",
+        node.addr(),
+        body.len()
+    )
+    .expect("send head");
+    stream
+        .write_all(&body[..body.len() / 2])
+        .expect("send half");
+    stream.flush().expect("flush");
+
+    // Wait until the node is demonstrably in the middle of receiving the pack.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while incoming_dirs(&objects).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no quarantine appeared; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.stop(); // SIGKILL
+    drop(stream);
+
+    let node = Node::start_in(&data);
+    assert_eq!(
+        node.server_refs("alice", "demo"),
+        refs_before,
+        "refs changed"
+    );
+    assert!(incoming_dirs(&objects).is_empty(), "quarantine left behind");
+    assert_eq!(
+        pack_files(&objects),
+        packs_before,
+        "a partial pack was published"
+    );
+
+    // The same push now succeeds and the result is a consistent repository.
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+    assert_eq!(node.server_refs("alice", "demo")["refs/heads/main"], c1);
+    let clone = tmp.path().join("clone.git");
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &node.repo_url("alice", "demo"),
+            &path_of(&clone),
+        ],
+    );
+    assert_fsck(&clone);
+    assert_eq!(rev_parse(&clone, "refs/heads/main"), c1);
+}
+
+fn path_of(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+#[test]
+fn oversized_push_is_refused_and_leaves_nothing() {
+    let tmp = TempDir::new().expect("tmp");
+    let data = tmp.path().join("data");
+    let node = Node::start_with(&data, &["--max-pack-bytes", "65536"]);
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    let url = node.repo_url("alice", "demo");
+    git_ok(&work, &["push", "-q", &url, "main"]);
+    let before = node.server_refs("alice", "demo");
+    let objects = data.join("repos/alice/demo.git/objects");
+    let packs_before = pack_files(&objects);
+
+    commit_bytes(&work, "big.bin", &noise(512 * 1024, 2), "too big");
+    let out = git_fail(&work, &["push", &url, "main"]);
+    let err = stderr_of(&out);
+    assert!(err.contains("limit"), "no size limit message: {err}");
+    assert_eq!(node.server_refs("alice", "demo"), before);
+    assert_eq!(pack_files(&objects), packs_before);
+    assert!(incoming_dirs(&objects).is_empty(), "quarantine left behind");
+
+    // Within the limit, pushes keep working.
+    git_ok(&work, &["reset", "-q", "--hard", "HEAD~1"]);
+    let small = commit_file(&work, "small.txt", "small\n", "small");
+    git_ok(&work, &["push", "-q", &url, "main"]);
+    assert_eq!(node.server_refs("alice", "demo")["refs/heads/main"], small);
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+#[test]
+fn gzip_request_bodies_are_accepted() {
+    let tmp = TempDir::new().expect("tmp");
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c0 = init_work_repo(&work);
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+
+    // v2 ls-refs, gzipped.
+    let mut body = pkt(b"command=ls-refs\n");
+    body.extend(pkt(b"object-format=sha1\n"));
+    body.extend(b"0001");
+    body.extend(pkt(b"ref-prefix refs/heads/\n"));
+    body.extend(b"0000");
+    let resp = http_request(
+        node.addr(),
+        "POST",
+        "/alice/demo.git/git-upload-pack",
+        &[
+            ("Content-Type", "application/x-git-upload-pack-request"),
+            ("Content-Encoding", "gzip"),
+            ("Git-Protocol", "version=2"),
+        ],
+        &gzip(&body),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(
+        resp.text().contains(&format!("{c0} refs/heads/main")),
+        "ls-refs: {}",
+        resp.text()
+    );
+
+    // v0 fetch request, gzipped: the response carries a pack.
+    let mut body = pkt(format!("want {c0} ofs-delta side-band-64k\n").as_bytes());
+    body.extend(b"0000");
+    body.extend(pkt(b"done\n"));
+    let resp = http_request(
+        node.addr(),
+        "POST",
+        "/alice/demo.git/git-upload-pack",
+        &[
+            ("Content-Type", "application/x-git-upload-pack-request"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &gzip(&body),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.starts_with(b"0008NAK\n"), "{:?}", resp.text());
+    assert!(
+        resp.body.windows(4).any(|w| w == b"PACK"),
+        "no pack in response"
+    );
+
+    // A body that claims gzip but is not is refused with an error, not a hang.
+    let resp = http_request(
+        node.addr(),
+        "POST",
+        "/alice/demo.git/git-upload-pack",
+        &[
+            ("Content-Type", "application/x-git-upload-pack-request"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &body,
+    );
+    assert!(
+        resp.status >= 400 || resp.text().contains("ERR"),
+        "garbage gzip accepted: {} {}",
+        resp.status,
+        resp.text()
+    );
+}
+
+#[test]
+fn fetch_negotiates_past_many_unknown_haves() {
+    let tmp = TempDir::new().expect("tmp");
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let url = node.repo_url("alice", "demo");
+    let a = tmp.path().join("a");
+    init_work_repo(&a);
+    for i in 0..20 {
+        commit_file(&a, "f.txt", &format!("{i}\n"), &format!("shared {i}"));
+    }
+    git_ok(&a, &["push", "-q", &url, "main"]);
+
+    for v in ["0", "2"] {
+        // A clone far ahead: 300 local commits the server has never seen.
+        let b = tmp.path().join(format!("b{v}"));
+        git_ok(tmp.path(), &["clone", "-q", &url, &path_of(&b)]);
+        git_ok(&b, &["checkout", "-q", "-b", "local"]);
+        for i in 0..300 {
+            commit_file(&b, "local.txt", &format!("{i}\n"), &format!("local {i}"));
+        }
+        // Meanwhile the server moves on.
+        let new = commit_file(&a, "g.txt", &format!("v{v}\n"), "server side");
+        git_ok(&a, &["push", "-q", &url, "main"]);
+
+        let proto = format!("protocol.version={v}");
+        git_ok(&b, &["-c", &proto, "fetch", "-q", "origin"]);
+        assert_eq!(rev_parse(&b, "refs/remotes/origin/main"), new, "v{v}");
+        assert_fsck(&b);
+    }
+}
+
+#[test]
+fn refuses_what_it_cannot_serve() {
+    let tmp = TempDir::new().expect("tmp");
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c0 = init_work_repo(&work);
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+
+    // Cloning a repository that does not exist: 404 and a hint.
+    let out = git_fail(tmp.path(), &["clone", &node.repo_url("alice", "nope"), "x"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("not found") || err.contains("does not exist"),
+        "{err}"
+    );
+
+    // Dumb HTTP is refused with an explanation.
+    let resp = node.get("/alice/demo.git/info/refs");
+    assert_eq!(resp.status, 403);
+    assert!(resp.text().contains("smart HTTP"), "{}", resp.text());
+
+    // A want that no ref advertises.
+    let unknown = "1234567890123456789012345678901234567890";
+    let mut body = pkt(format!("want {unknown} ofs-delta side-band-64k\n").as_bytes());
+    body.extend(b"0000");
+    body.extend(pkt(b"done\n"));
+    let resp = node.post_service("alice", "demo", "git-upload-pack", &body);
+    assert!(resp.text().contains("ERR"), "{}", resp.text());
+    assert!(resp.text().contains("not our ref"), "{}", resp.text());
+
+    // Shallow clones are not available yet: the node does not advertise them,
+    // so git refuses with its own clear message in every protocol version.
+    for v in ["0", "2"] {
+        let proto = format!("protocol.version={v}");
+        let dest = format!("shallow{v}");
+        let args = ["-c", proto.as_str(), "clone", "--depth", "1"];
+        let url = node.repo_url("alice", "demo");
+        let out = git_fail(
+            tmp.path(),
+            &[&args[..], &[url.as_str(), dest.as_str()]].concat(),
+        );
+        let err = stderr_of(&out);
+        assert!(err.contains("does not support shallow"), "v{v}: {err}");
+    }
+
+    // Wrong content type.
+    let resp = http_request(
+        node.addr(),
+        "POST",
+        "/alice/demo.git/git-upload-pack",
+        &[("Content-Type", "text/plain")],
+        b"0000",
+    );
+    assert_eq!(resp.status, 415);
+
+    // A push command line that is not "<old> <new> <ref>".
+    let mut body = pkt(b"garbage\0report-status\n");
+    body.extend(b"0000");
+    let resp = node.post_service("alice", "demo", "git-receive-pack", &body);
+    assert!(resp.text().contains("ERR"), "{}", resp.text());
+    assert_eq!(node.server_refs("alice", "demo")["refs/heads/main"], c0);
+
+    // A delete of a ref that does not exist changes nothing and is reported.
+    let resp = node.receive_pack(
+        "alice",
+        "demo",
+        &[format!("{c0} {ZERO_ID} refs/heads/ghost")],
+        "report-status delete-refs",
+        &[],
+    );
+    assert!(
+        resp.text().contains("ng refs/heads/ghost"),
+        "{}",
+        resp.text()
+    );
+}
