@@ -1,0 +1,286 @@
+//! The protocol core driven with byte buffers only: no sockets, no HTTP.
+//! `git` is used to make packs and to check the packs we produce.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use guts_git::names::RepoName;
+use guts_git::pktline::{Packet, PktReader};
+use guts_git::protocol::{advertise, Service, Version};
+use guts_git::receive_pack::{receive_pack, ReceiveOptions};
+use guts_git::storage::{Repo, Storage};
+use guts_git::upload_pack::upload_pack;
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+const OPTS: ReceiveOptions = ReceiveOptions {
+    max_pack_bytes: 1 << 30,
+};
+
+fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    let mut child = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn git");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("git output");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn text(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8(git(dir, args, None))
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn pkt(s: &str) -> Vec<u8> {
+    let mut v = format!("{:04x}", s.len() + 4).into_bytes();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    work: std::path::PathBuf,
+    repo: Repo,
+    c1: String,
+    c2: String,
+}
+
+/// A storage with one repository and a work tree with two commits (not pushed).
+fn fixture() -> Fixture {
+    let tmp = tempfile::TempDir::new().expect("tmp");
+    let storage = Storage::open(&tmp.path().join("data")).expect("storage");
+    let repo = storage
+        .create(&RepoName::new("alice", "demo").expect("name"))
+        .expect("create");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q", "-b", "main"], None);
+    std::fs::write(work.join("a.txt"), "one\n".repeat(200)).expect("write");
+    git(&work, &["add", "a.txt"], None);
+    git(&work, &["commit", "-q", "-m", "one"], None);
+    let c1 = text(&work, &["rev-parse", "HEAD"]);
+    std::fs::write(work.join("a.txt"), "one\n".repeat(200) + "two\n").expect("write");
+    git(&work, &["commit", "-q", "-a", "-m", "two"], None);
+    let c2 = text(&work, &["rev-parse", "HEAD"]);
+    Fixture {
+        _tmp: tmp,
+        work,
+        repo,
+        c1,
+        c2,
+    }
+}
+
+fn pack_of(work: &Path, revs: &str) -> Vec<u8> {
+    git(
+        work,
+        &["pack-objects", "--stdout", "--revs", "-q"],
+        Some(revs.as_bytes()),
+    )
+}
+
+fn push(repo: &Repo, commands: &[String], caps: &str, pack: &[u8]) -> String {
+    let mut body = Vec::new();
+    for (i, c) in commands.iter().enumerate() {
+        if i == 0 {
+            body.extend(pkt(&format!("{c}\0{caps}\n")));
+        } else {
+            body.extend(pkt(&format!("{c}\n")));
+        }
+    }
+    body.extend(b"0000");
+    body.extend_from_slice(pack);
+    let mut out = Vec::new();
+    let _ = receive_pack(repo, &mut &body[..], &mut out, OPTS);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn push_then_advertise_then_fetch_v0() {
+    let f = fixture();
+    let pack = pack_of(&f.work, &format!("{}\n", f.c2));
+    let report = push(
+        &f.repo,
+        &[format!("{ZERO} {} refs/heads/main", f.c2)],
+        "report-status",
+        &pack,
+    );
+    assert!(report.contains("unpack ok"), "{report}");
+    assert!(report.contains("ok refs/heads/main"), "{report}");
+
+    let mut adv = Vec::new();
+    advertise(&f.repo, Service::UploadPack, Version::V0, &mut adv).expect("advertise");
+    let adv = String::from_utf8_lossy(&adv).into_owned();
+    assert!(
+        adv.starts_with("001e# service=git-upload-pack\n0000"),
+        "{adv}"
+    );
+    assert!(adv.contains(&format!("{} HEAD\0", f.c2)), "{adv}");
+    assert!(adv.contains("symref=HEAD:refs/heads/main"), "{adv}");
+    assert!(
+        adv.contains(&format!("{} refs/heads/main\n", f.c2)),
+        "{adv}"
+    );
+
+    // Clone request: want, flush, done; no side-band so the pack comes raw.
+    let mut req = pkt(&format!("want {} ofs-delta\n", f.c2));
+    req.extend(b"0000");
+    req.extend(pkt("done\n"));
+    let mut out = Vec::new();
+    upload_pack(&f.repo, Version::V0, &mut &req[..], &mut out).expect("upload-pack");
+    assert!(
+        out.starts_with(b"0008NAK\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let pack = &out[8..];
+    assert!(pack.starts_with(b"PACK"));
+
+    // git accepts the pack and finds every object of both commits.
+    let check = f.work.join("check.git");
+    git(&f.work, &["init", "-q", "--bare", "check.git"], None);
+    git(&check, &["index-pack", "--stdin", "--fix-thin"], Some(pack));
+    let listed = text(&check, &["rev-list", "--objects", &f.c2]);
+    // Two commits, two root trees, two versions of a.txt.
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+}
+
+#[test]
+fn incremental_fetch_v2_sends_only_new_objects() {
+    let f = fixture();
+    let pack = pack_of(&f.work, &format!("{}\n", f.c2));
+    push(
+        &f.repo,
+        &[format!("{ZERO} {} refs/heads/main", f.c2)],
+        "report-status",
+        &pack,
+    );
+    let mut req = pkt("command=fetch\n");
+    req.extend(pkt("object-format=sha1\n"));
+    req.extend(b"0001");
+    req.extend(pkt("ofs-delta\n"));
+    req.extend(pkt("no-progress\n"));
+    req.extend(pkt(&format!("want {}\n", f.c2)));
+    req.extend(pkt(&format!("have {}\n", f.c1)));
+    req.extend(pkt("done\n"));
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out).expect("fetch");
+    let mut reader = PktReader::new(&out[..]);
+    let first = reader.read().expect("read").expect("packet");
+    assert_eq!(first, Packet::Data(b"packfile\n"));
+    let mut pack = Vec::new();
+    while let Some(p) = reader.read().expect("read") {
+        match p {
+            Packet::Data(d) if d[0] == 1 => pack.extend_from_slice(&d[1..]),
+            Packet::Data(d) => assert_ne!(d[0], 3, "error band: {:?}", String::from_utf8_lossy(d)),
+            Packet::Flush => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Commit two, its tree and the changed blob: exactly 3 objects.
+    assert_eq!(&pack[..4], b"PACK");
+    assert_eq!(
+        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        3
+    );
+}
+
+#[test]
+fn atomic_push_with_a_stale_ref_changes_nothing() {
+    let f = fixture();
+    let pack = pack_of(&f.work, &format!("{}\n", f.c2));
+    push(
+        &f.repo,
+        &[
+            format!("{ZERO} {} refs/heads/main", f.c1),
+            format!("{ZERO} {} refs/heads/x", f.c1),
+        ],
+        "report-status",
+        &pack,
+    );
+    // x is claimed to be at c2 (it is at c1): stale. Atomic: main must not move.
+    let report = push(
+        &f.repo,
+        &[
+            format!("{} {} refs/heads/main", f.c1, f.c2),
+            format!("{} {} refs/heads/x", f.c2, f.c1),
+        ],
+        "report-status atomic",
+        &pack_of(&f.work, ""),
+    );
+    assert!(
+        report.contains("ng refs/heads/main atomic push failed"),
+        "{report}"
+    );
+    assert!(report.contains("ng refs/heads/x stale info"), "{report}");
+    assert_eq!(
+        f.repo
+            .find_ref("refs/heads/main")
+            .expect("ref")
+            .map(|i| i.to_string()),
+        Some(f.c1.clone())
+    );
+}
+
+#[test]
+fn truncated_request_gets_err_packet() {
+    let f = fixture();
+    let mut out = Vec::new();
+    let res = upload_pack(&f.repo, Version::V0, &mut &b"0032want 12"[..], &mut out);
+    assert!(res.is_err());
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("ERR upload-pack: protocol error: truncated pkt-line"),
+        "{text}"
+    );
+}
+
+#[test]
+fn pack_missing_its_parent_is_refused_and_leaves_nothing() {
+    let f = fixture();
+    // Only c2's objects, without c1 which c2 references as parent.
+    let pack = pack_of(&f.work, &format!("{}\n^{}\n", f.c2, f.c1));
+    let report = push(
+        &f.repo,
+        &[format!("{ZERO} {} refs/heads/main", f.c2)],
+        "report-status",
+        &pack,
+    );
+    assert!(
+        report.contains("unpack pack error: the pushed objects are not connected"),
+        "{report}"
+    );
+    assert!(report.contains("ng refs/heads/main"), "{report}");
+    assert!(f.repo.refs().expect("refs").is_empty());
+    let packs = std::fs::read_dir(f.repo.objects_dir().join("pack"))
+        .expect("pack dir")
+        .count();
+    assert_eq!(packs, 0, "objects of a refused push were kept");
+}
