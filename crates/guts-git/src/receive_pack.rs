@@ -63,7 +63,8 @@ pub fn receive_pack(
     opts: ReceiveOptions,
 ) -> Result<PushOutcome> {
     let mut reader = PktReader::new(input);
-    let (commands, caps) = match read_commands(&mut reader) {
+    let mut shallow = false;
+    let (commands, caps) = match read_commands(&mut reader, &mut shallow) {
         Ok(v) => v,
         Err(e) => {
             // Nothing negotiated yet: a plain ERR packet is all the client understands.
@@ -88,7 +89,13 @@ pub fn receive_pack(
     let atomic = caps.contains("atomic");
     let mut sb = SideBand::new(out, mode, progress);
     let mut input = reader.into_inner();
-    let result = process(repo, &commands, atomic, &mut input, &mut sb, opts);
+    let result = if shallow {
+        Err(Error::Unsupported(
+            "pushing from a shallow clone (run `git fetch --unshallow` and push again)".into(),
+        ))
+    } else {
+        process(repo, &commands, atomic, &mut input, &mut sb, opts)
+    };
     let (unpack, results, outcome) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -97,6 +104,7 @@ pub fn receive_pack(
                 Error::Pack(_) | Error::TooLarge(_) | Error::CorruptObject { .. } => {
                     "unpacker error"
                 }
+                Error::Unsupported(_) => "not supported by this node",
                 _ => "server error",
             };
             let results = commands.iter().map(|_| Err(reason.to_owned())).collect();
@@ -288,6 +296,7 @@ fn check_command(
 
 fn read_commands(
     reader: &mut PktReader<&mut dyn BufRead>,
+    shallow: &mut bool,
 ) -> Result<(Vec<Command>, HashSet<String>)> {
     let mut commands = Vec::new();
     let mut caps = HashSet::new();
@@ -314,7 +323,10 @@ fn read_commands(
         }
         let line = Packet::Data(line).as_text("push command")?;
         if line.starts_with("shallow ") {
-            return Err(Error::Unsupported("pushing from a shallow clone".into()));
+            // Shallow lines precede the commands; the push is refused once the
+            // capabilities (and so the side-band framing) are known.
+            *shallow = true;
+            continue;
         }
         let mut parts = line.splitn(3, ' ');
         let (Some(old), Some(new), Some(name)) = (parts.next(), parts.next(), parts.next()) else {

@@ -81,6 +81,17 @@ impl Storage {
                     std::fs::remove_dir_all(entry.path())?;
                 }
             }
+            // A crash between moving a pack and its index leaves a pack
+            // without index: never visible to reads, and safe to remove.
+            for entry in std::fs::read_dir(objects.join("pack"))?.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "pack")
+                    && !path.with_extension("idx").exists()
+                {
+                    tracing::info!(repo = %name, pack = %path.display(), "removing pack without index left by an interrupted push");
+                    std::fs::remove_file(&path)?;
+                }
+            }
         }
         Ok(())
     }

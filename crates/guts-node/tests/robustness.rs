@@ -370,3 +370,29 @@ fn refuses_what_it_cannot_serve() {
         resp.text()
     );
 }
+
+#[test]
+fn push_from_a_shallow_clone_is_refused_clearly() {
+    let tmp = TempDir::new().expect("tmp");
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let url = node.repo_url("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    commit_file(&work, "b.txt", "b\n", "second");
+    git_ok(&work, &["push", "-q", &url, "main"]);
+    let before = node.server_refs("alice", "demo");
+
+    let shallow = tmp.path().join("shallow");
+    let src = format!("file://{}", path_of(&work));
+    git_ok(
+        tmp.path(),
+        &["clone", "-q", "--depth", "1", &src, &path_of(&shallow)],
+    );
+    commit_file(&shallow, "c.txt", "c\n", "from shallow");
+    let out = git_fail(&shallow, &["push", &url, "HEAD:refs/heads/from-shallow"]);
+    let err = stderr_of(&out);
+    assert!(err.contains("shallow clone"), "{err}");
+    assert!(err.contains("--unshallow"), "{err}");
+    assert_eq!(node.server_refs("alice", "demo"), before);
+}
