@@ -396,3 +396,73 @@ fn push_from_a_shallow_clone_is_refused_clearly() {
     assert!(err.contains("--unshallow"), "{err}");
     assert_eq!(node.server_refs("alice", "demo"), before);
 }
+
+#[test]
+fn pack_header_claiming_billions_of_objects_is_refused() {
+    let tmp = TempDir::new().expect("tmp");
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c0 = init_work_repo(&work);
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+    let before = node.server_refs("alice", "demo");
+
+    let mut pack = b"PACK".to_vec();
+    pack.extend(2u32.to_be_bytes());
+    pack.extend(0xffff_fff0u32.to_be_bytes());
+    pack.extend([0u8; 64]);
+    let resp = node.receive_pack(
+        "alice",
+        "demo",
+        &[format!("{ZERO_ID} {c0} refs/heads/evil")],
+        "report-status",
+        &pack,
+    );
+    let text = resp.text();
+    assert!(
+        text.contains("unpack ") && !text.contains("unpack ok"),
+        "{text}"
+    );
+    assert!(text.contains("ng refs/heads/evil"), "{text}");
+    assert_eq!(node.server_refs("alice", "demo"), before);
+    // Still alive and serving.
+    assert_eq!(node.get("/api/v1/health").status, 200);
+}
+
+#[test]
+fn config_file_sets_the_pack_limit() {
+    let tmp = TempDir::new().expect("tmp");
+    let data = tmp.path().join("data");
+    fs::create_dir_all(&data).expect("mkdir");
+    fs::write(data.join("config.toml"), "max_pack_bytes = 65536\n").expect("config");
+    let node = Node::start_in(&data);
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    commit_bytes(&work, "big.bin", &noise(256 * 1024, 3), "too big");
+    let out = git_fail(&work, &["push", &node.repo_url("alice", "demo"), "main"]);
+    assert!(
+        stderr_of(&out).contains("limit of 65536 bytes"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // A config file with an unknown key is an error at startup, not ignored.
+    let bad = tmp.path().join("bad");
+    fs::create_dir_all(&bad).expect("mkdir");
+    fs::write(bad.join("config.toml"), "max_pack_byte = 1\n").expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(["run", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid config file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
