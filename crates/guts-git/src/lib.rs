@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod filter;
 pub mod limits;
 pub mod names;
 pub mod odb;
@@ -23,6 +24,7 @@ pub mod pack_out;
 pub mod pktline;
 pub mod protocol;
 pub mod receive_pack;
+pub mod shallow;
 pub mod storage;
 pub mod upload_pack;
 pub mod walk;

@@ -97,6 +97,19 @@ impl ObjectStore {
             .ok_or_else(|| Error::MissingObject(id.to_owned()))
     }
 
+    /// The size of an object's content, read from its pack header when possible.
+    pub fn size(&self, id: &oid) -> Result<u64> {
+        if !self.overlay_has(id) {
+            if let Some(h) = gix_object::FindHeader::try_header(&self.handle, id)
+                .map_err(|e| Error::pack(&format!("reading header of {id}"), e))?
+            {
+                return Ok(h.size);
+            }
+        }
+        let mut buf = Vec::new();
+        Ok(self.read(id, &mut buf)?.data.len() as u64)
+    }
+
     /// The kind of an object, or `None` if it does not exist.
     pub fn kind(&self, id: &oid, buf: &mut Vec<u8>) -> Result<Option<gix_object::Kind>> {
         Ok(self.try_read(id, buf)?.map(|d| d.kind))

@@ -96,6 +96,11 @@ impl<R: BufRead> PktReader<R> {
         Ok(Some(Packet::Data(&self.buf)))
     }
 
+    /// Whether the input is exhausted (no further packet), without consuming anything.
+    pub fn at_eof(&mut self) -> Result<bool> {
+        Ok(self.inner.fill_buf().map_err(Error::Io)?.is_empty())
+    }
+
     /// Read the next packet, treating end of input as a protocol error.
     pub fn read_required(&mut self) -> Result<Packet<'_>> {
         self.read()?
@@ -259,6 +264,11 @@ impl<W: Write> SideBand<W> {
     /// Write a flush packet on the outer stream (ends a side-band response).
     pub fn flush_pkt(&mut self) -> io::Result<()> {
         self.inner.write_all(b"0000")
+    }
+
+    /// Access the inner writer (for packets outside the band framing).
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
     /// Give back the inner writer.

@@ -89,7 +89,7 @@ impl Version {
 }
 
 /// Capabilities advertised by upload-pack in v0/v1.
-const UPLOAD_PACK_CAPS: &str = "multi_ack thin-pack side-band side-band-64k ofs-delta no-progress include-tag multi_ack_detailed no-done";
+const UPLOAD_PACK_CAPS: &str = "multi_ack thin-pack side-band side-band-64k ofs-delta shallow deepen-since deepen-not deepen-relative no-progress include-tag multi_ack_detailed allow-tip-sha1-in-want allow-reachable-sha1-in-want no-done";
 /// Capabilities advertised by receive-pack.
 const RECEIVE_PACK_CAPS: &str =
     "report-status report-status-v2 delete-refs side-band-64k quiet atomic ofs-delta push-options";
@@ -110,9 +110,10 @@ pub fn advertise(
         w.line("version 2")?;
         w.line(&format!("agent={AGENT}"))?;
         w.line("ls-refs=unborn")?;
-        w.line("fetch")?;
+        w.line("fetch=shallow wait-for-done filter ref-in-want sideband-all")?;
         w.line("server-option")?;
         w.line("object-format=sha1")?;
+        w.line("object-info=size")?;
         w.flush_pkt()?;
         return Ok(());
     }
@@ -133,6 +134,7 @@ pub fn advertise(
             caps.push_str(&format!(" symref=HEAD:{}", head.target));
             lines.push((id.to_string(), "HEAD".into()));
         }
+        caps.push_str(" filter");
     }
     for r in &refs {
         lines.push((r.id.to_string(), r.name.clone()));

@@ -89,13 +89,13 @@ pub fn receive_pack(
     let atomic = caps.contains("atomic");
     let mut sb = SideBand::new(out, mode, progress);
     let mut input = reader.into_inner();
-    let result = if shallow {
-        Err(Error::Unsupported(
-            "pushing from a shallow clone (run `git fetch --unshallow` and push again)".into(),
-        ))
-    } else {
-        process(repo, &commands, atomic, &mut input, &mut sb, opts)
-    };
+    let result = process(repo, &commands, atomic, &mut input, &mut sb, opts).map_err(|e| match e {
+        Error::Pack(msg) if shallow && msg.contains("not connected") => Error::Pack(format!(
+            "{msg}; this push comes from a shallow clone whose history this repository lacks \
+             (run `git fetch --unshallow` and push again)"
+        )),
+        other => other,
+    });
     let (unpack, results, outcome) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -323,8 +323,8 @@ fn read_commands(
         }
         let line = Packet::Data(line).as_text("push command")?;
         if line.starts_with("shallow ") {
-            // Shallow lines precede the commands; the push is refused once the
-            // capabilities (and so the side-band framing) are known.
+            // A push from a shallow clone: accepted if its objects connect to
+            // what is stored, which the connectivity check decides.
             *shallow = true;
             continue;
         }

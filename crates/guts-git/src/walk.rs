@@ -13,6 +13,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use gix_hash::ObjectId;
 
 use crate::error::Result;
+use crate::filter::Filter;
 use crate::odb::{for_each_tree_entry, tag_target, ObjectStore};
 
 /// How many extra commits to visit after the queue became all-uninteresting,
@@ -27,6 +28,7 @@ struct Flags {
 
 struct Walker<'a> {
     odb: &'a ObjectStore,
+    shallow: &'a HashSet<ObjectId>,
     buf: Vec<u8>,
     flags: HashMap<ObjectId, Flags>,
     parents: HashMap<ObjectId, Vec<ObjectId>>,
@@ -36,9 +38,10 @@ struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
-    fn new(odb: &'a ObjectStore) -> Self {
+    fn new(odb: &'a ObjectStore, shallow: &'a HashSet<ObjectId>) -> Self {
         Walker {
             odb,
+            shallow,
             buf: Vec::new(),
             flags: HashMap::new(),
             parents: HashMap::new(),
@@ -64,7 +67,13 @@ impl<'a> Walker<'a> {
         if !already_queued {
             let info = self.odb.commit(&id, &mut self.buf)?;
             self.trees.insert(id, info.tree);
-            self.parents.insert(id, info.parents);
+            // A shallow commit's parents are cut off: the walk ends there.
+            let parents = if self.shallow.contains(&id) {
+                Vec::new()
+            } else {
+                info.parents
+            };
+            self.parents.insert(id, parents);
             self.seq += 1;
             // Newest first; among equal times, first pushed first.
             self.queue.push((info.time, u64::MAX - self.seq, id));
@@ -136,50 +145,67 @@ pub struct ObjectsToSend {
     pub commits: usize,
 }
 
-/// Compute the objects reachable from `wants` but not from `haves`.
-///
-/// `wants` may be commits or annotated tags (the tags themselves are sent);
-/// `haves` are commits the client has (unknown ids must be filtered out before).
-pub fn objects_to_send(
-    odb: &ObjectStore,
-    wants: &[ObjectId],
-    haves: &[ObjectId],
-) -> Result<ObjectsToSend> {
-    let mut out = ObjectsToSend::default();
-    let mut sent: HashSet<ObjectId> = HashSet::new();
-    let mut buf = Vec::new();
-    let mut walker = Walker::new(odb);
-    let mut extra_trees = Vec::new();
-    let mut extra_blobs = Vec::new();
-    let mut tags = Vec::new();
+/// What a fetch asks for, after negotiation and shallow processing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WalkSpec<'a> {
+    /// Objects the client named (commits, tags, trees or blobs); always sent.
+    pub wants: &'a [ObjectId],
+    /// Commits the client has: they and their ancestors are not sent.
+    pub haves: &'a [ObjectId],
+    /// Commits whose parents are cut off (the client's shallow boundary).
+    pub shallow: Option<&'a HashSet<ObjectId>>,
+    /// The partial clone filter, if any.
+    pub filter: Option<&'a Filter>,
+}
 
-    for want in wants {
+/// Compute the objects reachable from `wants` but not from `haves`,
+/// honouring the shallow boundary and the filter.
+pub fn objects_to_send(odb: &ObjectStore, spec: WalkSpec<'_>) -> Result<ObjectsToSend> {
+    let mut out = ObjectsToSend::default();
+    let empty = HashSet::new();
+    let shallow = spec.shallow.unwrap_or(&empty);
+    let mut buf = Vec::new();
+    let mut walker = Walker::new(odb, shallow);
+    let mut user_trees = Vec::new();
+    let mut user_blobs = Vec::new();
+    let mut user_commits = HashSet::new();
+    let mut tags = Vec::new();
+    let mut emitted: HashSet<ObjectId> = HashSet::new();
+
+    for want in spec.wants {
         let mut id = *want;
         for _ in 0..crate::limits::MAX_TAG_CHAIN {
             let data = odb.read(&id, &mut buf)?;
             match data.kind {
                 gix_object::Kind::Tag => {
-                    if sent.insert(id) {
+                    if emitted.insert(id) {
                         tags.push(id);
                     }
                     id = tag_target(&id, data.data)?;
                     continue;
                 }
-                gix_object::Kind::Commit => walker.push(id, false)?,
-                gix_object::Kind::Tree => extra_trees.push(id),
-                gix_object::Kind::Blob => extra_blobs.push(id),
+                gix_object::Kind::Commit => {
+                    user_commits.insert(id);
+                    walker.push(id, false)?;
+                }
+                gix_object::Kind::Tree => user_trees.push(id),
+                gix_object::Kind::Blob => user_blobs.push(id),
             }
             break;
         }
     }
-    for have in haves {
+    for have in spec.haves {
         walker.push(*have, true)?;
     }
     let commits = walker.run()?;
 
-    // Everything the client has at the boundary is marked as sent.
-    let mut boundary: Vec<ObjectId> = haves.to_vec();
+    // Everything the client has at the boundary is marked as present there.
+    let mut present: HashSet<ObjectId> = HashSet::new();
+    let mut boundary: Vec<ObjectId> = spec.haves.to_vec();
     for c in &commits {
+        if shallow.contains(c) {
+            continue;
+        }
         for p in walker.parents.get(c).map(Vec::as_slice).unwrap_or_default() {
             if walker.flags.get(p).is_some_and(|f| f.uninteresting) {
                 boundary.push(*p);
@@ -187,59 +213,130 @@ pub fn objects_to_send(
         }
     }
     for b in boundary {
+        present.insert(b);
         if let Some(tree) = walker.trees.get(&b).copied() {
-            mark_tree(odb, tree, &mut sent, &mut buf, &mut |_| {})?;
+            mark_tree(odb, tree, &mut present, &mut buf)?;
         }
     }
 
+    let keep_commit = match spec.filter {
+        Some(f) => f.keeps(gix_object::Kind::Commit, || Ok(0), 0)?,
+        None => true,
+    };
     for c in &commits {
-        if sent.insert(*c) {
+        if (keep_commit || user_commits.contains(c)) && emitted.insert(*c) {
             out.ids.push(*c);
         }
     }
     out.commits = out.ids.len();
     out.ids.extend(tags);
-    let mut tree_ids = Vec::new();
-    for c in &commits {
-        if let Some(tree) = walker.trees.get(c).copied() {
-            tree_ids.push(tree);
-        }
+    let mut roots: Vec<(ObjectId, bool)> = commits
+        .iter()
+        .filter_map(|c| walker.trees.get(c).map(|t| (*t, false)))
+        .collect();
+    roots.extend(user_trees.into_iter().map(|t| (t, true)));
+    let mut trees = TreeWalk {
+        odb,
+        present: &present,
+        emitted: &mut emitted,
+        filter: spec.filter,
+        depth_seen: HashMap::new(),
+        buf,
+    };
+    for (root, user_given) in roots {
+        trees.walk(root, user_given, &mut out.ids)?;
     }
-    tree_ids.extend(extra_trees);
-    for t in tree_ids {
-        mark_tree(odb, t, &mut sent, &mut buf, &mut |id| out.ids.push(id))?;
-    }
-    for b in extra_blobs {
-        if sent.insert(b) {
+    for b in user_blobs {
+        if emitted.insert(b) {
             out.ids.push(b);
         }
     }
     Ok(out)
 }
 
-/// Walk a tree depth-first, calling `found` for every object not yet in `seen`
-/// and adding it there. Subtrees already in `seen` are not entered.
+/// Walks trees below commits, emitting what the filter keeps and the client lacks.
+struct TreeWalk<'a> {
+    odb: &'a ObjectStore,
+    present: &'a HashSet<ObjectId>,
+    emitted: &'a mut HashSet<ObjectId>,
+    filter: Option<&'a Filter>,
+    /// Smallest depth each tree was visited at (any depth = 0 without a depth filter).
+    depth_seen: HashMap<ObjectId, u64>,
+    buf: Vec<u8>,
+}
+
+impl TreeWalk<'_> {
+    fn walk(&mut self, root: ObjectId, user_given: bool, out: &mut Vec<ObjectId>) -> Result<()> {
+        let uses_depth = self.filter.is_some_and(Filter::uses_depth);
+        let mut stack = vec![(root, 0u64, user_given)];
+        while let Some((tree, depth, user_given)) = stack.pop() {
+            if self.present.contains(&tree) {
+                continue;
+            }
+            let depth = if uses_depth { depth } else { 0 };
+            if self
+                .depth_seen
+                .get(&tree)
+                .is_some_and(|&seen| seen <= depth)
+            {
+                continue;
+            }
+            self.depth_seen.insert(tree, depth);
+            let keep = match self.filter {
+                Some(f) if !user_given => f.keeps(gix_object::Kind::Tree, || Ok(0), depth)?,
+                _ => true,
+            };
+            if keep && self.emitted.insert(tree) {
+                out.push(tree);
+            }
+            if self.filter.is_some_and(|f| !f.descends(depth)) {
+                continue;
+            }
+            let data = self.odb.read(&tree, &mut self.buf)?;
+            let mut blobs = Vec::new();
+            for_each_tree_entry(&tree, data.data, |id, is_tree| {
+                if is_tree {
+                    stack.push((id, depth + 1, false));
+                } else {
+                    blobs.push(id);
+                }
+            })?;
+            for blob in blobs {
+                if self.present.contains(&blob) || self.emitted.contains(&blob) {
+                    continue;
+                }
+                let keep = match self.filter {
+                    Some(f) => {
+                        f.keeps(gix_object::Kind::Blob, || self.odb.size(&blob), depth + 1)?
+                    }
+                    None => true,
+                };
+                if keep {
+                    self.emitted.insert(blob);
+                    out.push(blob);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mark a tree and everything below it as present on the client.
+/// Subtrees already marked are not entered again.
 fn mark_tree(
     odb: &ObjectStore,
     root: ObjectId,
-    seen: &mut HashSet<ObjectId>,
+    present: &mut HashSet<ObjectId>,
     buf: &mut Vec<u8>,
-    found: &mut dyn FnMut(ObjectId),
 ) -> Result<()> {
-    if !seen.insert(root) {
-        return Ok(());
-    }
-    found(root);
+    present.insert(root);
     let mut stack = vec![root];
     while let Some(tree) = stack.pop() {
         let data = odb.read(&tree, buf)?;
         let mut subtrees = Vec::new();
         for_each_tree_entry(&tree, data.data, |id, is_tree| {
-            if seen.insert(id) {
-                found(id);
-                if is_tree {
-                    subtrees.push(id);
-                }
+            if present.insert(id) && is_tree {
+                subtrees.push(id);
             }
         })?;
         stack.extend(subtrees);

@@ -324,19 +324,18 @@ fn refuses_what_it_cannot_serve() {
     assert!(resp.text().contains("ERR"), "{}", resp.text());
     assert!(resp.text().contains("not our ref"), "{}", resp.text());
 
-    // Shallow clones are not available yet: the node does not advertise them,
-    // so git refuses with its own clear message in every protocol version.
+    // An unknown filter spec gets a clear error in every protocol version.
     for v in ["0", "2"] {
         let proto = format!("protocol.version={v}");
-        let dest = format!("shallow{v}");
-        let args = ["-c", proto.as_str(), "clone", "--depth", "1"];
+        let dest = format!("sparse{v}");
         let url = node.repo_url("alice", "demo");
+        let args = ["-c", proto.as_str(), "clone", "--filter=sparse:oid=main:x"];
         let out = git_fail(
             tmp.path(),
             &[&args[..], &[url.as_str(), dest.as_str()]].concat(),
         );
         let err = stderr_of(&out);
-        assert!(err.contains("does not support shallow"), "v{v}: {err}");
+        assert!(err.contains("invalid filter-spec"), "v{v}: {err}");
     }
 
     // Wrong content type.
@@ -372,29 +371,41 @@ fn refuses_what_it_cannot_serve() {
 }
 
 #[test]
-fn push_from_a_shallow_clone_is_refused_clearly() {
+fn push_from_a_shallow_clone() {
     let tmp = TempDir::new().expect("tmp");
     let node = Node::start();
     node.create_repo("alice", "demo");
+    node.create_repo("alice", "other");
     let url = node.repo_url("alice", "demo");
     let work = tmp.path().join("work");
     init_work_repo(&work);
     commit_file(&work, "b.txt", "b\n", "second");
     git_ok(&work, &["push", "-q", &url, "main"]);
-    let before = node.server_refs("alice", "demo");
 
+    // The server has the history below the shallow boundary: accepted.
     let shallow = tmp.path().join("shallow");
     let src = format!("file://{}", path_of(&work));
     git_ok(
         tmp.path(),
         &["clone", "-q", "--depth", "1", &src, &path_of(&shallow)],
     );
-    commit_file(&shallow, "c.txt", "c\n", "from shallow");
-    let out = git_fail(&shallow, &["push", &url, "HEAD:refs/heads/from-shallow"]);
+    let c = commit_file(&shallow, "c.txt", "c\n", "from shallow");
+    git_ok(
+        &shallow,
+        &["push", "-q", &url, "HEAD:refs/heads/from-shallow"],
+    );
+    assert_eq!(
+        node.server_refs("alice", "demo")["refs/heads/from-shallow"],
+        c
+    );
+
+    // A repository without that history refuses, says why, and stays empty.
+    let other = node.repo_url("alice", "other");
+    let out = git_fail(&shallow, &["push", &other, "HEAD:refs/heads/main"]);
     let err = stderr_of(&out);
     assert!(err.contains("shallow clone"), "{err}");
     assert!(err.contains("--unshallow"), "{err}");
-    assert_eq!(node.server_refs("alice", "demo"), before);
+    assert!(node.server_refs("alice", "other").is_empty());
 }
 
 #[test]

@@ -1,0 +1,289 @@
+//! upload-pack commands of protocol v2 (`gitprotocol-v2`): `ls-refs`,
+//! `fetch` and `object-info`, one command per stateless request.
+
+use std::io::BufRead;
+
+use super::args::{check_wants, parse_oid, unsupported, FetchArgs};
+use super::{commits_only, send_pack, PackRequest, Session};
+use crate::error::{Error, Result};
+use crate::limits::{MAX_HAVES, MAX_REF_PREFIXES, MAX_WANTS};
+use crate::pktline::{Packet, PktReader, SideBandMode};
+use crate::shallow;
+use crate::storage::Repo;
+use crate::walk::{Negotiation, WalkSpec};
+
+/// Most `oid` lines in one `object-info` request.
+const MAX_OBJECT_INFO_OIDS: usize = MAX_WANTS;
+
+pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> Result<()> {
+    let mut reader = PktReader::new(input);
+    let command = match reader.read()? {
+        None | Some(Packet::Flush) => return Ok(()),
+        Some(p) => p
+            .as_text("command")?
+            .strip_prefix("command=")
+            .ok_or_else(|| Error::Protocol("expected command=".into()))?
+            .to_owned(),
+    };
+    // Capability lines, up to the delimiter (or flush when there are no arguments).
+    let mut has_args = false;
+    loop {
+        match reader.read_required()? {
+            Packet::Delim => {
+                has_args = true;
+                break;
+            }
+            Packet::Flush => break,
+            p => {
+                let cap = p.as_text("capability")?;
+                if let Some(fmt) = cap.strip_prefix("object-format=") {
+                    if fmt != "sha1" {
+                        return Err(Error::Unsupported(format!("object-format={fmt}")));
+                    }
+                } else if let Some(opt) = cap.strip_prefix("server-option=") {
+                    tracing::debug!(
+                        option = opt,
+                        "server option (no options are defined on this node)"
+                    );
+                } else if let Some(sid) = cap.strip_prefix("session-id=") {
+                    tracing::debug!(session_id = sid, "client session");
+                }
+            }
+        }
+    }
+    let mut args = Vec::new();
+    if has_args {
+        loop {
+            match reader.read_required()? {
+                Packet::Flush => break,
+                p => {
+                    if args.len() >= MAX_WANTS + MAX_HAVES + 16 {
+                        return Err(Error::TooLarge("too many arguments".into()));
+                    }
+                    args.push(p.as_text("argument")?.to_owned());
+                }
+            }
+        }
+    }
+    match command.as_str() {
+        "ls-refs" => ls_refs(repo, &args, session),
+        "fetch" => fetch(repo, &args, session),
+        "object-info" => object_info(repo, &args, session),
+        other => Err(Error::Protocol(format!("unknown command {other:?}"))),
+    }
+}
+
+fn ls_refs(repo: &Repo, args: &[String], session: &mut Session<'_>) -> Result<()> {
+    let mut symrefs = false;
+    let mut peel = false;
+    let mut unborn = false;
+    let mut prefixes: Vec<&str> = Vec::new();
+    let mut too_many = false;
+    for a in args {
+        match a.as_str() {
+            "symrefs" => symrefs = true,
+            "peel" => peel = true,
+            "unborn" => unborn = true,
+            _ => match a.strip_prefix("ref-prefix ") {
+                // Past the limit git treats the request as "all refs".
+                Some(p) if prefixes.len() < MAX_REF_PREFIXES => prefixes.push(p),
+                Some(_) => too_many = true,
+                None => return Err(Error::Protocol(format!("unknown ls-refs argument {a:?}"))),
+            },
+        }
+    }
+    if too_many {
+        prefixes.clear();
+    }
+    let matches = |name: &str| prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p));
+    if matches("HEAD") {
+        let head = repo.head()?;
+        let target = if symrefs {
+            format!(" symref-target:{}", head.target)
+        } else {
+            String::new()
+        };
+        match head.id {
+            Some(id) => session.line(&format!("{id} HEAD{target}"))?,
+            None if unborn && symrefs => session.line(&format!("unborn HEAD{target}"))?,
+            None => {}
+        }
+    }
+    for r in repo.refs()? {
+        if !matches(&r.name) {
+            continue;
+        }
+        let mut line = format!("{} {}", r.id, r.name);
+        if peel {
+            if let Some(p) = r.peeled {
+                line.push_str(&format!(" peeled:{p}"));
+            }
+        }
+        session.line(&line)?;
+    }
+    session.flush_pkt()?;
+    Ok(())
+}
+
+fn parse_fetch_args(repo: &Repo, lines: &[String]) -> Result<FetchArgs> {
+    let mut args = FetchArgs::new();
+    args.sideband = Some(SideBandMode::Large);
+    for a in lines {
+        if let Some(hex) = a.strip_prefix("want ") {
+            args.add_want(parse_oid(hex, "want")?)?;
+        } else if let Some(name) = a.strip_prefix("want-ref ") {
+            let id = if name == "HEAD" {
+                repo.head()?.id
+            } else {
+                repo.find_ref(name)?
+            };
+            let id = id.ok_or_else(|| Error::Protocol(format!("unknown ref {name}")))?;
+            if !args.want_refs.iter().any(|(n, _)| n == name) {
+                args.want_refs.push((name.to_owned(), id));
+            }
+            args.add_want(id)?;
+        } else if let Some(hex) = a.strip_prefix("have ") {
+            args.add_have(parse_oid(hex, "have")?)?;
+        } else if args.shallow_or_filter_line(a)? {
+        } else {
+            match a.as_str() {
+                "done" => args.done = true,
+                "no-progress" => args.progress = false,
+                "include-tag" => args.include_tag = true,
+                "ofs-delta" => args.ofs_delta = true,
+                "thin-pack" => {}
+                "wait-for-done" => args.wait_for_done = true,
+                "deepen-relative" => args.deepen_relative = true,
+                "sideband-all" => args.sideband_all = true,
+                other => {
+                    return Err(unsupported(other)
+                        .unwrap_or_else(|| Error::Protocol(format!("unexpected line: '{other}'"))))
+                }
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn fetch(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()> {
+    let args = parse_fetch_args(repo, lines)?;
+    if args.sideband_all {
+        session.all_bands = true;
+        session.sideband = Some(SideBandMode::Large);
+    }
+    if args.wants.is_empty() && !args.wait_for_done {
+        return Ok(());
+    }
+    let refs = repo.refs()?;
+    let odb = repo.objects()?;
+    check_wants(&odb, &args.wants, &refs, false)?;
+    if !args.ofs_delta {
+        return Err(Error::Unsupported(
+            "clients without the ofs-delta capability".into(),
+        ));
+    }
+    let mut neg = Negotiation::new(&odb);
+    let mut acked = Vec::new();
+    for h in &args.haves {
+        if neg.have(*h)? {
+            acked.push(*h);
+        }
+    }
+    if !args.haves.is_empty() && !args.done {
+        session.line("acknowledgments")?;
+        if acked.is_empty() {
+            session.line("NAK")?;
+        }
+        for c in &acked {
+            session.line(&format!("ACK {c}"))?;
+        }
+        if !args.wait_for_done && neg.ok_to_give_up(&args.wants)? {
+            session.line("ready")?;
+            session.delim()?;
+        } else {
+            session.flush_pkt()?;
+            return Ok(());
+        }
+    }
+    if args.wants.is_empty() {
+        session.flush_pkt()?;
+        return Ok(());
+    }
+    let deepen = args.deepen(&refs)?;
+    let client_shallow = args.known_client_shallow(&odb)?;
+    let plan = shallow::plan(&odb, &args.wants, &client_shallow, &deepen)?;
+    if plan.deepened || !args.client_shallow.is_empty() {
+        session.line("shallow-info")?;
+        for c in &plan.shallow {
+            session.line(&format!("shallow {c}"))?;
+        }
+        for c in &plan.unshallow {
+            session.line(&format!("unshallow {c}"))?;
+        }
+        session.delim()?;
+    }
+    // Section order of gitprotocol-v2 (and git's client): shallow-info, then wanted-refs.
+    if !args.want_refs.is_empty() {
+        session.line("wanted-refs")?;
+        for (name, id) in &args.want_refs {
+            session.line(&format!("{id} {name}"))?;
+        }
+        session.delim()?;
+    }
+    session.line("packfile")?;
+    let mut haves = commits_only(&odb, &neg.common)?;
+    haves.extend(plan.extra_haves.iter().copied());
+    let mut wants = args.wants.clone();
+    wants.extend(plan.extra_wants.iter().copied());
+    let request = PackRequest {
+        walk: WalkSpec {
+            wants: &wants,
+            haves: &haves,
+            shallow: Some(&plan.cut),
+            filter: args.filter.as_ref(),
+        },
+        sideband: SideBandMode::Large,
+        progress: args.progress,
+        include_tag: args.include_tag,
+    };
+    send_pack(&odb, &refs, request, session)
+}
+
+/// `object-info`: the size of each named object (empty for unknown objects).
+fn object_info(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()> {
+    let mut size = false;
+    let mut oids = Vec::new();
+    for l in lines {
+        if l == "size" {
+            size = true;
+        } else if let Some(hex) = l.strip_prefix("oid ") {
+            if oids.len() >= MAX_OBJECT_INFO_OIDS {
+                return Err(Error::TooLarge(format!(
+                    "more than {MAX_OBJECT_INFO_OIDS} oids"
+                )));
+            }
+            oids.push(parse_oid(hex, "object-info")?);
+        } else {
+            return Err(Error::Protocol(format!(
+                "object-info: unexpected line: '{l}'"
+            )));
+        }
+    }
+    if !oids.is_empty() {
+        let odb = repo.objects()?;
+        if size {
+            session.line("size")?;
+        }
+        for id in oids {
+            if !odb.contains(&id) {
+                session.line(&format!("{id} "))?;
+            } else if size {
+                session.line(&format!("{id} {}", odb.size(&id)?))?;
+            } else {
+                session.line(&id.to_string())?;
+            }
+        }
+    }
+    session.flush_pkt()?;
+    Ok(())
+}
