@@ -284,3 +284,158 @@ fn pack_missing_its_parent_is_refused_and_leaves_nothing() {
         .count();
     assert_eq!(packs, 0, "objects of a refused push were kept");
 }
+
+/// Send a v2 command with `args`; return the response's packets as text
+/// (band-1 prefix stripped) up to `packfile`, and the pack bytes after it.
+fn v2(repo: &Repo, command: &str, args: &[String]) -> (Vec<String>, Vec<u8>) {
+    let mut req = pkt(&format!("command={command}\n"));
+    req.extend(pkt("object-format=sha1\n"));
+    req.extend(b"0001");
+    for a in args {
+        req.extend(pkt(&format!("{a}\n")));
+    }
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    upload_pack(repo, Version::V2, &mut &req[..], &mut out).expect("v2 request");
+    let mut reader = PktReader::new(&out[..]);
+    let mut lines = Vec::new();
+    let mut pack = Vec::new();
+    let mut in_pack = false;
+    while let Some(p) = reader.read().expect("valid response") {
+        match p {
+            Packet::Data(d) if in_pack && d[0] == 1 => pack.extend_from_slice(&d[1..]),
+            Packet::Data(d) if in_pack => assert_ne!(d[0], 3, "{:?}", String::from_utf8_lossy(d)),
+            Packet::Data(d) => {
+                let line = String::from_utf8_lossy(d).trim_end().to_owned();
+                in_pack = line == "packfile";
+                lines.push(line);
+            }
+            Packet::Delim => lines.push("<delim>".into()),
+            Packet::Flush | Packet::ResponseEnd => break,
+        }
+    }
+    (lines, pack)
+}
+
+fn pack_count(pack: &[u8]) -> u32 {
+    assert_eq!(&pack[..4], b"PACK");
+    u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]])
+}
+
+fn pushed_fixture() -> Fixture {
+    let f = fixture();
+    let pack = pack_of(&f.work, &format!("{}\n", f.c2));
+    let report = push(
+        &f.repo,
+        &[format!("{ZERO} {} refs/heads/main", f.c2)],
+        "report-status",
+        &pack,
+    );
+    assert!(report.contains("ok refs/heads/main"), "{report}");
+    f
+}
+
+#[test]
+fn v2_depth_one_sends_the_boundary_and_one_commit() {
+    let f = pushed_fixture();
+    let args = [
+        format!("want {}", f.c2),
+        "ofs-delta".into(),
+        "no-progress".into(),
+        "deepen 1".into(),
+        "done".into(),
+    ];
+    let (lines, pack) = v2(&f.repo, "fetch", &args);
+    assert_eq!(
+        lines,
+        vec![
+            "shallow-info".to_owned(),
+            format!("shallow {}", f.c2),
+            "<delim>".into(),
+            "packfile".into()
+        ]
+    );
+    assert_eq!(pack_count(&pack), 3, "commit, tree, blob of the tip only");
+
+    // Deepening by one from that boundary unshallows it and sends its parent.
+    let args = [
+        format!("want {}", f.c2),
+        format!("have {}", f.c2),
+        format!("shallow {}", f.c2),
+        "deepen 1".into(),
+        "deepen-relative".into(),
+        "ofs-delta".into(),
+        "no-progress".into(),
+        "done".into(),
+    ];
+    let (lines, pack) = v2(&f.repo, "fetch", &args);
+    assert!(lines.contains(&format!("unshallow {}", f.c2)), "{lines:?}");
+    assert!(lines.contains(&format!("shallow {}", f.c1)), "{lines:?}");
+    assert_eq!(pack_count(&pack), 3, "commit one, its tree and blob");
+}
+
+#[test]
+fn v2_blob_none_filter_omits_blobs_but_not_wanted_ones() {
+    let f = pushed_fixture();
+    let args = [
+        format!("want {}", f.c2),
+        "ofs-delta".into(),
+        "no-progress".into(),
+        "filter blob:none".into(),
+        "done".into(),
+    ];
+    let (_, pack) = v2(&f.repo, "fetch", &args);
+    assert_eq!(pack_count(&pack), 4, "two commits and two trees");
+
+    let blob = text(&f.work, &["rev-parse", &format!("{}:a.txt", f.c1)]);
+    let args = [
+        format!("want {blob}"),
+        "ofs-delta".into(),
+        "no-progress".into(),
+        "filter blob:none".into(),
+        "done".into(),
+    ];
+    let (_, pack) = v2(&f.repo, "fetch", &args);
+    assert_eq!(pack_count(&pack), 1, "the wanted blob despite blob:none");
+
+    let bad = [
+        format!("want {}", f.c2),
+        "ofs-delta".into(),
+        "filter sparse:oid=x".into(),
+        "done".into(),
+    ];
+    let mut req = pkt("command=fetch\n");
+    req.extend(b"0001");
+    for a in &bad {
+        req.extend(pkt(&format!("{a}\n")));
+    }
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    assert!(upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out).is_err());
+    assert!(String::from_utf8_lossy(&out)
+        .contains("ERR upload-pack: protocol error: invalid filter-spec 'sparse:oid=x'"));
+}
+
+#[test]
+fn v2_object_info_reports_sizes() {
+    let f = pushed_fixture();
+    let blob = text(&f.work, &["rev-parse", &format!("{}:a.txt", f.c2)]);
+    let missing = "1111111111111111111111111111111111111111";
+    let (lines, _) = v2(
+        &f.repo,
+        "object-info",
+        &[
+            "size".into(),
+            format!("oid {blob}"),
+            format!("oid {missing}"),
+        ],
+    );
+    assert_eq!(
+        lines,
+        vec![
+            "size".to_owned(),
+            format!("{blob} {}", 4 * 200 + 4),
+            format!("{missing}")
+        ]
+    );
+}
