@@ -15,6 +15,7 @@
 //! transaction, and the database is flushed before a push is acknowledged.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gix_hash::ObjectId;
@@ -47,6 +48,8 @@ pub struct Storage {
     root: PathBuf,
     db: sled::Db,
     repos: sled::Tree,
+    /// Serializes creating and deleting repositories (directory and settings together).
+    lifecycle: Arc<Mutex<()>>,
 }
 
 impl Storage {
@@ -60,6 +63,7 @@ impl Storage {
             root: data_dir.to_owned(),
             db,
             repos,
+            lifecycle: Arc::new(Mutex::new(())),
         };
         storage.cleanup()?;
         Ok(storage)
@@ -105,6 +109,7 @@ impl Storage {
 
     /// Create an empty repository. Fails with [`Error::RepoExists`] if it exists.
     pub fn create(&self, name: &RepoName) -> Result<Repo> {
+        let _guard = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         let settings = RepoSettings {
             head: DEFAULT_BRANCH.to_owned(),
             deny_non_fast_forwards: false,
@@ -157,6 +162,7 @@ impl Storage {
 
     /// Delete a repository with its refs and objects.
     pub fn delete(&self, name: &RepoName) -> Result<()> {
+        let _guard = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         if self.repos.remove(name.to_string())?.is_none() {
             return Err(Error::RepoNotFound(name.to_string()));
         }
@@ -166,16 +172,12 @@ impl Storage {
         if dir.exists() {
             let trash = self.root.join("trash");
             std::fs::create_dir_all(&trash)?;
-            let target = trash.join(format!(
-                "{}-{}-{}",
-                name.owner(),
-                name.name(),
-                std::process::id() as u128
-                    + SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0)
-            ));
+            // Renaming first makes the removal atomic for readers. Leftovers
+            // of an earlier failed removal under the same name go first.
+            let target = trash.join(format!("{}-{}", name.owner(), name.name()));
+            if target.exists() {
+                std::fs::remove_dir_all(&target)?;
+            }
             std::fs::rename(&dir, &target)?;
             std::fs::remove_dir_all(&target)?;
         }
