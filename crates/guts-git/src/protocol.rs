@@ -88,6 +88,23 @@ impl Version {
     }
 }
 
+/// A server session id for `session-id=` (git's trace2 session id plays this
+/// role): unique per advertisement, for correlating a client's requests in logs.
+fn session_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "guts-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Capabilities advertised by upload-pack in v0/v1.
 const UPLOAD_PACK_CAPS: &str = "multi_ack thin-pack side-band side-band-64k ofs-delta shallow deepen-since deepen-not deepen-relative no-progress include-tag multi_ack_detailed allow-tip-sha1-in-want allow-reachable-sha1-in-want no-done";
 /// Capabilities advertised by receive-pack.
@@ -113,6 +130,7 @@ pub fn advertise(
         w.line("fetch=shallow wait-for-done filter ref-in-want sideband-all")?;
         w.line("server-option")?;
         w.line("object-format=sha1")?;
+        w.line(&format!("session-id={}", session_id()))?;
         w.line("object-info=size")?;
         w.flush_pkt()?;
         return Ok(());
@@ -144,7 +162,7 @@ pub fn advertise(
             }
         }
     }
-    caps.push_str(&format!(" object-format=sha1 agent={AGENT}"));
+    caps.push_str(&format!(" session-id={} object-format=sha1 agent={AGENT}", session_id()));
     if lines.is_empty() {
         lines.push((
             gix_hash::Kind::Sha1.null().to_string(),
