@@ -131,7 +131,7 @@ pub fn advertise(
         w.line("server-option")?;
         w.line("object-format=sha1")?;
         w.line(&format!("session-id={}", session_id()))?;
-        w.line("object-info=size")?;
+        w.line("object-info")?;
         w.flush_pkt()?;
         return Ok(());
     }
@@ -162,7 +162,10 @@ pub fn advertise(
             }
         }
     }
-    caps.push_str(&format!(" session-id={} object-format=sha1 agent={AGENT}", session_id()));
+    caps.push_str(&format!(
+        " session-id={} object-format=sha1 agent={AGENT}",
+        session_id()
+    ));
     if lines.is_empty() {
         lines.push((
             gix_hash::Kind::Sha1.null().to_string(),
