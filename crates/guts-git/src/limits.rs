@@ -20,3 +20,5 @@ pub const DEFAULT_MAX_PACK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 pub const MAX_OBJECT_BYTES: usize = 512 * 1024 * 1024;
 /// Longest chain of tags pointing at tags that is followed when peeling.
 pub const MAX_TAG_CHAIN: usize = 64;
+/// Largest push certificate accepted, in bytes.
+pub const MAX_PUSH_CERT_BYTES: usize = 1024 * 1024;

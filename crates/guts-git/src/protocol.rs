@@ -116,10 +116,14 @@ const RECEIVE_PACK_CAPS: &str =
 /// v0/v1 start with the `# service=` preamble git's smart HTTP requires;
 /// v2 (upload-pack only) is the capability advertisement alone, as
 /// `git http-backend` sends it. receive-pack has no v2 and answers v0/v1.
+///
+/// `push_cert_nonce`, for receive-pack, adds `push-cert=<nonce>`: the client
+/// must then sign its push (gitprotocol-capabilities "push-cert").
 pub fn advertise(
     repo: &Repo,
     service: Service,
     version: Version,
+    push_cert_nonce: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let mut w = PktWriter::new(out);
@@ -161,6 +165,9 @@ pub fn advertise(
                 lines.push((p.to_string(), format!("{}^{{}}", r.name)));
             }
         }
+    }
+    if let (Service::ReceivePack, Some(nonce)) = (service, push_cert_nonce) {
+        caps.push_str(&format!(" push-cert={nonce}"));
     }
     caps.push_str(&format!(
         " session-id={} object-format=sha1 agent={AGENT}",

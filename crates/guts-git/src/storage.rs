@@ -107,11 +107,28 @@ impl Storage {
             .join(format!("{}.git", name.name()))
     }
 
+    /// The metadata database, for other node metadata kept beside the refs
+    /// (identity documents, signed-update logs) in their own trees.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Create an empty repository whose HEAD points at `head` (a full ref
+    /// name). Fails with [`Error::RepoExists`] if it exists.
+    pub fn create_with_head(&self, name: &RepoName, head: &str) -> Result<Repo> {
+        crate::names::check_ref_name(head)?;
+        self.create_inner(name, head)
+    }
+
     /// Create an empty repository. Fails with [`Error::RepoExists`] if it exists.
     pub fn create(&self, name: &RepoName) -> Result<Repo> {
+        self.create_inner(name, DEFAULT_BRANCH)
+    }
+
+    fn create_inner(&self, name: &RepoName, head: &str) -> Result<Repo> {
         let _guard = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         let settings = RepoSettings {
-            head: DEFAULT_BRANCH.to_owned(),
+            head: head.to_owned(),
             deny_non_fast_forwards: false,
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -8,11 +8,24 @@ use std::process::{Command, Stdio};
 use guts_git::names::RepoName;
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::{advertise, Service, Version};
-use guts_git::receive_pack::{receive_pack, ReceiveOptions};
+use guts_git::receive_pack::{receive_pack, Command as PushCommand, PushPolicy, ReceiveOptions};
 use guts_git::storage::{Repo, Storage};
 use guts_git::upload_pack::upload_pack;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
+/// Accepts every push: the git layer's own tests are not about authorization.
+struct Open;
+
+impl PushPolicy for Open {
+    fn cert_nonce(&self) -> Option<String> {
+        None
+    }
+    fn authorize(&self, _: Option<&str>, _: &[PushCommand]) -> Result<(), String> {
+        Ok(())
+    }
+    fn accepted(&self, _: Option<&str>, _: &[String]) {}
+}
+
 const OPTS: ReceiveOptions = ReceiveOptions {
     max_pack_bytes: 1 << 30,
 };
@@ -117,7 +130,7 @@ fn push(repo: &Repo, commands: &[String], caps: &str, pack: &[u8]) -> String {
     body.extend(b"0000");
     body.extend_from_slice(pack);
     let mut out = Vec::new();
-    let _ = receive_pack(repo, &mut &body[..], &mut out, OPTS);
+    let _ = receive_pack(repo, &mut &body[..], &mut out, OPTS, &Open);
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -135,7 +148,7 @@ fn push_then_advertise_then_fetch_v0() {
     assert!(report.contains("ok refs/heads/main"), "{report}");
 
     let mut adv = Vec::new();
-    advertise(&f.repo, Service::UploadPack, Version::V0, &mut adv).expect("advertise");
+    advertise(&f.repo, Service::UploadPack, Version::V0, None, &mut adv).expect("advertise");
     let adv = String::from_utf8_lossy(&adv).into_owned();
     assert!(
         adv.starts_with("001e# service=git-upload-pack\n0000"),
@@ -438,4 +451,96 @@ fn v2_object_info_reports_sizes() {
             format!("{missing}")
         ]
     );
+}
+
+/// Requires a certificate and remembers what it was given.
+struct SignedOnly {
+    seen: std::sync::Mutex<Vec<(String, Vec<PushCommand>)>>,
+}
+
+impl PushPolicy for SignedOnly {
+    fn cert_nonce(&self) -> Option<String> {
+        Some("1-abc".into())
+    }
+    fn authorize(&self, cert: Option<&str>, commands: &[PushCommand]) -> Result<(), String> {
+        let cert = cert.ok_or("unsigned push refused: configure push signing")?;
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((cert.to_owned(), commands.to_vec()));
+        Ok(())
+    }
+    fn accepted(&self, _: Option<&str>, _: &[String]) {}
+}
+
+#[test]
+fn push_certificates_carry_the_commands() {
+    let f = fixture();
+    let policy = SignedOnly {
+        seen: std::sync::Mutex::new(Vec::new()),
+    };
+    let pack = pack_of(&f.work, &format!("{}\n", f.c2));
+    let cmd = format!("{ZERO} {} refs/heads/main", f.c2);
+    let cert_lines = [
+        "certificate version 0.1\n".to_owned(),
+        "pusher X 1 +0000\n".into(),
+        "pushee http://h/alice/demo.git\n".into(),
+        "nonce 1-abc\n".into(),
+        "\n".into(),
+        format!("{cmd}\n"),
+        "-----BEGIN SSH SIGNATURE-----\n".into(),
+        "AAAA\n".into(),
+        "-----END SSH SIGNATURE-----\n".into(),
+    ];
+    let mut body = pkt("push-cert\0report-status\n");
+    for l in &cert_lines {
+        body.extend(pkt(l));
+    }
+    body.extend(pkt("push-cert-end\n"));
+    body.extend(b"0000");
+    body.extend(&pack);
+    let mut out = Vec::new();
+    receive_pack(&f.repo, &mut &body[..], &mut out, OPTS, &policy).expect("push");
+    let report = String::from_utf8_lossy(&out);
+    assert!(report.contains("ok refs/heads/main"), "{report}");
+    let seen = policy.seen.lock().expect("lock");
+    assert_eq!(seen[0].0, cert_lines.concat());
+    assert_eq!(seen[0].1.len(), 1);
+    assert_eq!(seen[0].1[0].name, "refs/heads/main");
+
+    // Unsigned: refused with the policy's words, nothing changes.
+    let mut out = Vec::new();
+    let mut body = pkt(&format!(
+        "{ZERO} {} refs/heads/other\0report-status\n",
+        f.c1
+    ));
+    body.extend(b"0000");
+    body.extend(&pack);
+    receive_pack(&f.repo, &mut &body[..], &mut out, OPTS, &policy).expect("answered");
+    let report = String::from_utf8_lossy(&out);
+    assert!(report.contains("unpack ok"), "{report}");
+    assert!(
+        report.contains("ng refs/heads/other unsigned push refused: configure push signing"),
+        "{report}"
+    );
+    assert!(f.repo.find_ref("refs/heads/other").expect("ref").is_none());
+
+    // A command list beside the certificate that differs from it: refused.
+    let mut body = pkt("push-cert\0report-status\n");
+    for l in &cert_lines {
+        body.extend(pkt(&l.replace("refs/heads/main", "refs/heads/signed")));
+    }
+    body.extend(pkt("push-cert-end\n"));
+    body.extend(pkt(&format!("{ZERO} {} refs/heads/sneaky\n", f.c2)));
+    body.extend(b"0000");
+    body.extend(&pack);
+    let mut out = Vec::new();
+    receive_pack(&f.repo, &mut &body[..], &mut out, OPTS, &policy).expect("answered");
+    let report = String::from_utf8_lossy(&out);
+    assert!(
+        report.contains("does not match the pushed commands"),
+        "{report}"
+    );
+    assert!(f.repo.find_ref("refs/heads/signed").expect("ref").is_none());
+    assert!(f.repo.find_ref("refs/heads/sneaky").expect("ref").is_none());
 }

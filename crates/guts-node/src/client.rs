@@ -1,36 +1,55 @@
-//! The `repo` subcommands: a small client of the node's REST API.
+//! The client-side subcommands: `id`, `git-setup` and `repo ...` (the latter
+//! talk to a running node over its REST API).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
 
-use guts_git::names::RepoName;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use guts_identity::{Did, Doc, DocumentBody, Keypair, Verified};
+use prost::Message;
 
 use crate::config::{default_data_dir, DEFAULT_HTTP_LISTEN};
 use crate::error::NodeError;
-use crate::http::{RepoDetail, RepoSummary};
-use crate::RepoAction;
+use crate::rest::{IdentityView, RepoDetail, RepoSummary};
+use crate::{ClientArgs, DelegateAction, IdAction, RepoAction};
 
-fn node_url(node: Option<String>, data_dir: Option<PathBuf>) -> String {
-    if let Some(n) = node {
+fn node_url(args: &ClientArgs) -> String {
+    if let Some(n) = &args.node {
         return n.trim_end_matches('/').to_owned();
     }
-    let dir = data_dir.unwrap_or_else(default_data_dir);
+    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     match std::fs::read_to_string(dir.join("http.addr")) {
         Ok(addr) => format!("http://{}", addr.trim()),
         Err(_) => format!("http://{DEFAULT_HTTP_LISTEN}"),
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
+fn key_path(args: &ClientArgs) -> PathBuf {
+    args.key.clone().unwrap_or_else(|| {
+        args.data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir)
+            .join("identity")
+            .join("id_ed25519")
+    })
 }
 
-fn check(
-    resp: ureq::http::Response<ureq::Body>,
-    what: &str,
-) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
+fn load_key(path: &Path) -> Result<Keypair, NodeError> {
+    if !path.exists() {
+        return Err(NodeError::Client(format!(
+            "no identity key at {}: create one with `guts-node id new` (or pass --key)",
+            path.display()
+        )));
+    }
+    Keypair::read_openssh(path).map_err(|e| NodeError::Client(e.to_string()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn check(resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -40,63 +59,222 @@ fn check(
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or(text);
-    Err(NodeError::Client(format!(
-        "{what} failed ({status}): {msg}"
-    )))
+    Err(NodeError::Client(format!("{what} failed ({status}): {msg}")))
 }
 
-fn client_err(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
-    move |e| {
-        NodeError::Client(format!(
-            "cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"
-        ))
+fn unreachable_node(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
+    move |e| NodeError::Client(format!("cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::http::Response<ureq::Body>) -> Result<T, NodeError> {
+    resp.into_body()
+        .read_json()
+        .map_err(|e| NodeError::Client(format!("bad response from the node: {e}")))
+}
+
+/// `guts-node id ...`
+pub fn id_command(action: IdAction, args: &ClientArgs) -> Result<(), NodeError> {
+    let path = key_path(args);
+    match action {
+        IdAction::New => {
+            let key = Keypair::generate().map_err(|e| NodeError::Client(e.to_string()))?;
+            key.write_openssh(&path, &key.did().to_string())
+                .map_err(|e| NodeError::Client(e.to_string()))?;
+            println!("{}", key.did());
+            eprintln!("key written to {} (and {}.pub)", path.display(), path.display());
+            eprintln!("next: `guts-node git-setup` so that git signs your pushes with it");
+        }
+        IdAction::Show => {
+            let key = load_key(&path)?;
+            println!("did        {}", key.did());
+            println!("owner id   {}", key.did().method_id());
+            println!("key file   {}", path.display());
+            println!(
+                "public key {}",
+                key.ssh_public_key("").map_err(|e| NodeError::Client(e.to_string()))?.trim()
+            );
+        }
     }
+    Ok(())
 }
 
-/// Run one `repo` subcommand.
-pub fn repo_command(
-    action: RepoAction,
-    node: Option<String>,
-    data_dir: Option<PathBuf>,
-) -> Result<(), NodeError> {
-    let base = node_url(node, data_dir);
+fn git_config(repo: Option<&Path>, key: &str, value: &str) -> Result<(), NodeError> {
+    let mut cmd = Process::new("git");
+    match repo {
+        Some(r) => cmd.arg("-C").arg(r).arg("config"),
+        None => cmd.arg("config").arg("--global"),
+    };
+    let status = cmd
+        .arg(key)
+        .arg(value)
+        .status()
+        .map_err(|e| NodeError::Client(format!("cannot run git: {e}")))?;
+    if !status.success() {
+        return Err(NodeError::Client(format!("git config {key} failed")));
+    }
+    Ok(())
+}
+
+/// `guts-node git-setup`: make git sign pushes with the Guts key.
+pub fn git_setup(repo: Option<&Path>, remote_url: Option<&str>, remote_name: &str, args: &ClientArgs) -> Result<(), NodeError> {
+    let path = key_path(args);
+    let key = load_key(&path)?;
+    let abs = std::fs::canonicalize(&path)?;
+    let abs = abs.to_string_lossy();
+    git_config(repo, "gpg.format", "ssh")?;
+    git_config(repo, "user.signingkey", &abs)?;
+    git_config(repo, "push.gpgSign", "if-asked")?;
+    if let (Some(repo), Some(url)) = (repo, remote_url) {
+        let has_remote = Process::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["remote", "get-url", remote_name])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        let verb = if has_remote { "set-url" } else { "add" };
+        let status = Process::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["remote", verb, remote_name, url])
+            .status()
+            .map_err(|e| NodeError::Client(format!("cannot run git: {e}")))?;
+        if !status.success() {
+            return Err(NodeError::Client(format!("git remote {verb} failed")));
+        }
+    }
+    let scope = repo.map_or("your global git config".to_owned(), |r| format!("{}", r.display()));
+    println!("configured {scope}: pushes to Guts nodes are signed by {}", key.did());
+    Ok(())
+}
+
+/// Fetch a repository's document chain and verify it locally (no trust in the node).
+fn fetch_identity(base: &str, repo: &str) -> Result<(IdentityView, Doc<Verified>), NodeError> {
+    let url = format!("{base}/api/v1/repos/{repo}/identity");
+    let view: IdentityView = read_json(check(agent().get(&url).call().map_err(unreachable_node(base))?, "identity")?)?;
+    let mut doc: Option<Doc<Verified>> = None;
+    for v in &view.versions {
+        let bytes = B64.decode(v).map_err(|e| NodeError::Client(format!("bad document from the node: {e}")))?;
+        let d = Doc::from_bytes(&bytes).map_err(|e| NodeError::Client(e.to_string()))?;
+        let verified = match &doc {
+            None => d.verify_genesis(),
+            Some(prev) => d.verify_successor(prev),
+        }
+        .map_err(|e| NodeError::Client(format!("the node's document chain does not verify: {e}")))?;
+        doc = Some(verified);
+    }
+    let doc = doc.ok_or_else(|| NodeError::Client("the node returned no identity document".into()))?;
+    Ok((view, doc))
+}
+
+fn change_delegates(base: &str, repo: &str, args: &ClientArgs, action: DelegateAction) -> Result<(), NodeError> {
+    let (add, did, threshold, cosign) = match action {
+        DelegateAction::Add {
+            did, threshold, cosign, ..
+        } => (true, did, threshold, cosign),
+        DelegateAction::Remove {
+            did, threshold, cosign, ..
+        } => (false, did, threshold, cosign),
+    };
+    let did = Did::parse_any(&did).map_err(|e| NodeError::Client(e.to_string()))?.to_string();
+    let (_, current) = fetch_identity(base, repo)?;
+    let mut next: DocumentBody = current.successor();
+    if add {
+        if next.delegates.contains(&did) {
+            return Err(NodeError::Client(format!("{did} is already a delegate")));
+        }
+        next.delegates.push(did.clone());
+    } else {
+        if !next.delegates.contains(&did) {
+            return Err(NodeError::Client(format!("{did} is not a delegate")));
+        }
+        next.delegates.retain(|d| *d != did);
+        next.threshold = next.threshold.min(next.delegates.len() as u32);
+    }
+    if let Some(t) = threshold {
+        next.threshold = t;
+    }
+    let mut keys = vec![load_key(&key_path(args))?];
+    for path in &cosign {
+        keys.push(load_key(path)?);
+    }
+    let refs: Vec<&Keypair> = keys.iter().collect();
+    let signed = next.sign(&refs);
+    let url = format!("{base}/api/v1/repos/{repo}/identity");
+    let resp = agent()
+        .put(&url)
+        .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
+        .map_err(unreachable_node(base))?;
+    let view: IdentityView = read_json(check(resp, "identity update")?)?;
+    println!(
+        "{repo}: identity document version {} with {} delegate(s), threshold {}",
+        view.version,
+        view.delegates.len(),
+        view.threshold
+    );
+    Ok(())
+}
+
+/// `guts-node repo ...`
+pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeError> {
+    let base = node_url(args);
     let agent = agent();
     let api = format!("{base}/api/v1/repos");
     match action {
-        RepoAction::Create { name } => {
-            let n = RepoName::parse(&name)?;
+        RepoAction::Create {
+            name,
+            mut aliases,
+            default_branch,
+        } => {
+            let key = load_key(&key_path(args))?;
+            let did = key.did();
+            let name = match name.split_once('/') {
+                Some((owner, n)) => {
+                    if owner != did.method_id() && !aliases.iter().any(|a| a == owner) {
+                        aliases.push(owner.to_owned());
+                    }
+                    n.to_owned()
+                }
+                None => name,
+            };
+            let signed = DocumentBody::genesis(did, &name, &default_branch, aliases).sign(&[&key]);
             let resp = agent
                 .post(&api)
-                .send_json(serde_json::json!({"owner": n.owner(), "name": n.name()}))
-                .map_err(client_err(&base))?;
-            check(resp, "create")?;
-            println!("created {n}: git remote add origin {base}/{n}.git");
+                .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
+                .map_err(unreachable_node(&base))?;
+            let created: RepoSummary = read_json(check(resp, "create")?)?;
+            println!("created {}/{} (id {})", created.owner, created.name, created.id.unwrap_or_default());
+            println!("  git remote add origin {base}{}", created.path);
+            for a in created.aliases {
+                println!("  also at {base}/{a}/{}.git", created.name);
+            }
+        }
+        RepoAction::Delegates { action } => {
+            let repo = match &action {
+                DelegateAction::Add { repo, .. } | DelegateAction::Remove { repo, .. } => repo.clone(),
+            };
+            change_delegates(&base, &repo, args, action)?;
         }
         RepoAction::List => {
-            let resp = check(agent.get(&api).call().map_err(client_err(&base))?, "list")?;
-            let repos: Vec<RepoSummary> = resp
-                .into_body()
-                .read_json()
-                .map_err(|e| NodeError::Client(format!("bad response: {e}")))?;
+            let repos: Vec<RepoSummary> = read_json(check(agent.get(&api).call().map_err(unreachable_node(&base))?, "list")?)?;
             for r in repos {
-                println!("{}/{}\t{base}{}", r.owner, r.name, r.path);
+                let aliases = if r.aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (aliases: {})", r.aliases.join(", "))
+                };
+                println!("{}/{}\t{base}{}{aliases}", r.owner, r.name, r.path);
             }
         }
         RepoAction::Show { name } => {
-            let n = RepoName::parse(&name)?;
-            let resp = check(
-                agent
-                    .get(&format!("{api}/{n}"))
-                    .call()
-                    .map_err(client_err(&base))?,
-                "show",
-            )?;
-            let d: RepoDetail = resp
-                .into_body()
-                .read_json()
-                .map_err(|e| NodeError::Client(format!("bad response: {e}")))?;
+            let resp = check(agent.get(&format!("{api}/{name}")).call().map_err(unreachable_node(&base))?, "show")?;
+            let d: RepoDetail = read_json(resp)?;
             println!("repository  {}/{}", d.owner, d.name);
-            println!("url         {base}/{n}.git");
+            println!("id          {}", d.id.unwrap_or_default());
+            println!("url         {base}/{}/{}.git", d.owner, d.name);
+            println!("owner       {}", d.owner_did.unwrap_or_default());
+            println!("aliases     {}", d.aliases.join(", "));
+            println!("delegates   {} (threshold {}, document v{})", d.delegates.join(", "), d.threshold, d.doc_version);
             println!("HEAD        {}", d.head);
             println!("objects     {}", d.object_count);
             println!("size        {} bytes", d.size_bytes);
@@ -106,25 +284,17 @@ pub fn repo_command(
             }
         }
         RepoAction::Delete { name } => {
-            let n = RepoName::parse(&name)?;
-            check(
-                agent
-                    .delete(&format!("{api}/{n}"))
-                    .call()
-                    .map_err(client_err(&base))?,
-                "delete",
-            )?;
-            println!("deleted {n}");
+            check(agent.delete(&format!("{api}/{name}")).call().map_err(unreachable_node(&base))?, "delete")?;
+            println!("deleted {name}");
         }
         RepoAction::Set {
             name,
             deny_non_fast_forwards,
         } => {
-            let n = RepoName::parse(&name)?;
             let resp = agent
-                .patch(&format!("{api}/{n}"))
+                .patch(&format!("{api}/{name}"))
                 .send_json(serde_json::json!({"deny_non_fast_forwards": deny_non_fast_forwards}))
-                .map_err(client_err(&base))?;
+                .map_err(unreachable_node(&base))?;
             let resp = check(resp, "set")?;
             println!("{}", resp.into_body().read_to_string().unwrap_or_default());
         }

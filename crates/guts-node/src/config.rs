@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub http_listen: Option<SocketAddr>,
     /// Largest pack accepted in a push, in bytes.
     pub max_pack_bytes: Option<u64>,
+    /// Maximum age of a push-certificate nonce, in seconds.
+    pub push_cert_nonce_slop: Option<u64>,
 }
 
 impl FileConfig {
@@ -48,6 +50,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Largest pack accepted in a push.
     pub max_pack_bytes: u64,
+    /// Maximum age of a push-certificate nonce, in seconds.
+    pub push_cert_nonce_slop: u64,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

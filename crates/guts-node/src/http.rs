@@ -1,6 +1,5 @@
 //! The HTTP server: git smart HTTP and the REST API.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -12,30 +11,51 @@ use axum::{Json, Router};
 use guts_git::names::RepoName;
 use guts_git::protocol::{Service, Version};
 use guts_git::receive_pack::ReceiveOptions;
+use guts_git::receive_pack::PushPolicy;
 use guts_git::storage::Storage;
-use serde::{Deserialize, Serialize};
+use guts_identity::NonceIssuer;
+use serde::Deserialize;
 
 use crate::body::{blocking_reader, response_channel};
-use crate::error::{ApiError, GitHttpError, NodeError};
+use crate::error::{GitHttpError, NodeError};
+use crate::identity::{IdentityStore, SignedPushPolicy};
 
 /// Shared state of all handlers.
 pub struct AppState {
     /// Repository storage.
     pub storage: Storage,
+    /// Identity documents, aliases and signed-update logs.
+    pub identities: IdentityStore,
+    /// Issues and checks push-certificate nonces.
+    pub nonces: NonceIssuer,
+    /// Maximum age of a push-certificate nonce, seconds.
+    pub nonce_slop: u64,
     /// Push settings.
     pub receive: ReceiveOptions,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
+
+impl AppState {
+    /// The push policy of a repository (identity required).
+    fn push_policy(&self, repo: &RepoName) -> Result<SignedPushPolicy, NodeError> {
+        let identity = self.identities.current(repo)?.ok_or_else(|| {
+            NodeError::Internal(format!("repository {repo} has no identity document"))
+        })?;
+        Ok(SignedPushPolicy {
+            repo: repo.clone(),
+            identity,
+            issuer: self.nonces.clone(),
+            nonce_slop: self.nonce_slop,
+            store: self.identities.clone(),
+        })
+    }
+}
 
 /// Build the router.
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .route("/api/v1/repos", get(list_repos).post(create_repo))
-        .route(
-            "/api/v1/repos/{owner}/{name}",
-            get(show_repo).delete(delete_repo).patch(patch_repo),
-        )
+        .merge(crate::rest::routes())
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -80,13 +100,16 @@ async fn info_refs(
             .into())
         }
     };
-    let name = RepoName::new(&owner, &name)?;
     let version = protocol_version(&headers);
-    let storage = state.storage.clone();
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, NodeError> {
-        let repo = storage.open_repo(&name)?;
+        let name = state.identities.resolve(&owner, &name)?;
+        let repo = state.storage.open_repo(&name)?;
+        let nonce = match service {
+            Service::ReceivePack => state.push_policy(&name)?.cert_nonce(),
+            Service::UploadPack => None,
+        };
         let mut out = Vec::new();
-        guts_git::protocol::advertise(&repo, service, version, &mut out)?;
+        guts_git::protocol::advertise(&repo, service, version, nonce.as_deref(), &mut out)?;
         Ok(out)
     })
     .await
@@ -141,7 +164,7 @@ async fn upload_pack(
     body: Body,
 ) -> Result<Response, GitHttpError> {
     let gzip = check_request(&headers, Service::UploadPack)?;
-    let name = RepoName::new(&owner, &name)?;
+    let name = state.identities.resolve(&owner, &name)?;
     let repo = state.storage.open_repo(&name)?;
     let version = protocol_version(&headers);
     let (mut writer, out) = response_channel();
@@ -165,156 +188,17 @@ async fn receive_pack(
     body: Body,
 ) -> Result<Response, GitHttpError> {
     let gzip = check_request(&headers, Service::ReceivePack)?;
-    let name = RepoName::new(&owner, &name)?;
+    let name = state.identities.resolve(&owner, &name)?;
     let repo = state.storage.open_repo(&name)?;
+    let policy = state.push_policy(&name)?;
     let opts = state.receive;
     let (mut writer, out) = response_channel();
     tokio::task::spawn_blocking(move || {
         let mut input = blocking_reader(body, gzip);
-        if let Err(e) = guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts) {
+        if let Err(e) = guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy) {
             tracing::warn!(repo = %name, error = %e, "receive-pack failed");
         }
     });
     Ok(streaming_response(Service::ReceivePack, out))
 }
 
-#[derive(Deserialize)]
-struct CreateRepo {
-    owner: String,
-    name: String,
-}
-
-/// A repository as the REST API shows it in lists.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct RepoSummary {
-    /// Owner segment.
-    pub owner: String,
-    /// Name segment.
-    pub name: String,
-    /// Clone URL path.
-    pub path: String,
-}
-
-fn summary(name: &RepoName) -> RepoSummary {
-    RepoSummary {
-        owner: name.owner().to_owned(),
-        name: name.name().to_owned(),
-        path: format!("/{name}.git"),
-    }
-}
-
-/// A repository in detail.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct RepoDetail {
-    /// Owner segment.
-    pub owner: String,
-    /// Name segment.
-    pub name: String,
-    /// HEAD's symref target.
-    pub head: String,
-    /// Every ref and its object id.
-    pub refs: BTreeMap<String, String>,
-    /// Objects stored in packs.
-    pub object_count: u64,
-    /// Bytes of packs and indexes on disk.
-    pub size_bytes: u64,
-    /// Whether non-fast-forward pushes are refused.
-    pub deny_non_fast_forwards: bool,
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, NodeError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-}
-
-async fn list_repos(State(state): State<Shared>) -> Result<Json<Vec<RepoSummary>>, ApiError> {
-    let names = blocking(move || Ok(state.storage.list()?)).await?;
-    Ok(Json(names.iter().map(summary).collect()))
-}
-
-async fn create_repo(
-    State(state): State<Shared>,
-    body: Result<Json<CreateRepo>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<RepoSummary>), ApiError> {
-    let Json(req) =
-        body.map_err(|e| NodeError::BadRequest(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let name = RepoName::new(&req.owner, &req.name)?;
-    let created = name.clone();
-    blocking(move || {
-        state.storage.create(&created)?;
-        Ok(())
-    })
-    .await?;
-    tracing::info!(repo = %name, "repository created");
-    Ok((StatusCode::CREATED, Json(summary(&name))))
-}
-
-async fn show_repo(
-    State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-) -> Result<Json<RepoDetail>, ApiError> {
-    let name = RepoName::new(&owner, &name)?;
-    let detail = blocking(move || {
-        let repo = state.storage.open_repo(&name)?;
-        let settings = repo.settings()?;
-        let refs = repo
-            .refs()?
-            .into_iter()
-            .map(|r| (r.name, r.id.to_string()))
-            .collect();
-        let (object_count, size_bytes) = repo.disk_usage()?;
-        Ok(RepoDetail {
-            owner: name.owner().to_owned(),
-            name: name.name().to_owned(),
-            head: settings.head,
-            refs,
-            object_count,
-            size_bytes,
-            deny_non_fast_forwards: settings.deny_non_fast_forwards,
-        })
-    })
-    .await?;
-    Ok(Json(detail))
-}
-
-async fn delete_repo(
-    State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let name = RepoName::new(&owner, &name)?;
-    let deleted = name.clone();
-    blocking(move || Ok(state.storage.delete(&deleted)?)).await?;
-    tracing::info!(repo = %name, "repository deleted");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchRepo {
-    deny_non_fast_forwards: Option<bool>,
-}
-
-async fn patch_repo(
-    State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-    body: Result<Json<PatchRepo>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) =
-        body.map_err(|e| NodeError::BadRequest(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let name = RepoName::new(&owner, &name)?;
-    let settings = blocking(move || {
-        let repo = state.storage.open_repo(&name)?;
-        match req.deny_non_fast_forwards {
-            Some(deny) => Ok(repo.set_deny_non_fast_forwards(deny)?),
-            None => Ok(repo.settings()?),
-        }
-    })
-    .await?;
-    Ok(Json(serde_json::json!({
-        "head": settings.head,
-        "deny_non_fast_forwards": settings.deny_non_fast_forwards,
-    })))
-}

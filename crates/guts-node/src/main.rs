@@ -9,6 +9,8 @@ mod client;
 mod config;
 mod error;
 mod http;
+mod identity;
+mod rest;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,13 +39,52 @@ enum Command {
     Repo {
         #[command(subcommand)]
         action: RepoAction,
-        /// Base URL of the node [default: the address in DATA_DIR/http.addr, else http://127.0.0.1:8080].
-        #[arg(long, global = true, env = "GUTS_NODE")]
-        node: Option<String>,
-        /// Data dir used to find the node's address when --node is not given.
-        #[arg(long, global = true, env = "GUTS_HOME")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
+    /// Manage your identity: an Ed25519 key (OpenSSH format) whose DID owns repositories and signs pushes.
+    Id {
+        #[command(subcommand)]
+        action: IdAction,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Configure git to sign pushes with your identity (gpg.format=ssh, user.signingkey, push.gpgSign=if-asked).
+    GitSetup {
+        /// Configure this repository (its local config) instead of your global git config.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Also point a remote of --repo at this URL.
+        #[arg(long, requires = "repo")]
+        remote_url: Option<String>,
+        /// Name of the remote --remote-url sets.
+        #[arg(long, default_value = "origin")]
+        remote_name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Options shared by the commands that talk to a node or use your key.
+#[derive(clap::Args, Debug, Clone)]
+struct ClientArgs {
+    /// Base URL of the node [default: the address in DATA_DIR/http.addr, else http://127.0.0.1:8080].
+    #[arg(long, global = true, env = "GUTS_NODE")]
+    node: Option<String>,
+    /// Data dir used to find the node's address and your default key [default: $GUTS_HOME, else ~/.local/share/guts].
+    #[arg(long, global = true, env = "GUTS_HOME")]
+    data_dir: Option<PathBuf>,
+    /// Your identity key (OpenSSH Ed25519 private key) [default: DATA_DIR/identity/id_ed25519].
+    #[arg(long, global = true, env = "GUTS_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum IdAction {
+    /// Create a new identity key and print its DID.
+    New,
+    /// Print your DID, key file and public key.
+    Show,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,17 +101,61 @@ struct RunArgs {
     /// Largest pack a push may send, in bytes [default: 4 GiB].
     #[arg(long, env = "GUTS_MAX_PACK_BYTES")]
     max_pack_bytes: Option<u64>,
+    /// How long a push-certificate nonce from the ref advertisement stays valid, in seconds [default: 600].
+    #[arg(long, env = "GUTS_PUSH_CERT_NONCE_SLOP")]
+    push_cert_nonce_slop: Option<u64>,
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
 }
 
 #[derive(Subcommand, Debug)]
+enum DelegateAction {
+    /// Add a delegate.
+    Add {
+        /// Repository, OWNER/NAME (OWNER may be an alias).
+        repo: String,
+        /// The delegate's DID (did:key:z6Mk... or z6Mk...).
+        did: String,
+        /// New threshold [default: unchanged].
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// More key files to co-sign with (when the threshold is above 1).
+        #[arg(long = "cosign")]
+        cosign: Vec<PathBuf>,
+    },
+    /// Remove a delegate.
+    Remove {
+        /// Repository, OWNER/NAME (OWNER may be an alias).
+        repo: String,
+        /// The delegate's DID.
+        did: String,
+        /// New threshold [default: unchanged, lowered if above the delegate count].
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// More key files to co-sign with (when the threshold is above 1).
+        #[arg(long = "cosign")]
+        cosign: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum RepoAction {
-    /// Create an empty repository OWNER/NAME.
+    /// Create an empty repository owned by your identity, with a first identity document signed by you.
     Create {
-        /// Repository name, OWNER/NAME.
+        /// NAME, or ALIAS/NAME to also declare ALIAS as a human owner name (URLs /ALIAS/NAME.git).
         name: String,
+        /// More owner aliases to declare.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// Default branch (HEAD).
+        #[arg(long, default_value = "main")]
+        default_branch: String,
+    },
+    /// Change who may push: issue a new identity document signed by the needed threshold of current delegates.
+    Delegates {
+        #[command(subcommand)]
+        action: DelegateAction,
     },
     /// List repositories.
     List,
@@ -98,11 +183,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Repo {
-            action,
-            node,
-            data_dir,
-        } => client::repo_command(action, node, data_dir),
+        Command::Repo { action, client } => client::repo_command(action, &client),
+        Command::Id { action, client } => client::id_command(action, &client),
+        Command::GitSetup {
+            repo,
+            remote_url,
+            remote_name,
+            client,
+        } => client::git_setup(repo.as_deref(), remote_url.as_deref(), &remote_name, &client),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -131,6 +219,10 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             .max_pack_bytes
             .or(file.max_pack_bytes)
             .unwrap_or(guts_git::limits::DEFAULT_MAX_PACK_BYTES),
+        push_cert_nonce_slop: args
+            .push_cert_nonce_slop
+            .or(file.push_cert_nonce_slop)
+            .unwrap_or(identity::DEFAULT_NONCE_SLOP_SECS),
         data_dir,
     })
 }
@@ -147,8 +239,13 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let storage = Storage::open(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), repos = storage.list()?.len(), "storage opened");
+    let identities = identity::IdentityStore::open(storage.db())?;
+    let nonces = identities.nonce_issuer()?;
     let state = Arc::new(http::AppState {
         storage,
+        identities,
+        nonces,
+        nonce_slop: config.push_cert_nonce_slop,
         receive: ReceiveOptions {
             max_pack_bytes: config.max_pack_bytes,
         },

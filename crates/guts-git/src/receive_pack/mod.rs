@@ -11,16 +11,17 @@
 //! 5. report `unpack ok` / `ok` / `ng` lines, over side-band when asked.
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use gix_hash::ObjectId;
 
+mod request;
+
 use crate::error::{Error, Result};
-use crate::limits::{MAX_PUSH_COMMANDS, MAX_PUSH_OPTIONS};
 use crate::names::check_ref_name;
 use crate::odb::ObjectStore;
 use crate::pack_in;
-use crate::pktline::{Packet, PktReader, PktWriter, SideBand, SideBandMode};
+use crate::pktline::{PktReader, PktWriter, SideBand, SideBandMode};
 use crate::storage::{RefRejection, RefUpdate, Repo};
 use crate::walk::is_ancestor;
 
@@ -32,7 +33,7 @@ pub struct ReceiveOptions {
 }
 
 /// One `old new ref` command as sent by the client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     /// Expected current value (`None` for create).
     pub old: Option<ObjectId>,
@@ -40,6 +41,23 @@ pub struct Command {
     pub new: Option<ObjectId>,
     /// Ref name as sent.
     pub name: String,
+}
+
+/// Who may push: decided outside the git layer (the node implements it with
+/// signed push certificates and repository identity documents).
+pub trait PushPolicy {
+    /// The nonce to advertise as `push-cert=<nonce>`, if pushes must be signed.
+    fn cert_nonce(&self) -> Option<String>;
+    /// Accept or refuse a push before its pack is read. `cert` is the push
+    /// certificate (payload and signature) if the client signed the push;
+    /// `commands` are the updates it asks for. `Err` is shown to the user.
+    fn authorize(
+        &self,
+        cert: Option<&str>,
+        commands: &[Command],
+    ) -> std::result::Result<(), String>;
+    /// Called after refs changed, with the names of the refs updated.
+    fn accepted(&self, cert: Option<&str>, updated: &[String]);
 }
 
 /// What happened to a push, for logging and the REST API.
@@ -61,10 +79,10 @@ pub fn receive_pack(
     input: &mut dyn BufRead,
     out: &mut dyn Write,
     opts: ReceiveOptions,
+    policy: &dyn PushPolicy,
 ) -> Result<PushOutcome> {
     let mut reader = PktReader::new(input);
-    let mut shallow = false;
-    let (commands, caps) = match read_commands(&mut reader, &mut shallow) {
+    let req = match request::read_request(&mut reader) {
         Ok(v) => v,
         Err(e) => {
             // Nothing negotiated yet: a plain ERR packet is all the client understands.
@@ -72,12 +90,19 @@ pub fn receive_pack(
             return Err(e);
         }
     };
+    let request::Request {
+        commands,
+        caps,
+        cert,
+        shallow,
+        cert_mismatch,
+    } = req;
     if commands.is_empty() {
         // The `0000` probe git sends before a large chunked body, or an empty push.
         return Ok(PushOutcome::default());
     }
     if caps.contains("push-options") {
-        read_push_options(&mut reader)?;
+        request::read_push_options(&mut reader)?;
     }
     let mode = if caps.contains("side-band-64k") {
         SideBandMode::Large
@@ -89,6 +114,30 @@ pub fn receive_pack(
     let atomic = caps.contains("atomic");
     let mut sb = SideBand::new(out, mode, progress);
     let mut input = reader.into_inner();
+    let verdict = if cert_mismatch {
+        Err("the push certificate does not match the pushed commands".to_owned())
+    } else {
+        policy.authorize(cert.as_deref(), &commands)
+    };
+    if let Err(reason) = verdict {
+        tracing::warn!(repo = %repo.name(), %reason, "push not authorized");
+        // Read the rest of the request so the client sees the answer, not a reset.
+        let _ = std::io::copy(
+            &mut (&mut input).take(opts.max_pack_bytes),
+            &mut std::io::sink(),
+        );
+        sb.progress(&format!("{reason}\n"))?;
+        let results: Vec<std::result::Result<(), String>> =
+            commands.iter().map(|_| Err(one_line(&reason))).collect();
+        write_report(&mut sb, report, &Ok(()), &commands, &results)?;
+        return Ok(PushOutcome {
+            rejected: commands
+                .iter()
+                .map(|c| (c.name.clone(), reason.clone()))
+                .collect(),
+            ..PushOutcome::default()
+        });
+    }
     let result = process(repo, &commands, atomic, &mut input, &mut sb, opts).map_err(|e| match e {
         Error::Pack(msg) if shallow && msg.contains("not connected") => Error::Pack(format!(
             "{msg}; this push comes from a shallow clone whose history this repository lacks \
@@ -111,13 +160,29 @@ pub fn receive_pack(
             (Err(e.to_string()), results, PushOutcome::default())
         }
     };
+    write_report(&mut sb, report, &unpack, &commands, &results)?;
+    if !outcome.updated.is_empty() {
+        policy.accepted(cert.as_deref(), &outcome.updated);
+    }
+    Ok(outcome)
+}
+
+/// Write `unpack` and per-ref `ok`/`ng` lines (when `report-status` was
+/// asked for) and end the response.
+fn write_report(
+    sb: &mut SideBand<&mut dyn Write>,
+    report: bool,
+    unpack: &std::result::Result<(), String>,
+    commands: &[Command],
+    results: &[std::result::Result<(), String>],
+) -> Result<()> {
     if report {
         let mut status = PktWriter::new(Vec::new());
-        match &unpack {
+        match unpack {
             Ok(()) => status.line("unpack ok")?,
             Err(e) => status.line(&format!("unpack {}", one_line(e)))?,
         }
-        for (c, r) in commands.iter().zip(&results) {
+        for (c, r) in commands.iter().zip(results) {
             match r {
                 Ok(()) => status.line(&format!("ok {}", c.name))?,
                 Err(reason) => status.line(&format!("ng {} {}", c.name, one_line(reason)))?,
@@ -130,7 +195,7 @@ pub fn receive_pack(
         sb.flush_pkt()?;
     }
     sb.flush()?;
-    Ok(outcome)
+    Ok(())
 }
 
 fn one_line(s: &str) -> String {
@@ -292,80 +357,4 @@ fn check_command(
         new: c.new,
         new_peeled,
     })
-}
-
-fn read_commands(
-    reader: &mut PktReader<&mut dyn BufRead>,
-    shallow: &mut bool,
-) -> Result<(Vec<Command>, HashSet<String>)> {
-    let mut commands = Vec::new();
-    let mut caps = HashSet::new();
-    loop {
-        let packet = match reader.read()? {
-            None | Some(Packet::Flush) => break,
-            Some(Packet::Data(d)) => d,
-            Some(other) => {
-                return Err(Error::Protocol(format!(
-                    "unexpected {other:?} in push commands"
-                )))
-            }
-        };
-        let (line, cap_part) = match packet.iter().position(|&b| b == 0) {
-            Some(nul) => (&packet[..nul], Some(&packet[nul + 1..])),
-            None => (packet, None),
-        };
-        if commands.is_empty() {
-            if let Some(c) = cap_part {
-                let c = std::str::from_utf8(c)
-                    .map_err(|_| Error::Protocol("capabilities are not UTF-8".into()))?;
-                caps.extend(c.split_whitespace().map(str::to_owned));
-            }
-        }
-        let line = Packet::Data(line).as_text("push command")?;
-        if line.starts_with("shallow ") {
-            // A push from a shallow clone: accepted if its objects connect to
-            // what is stored, which the connectivity check decides.
-            *shallow = true;
-            continue;
-        }
-        let mut parts = line.splitn(3, ' ');
-        let (Some(old), Some(new), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(Error::Protocol(format!("malformed push command {line:?}")));
-        };
-        if commands.len() >= MAX_PUSH_COMMANDS {
-            return Err(Error::TooLarge(format!(
-                "more than {MAX_PUSH_COMMANDS} ref updates"
-            )));
-        }
-        commands.push(Command {
-            old: parse_maybe_null(old)?,
-            new: parse_maybe_null(new)?,
-            name: name.to_owned(),
-        });
-    }
-    Ok((commands, caps))
-}
-
-fn read_push_options(reader: &mut PktReader<&mut dyn BufRead>) -> Result<Vec<String>> {
-    let mut options = Vec::new();
-    loop {
-        match reader.read()? {
-            None | Some(Packet::Flush) => break,
-            Some(p) => {
-                if options.len() >= MAX_PUSH_OPTIONS {
-                    return Err(Error::TooLarge(format!(
-                        "more than {MAX_PUSH_OPTIONS} push options"
-                    )));
-                }
-                options.push(p.as_text("push option")?.to_owned());
-            }
-        }
-    }
-    Ok(options)
-}
-
-fn parse_maybe_null(hex: &str) -> Result<Option<ObjectId>> {
-    let id = ObjectId::from_hex(hex.as_bytes())
-        .map_err(|_| Error::Protocol(format!("invalid object id {hex:?} in push command")))?;
-    Ok(if id.is_null() { None } else { Some(id) })
 }

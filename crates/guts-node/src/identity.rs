@@ -1,0 +1,320 @@
+//! Identity documents, owner aliases and signed-update logs of the node's
+//! repositories, kept in sled beside the refs, and the push policy built on
+//! them: a push is accepted only with a push certificate that verifies, is
+//! signed by a delegate, names this repository and answers a fresh nonce.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use guts_git::names::RepoName;
+use guts_git::receive_pack::{Command, PushPolicy};
+use guts_identity::doc::RepoId;
+use guts_identity::{Doc, NonceIssuer, PushCert, SignedRefUpdate, Verified};
+use prost::Message;
+
+use crate::error::NodeError;
+
+/// How long an advertised push-certificate nonce stays valid, by default.
+pub const DEFAULT_NONCE_SLOP_SECS: u64 = 600;
+
+/// The sled trees holding identity data.
+#[derive(Clone)]
+pub struct IdentityStore {
+    /// `OWNER/NAME \0 version(u64 BE)` → signed document bytes.
+    docs: sled::Tree,
+    /// `OWNER/NAME` → repository id (32 bytes).
+    ids: sled::Tree,
+    /// `ALIAS/NAME` → canonical `OWNER/NAME`.
+    aliases: sled::Tree,
+    /// `OWNER/NAME \0 seq(u64 BE)` → signed ref update.
+    log: sled::Tree,
+    /// Node secrets.
+    meta: sled::Tree,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn key(repo: &RepoName, n: u64) -> Vec<u8> {
+    let mut k = repo.to_string().into_bytes();
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn prefix(repo: &RepoName) -> Vec<u8> {
+    let mut k = repo.to_string().into_bytes();
+    k.push(0);
+    k
+}
+
+fn id_err(e: guts_identity::Error) -> NodeError {
+    NodeError::BadRequest(axum::http::StatusCode::BAD_REQUEST, e.to_string())
+}
+
+/// A repository's identity as the node currently holds it.
+pub struct Identity {
+    /// The repository id.
+    pub id: RepoId,
+    /// The latest verified document.
+    pub doc: Doc<Verified>,
+    /// Every version, oldest first, as stored.
+    pub versions: Vec<Vec<u8>>,
+}
+
+impl IdentityStore {
+    /// Open the trees in `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, NodeError> {
+        let t = |name: &str| db.open_tree(name).map_err(|e| NodeError::Internal(e.to_string()));
+        Ok(IdentityStore {
+            docs: t("identity-docs")?,
+            ids: t("identity-ids")?,
+            aliases: t("identity-aliases")?,
+            log: t("signed-updates")?,
+            meta: t("node-meta")?,
+        })
+    }
+
+    /// The canonical name of a repository addressed as `OWNER/NAME`, where
+    /// OWNER is the owner's DID id (`z6Mk...`) or an alias its document declares.
+    pub fn resolve(&self, owner: &str, name: &str) -> Result<RepoName, NodeError> {
+        let given = RepoName::new(owner, name)?;
+        if self.ids.contains_key(given.to_string()).map_err(internal)? {
+            return Ok(given);
+        }
+        match self.aliases.get(given.to_string()).map_err(internal)? {
+            Some(target) => Ok(RepoName::parse(&String::from_utf8_lossy(&target))?),
+            None => Ok(given),
+        }
+    }
+
+    /// Register a verified first document for `repo` and its aliases.
+    pub fn create(&self, repo: &RepoName, doc: &Doc<Verified>) -> Result<RepoId, NodeError> {
+        let id = doc
+            .genesis_id()
+            .ok_or_else(|| NodeError::BadRequest(axum::http::StatusCode::BAD_REQUEST, "not a first document".into()))?;
+        for alias in &doc.body().aliases {
+            let alias_name = RepoName::new(alias, repo.name())?;
+            if self.aliases.contains_key(alias_name.to_string()).map_err(internal)? {
+                return Err(guts_git::Error::RepoExists(alias_name.to_string()).into());
+            }
+        }
+        self.docs.insert(key(repo, 1), doc.to_bytes()).map_err(internal)?;
+        self.ids.insert(repo.to_string(), &id.0[..]).map_err(internal)?;
+        self.set_aliases(repo, &[], &doc.body().aliases)?;
+        self.docs.flush().map_err(internal)?;
+        Ok(id)
+    }
+
+    fn set_aliases(&self, repo: &RepoName, old: &[String], new: &[String]) -> Result<(), NodeError> {
+        for a in old.iter().filter(|a| !new.contains(a)) {
+            self.aliases.remove(RepoName::new(a, repo.name())?.to_string()).map_err(internal)?;
+        }
+        for a in new {
+            let alias = RepoName::new(a, repo.name())?.to_string();
+            match self.aliases.get(&alias).map_err(internal)? {
+                Some(t) if t.as_ref() != repo.to_string().as_bytes() => {
+                    return Err(guts_git::Error::RepoExists(alias).into())
+                }
+                _ => {
+                    self.aliases.insert(alias, repo.to_string().as_bytes()).map_err(internal)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Load and verify the document chain of `repo`; `None` for repositories
+    /// without identity.
+    pub fn current(&self, repo: &RepoName) -> Result<Option<Identity>, NodeError> {
+        let Some(id) = self.ids.get(repo.to_string()).map_err(internal)? else {
+            return Ok(None);
+        };
+        let id: [u8; 32] = id
+            .as_ref()
+            .try_into()
+            .map_err(|_| NodeError::Internal("corrupt repository id".into()))?;
+        let mut versions = Vec::new();
+        let mut doc: Option<Doc<Verified>> = None;
+        for item in self.docs.scan_prefix(prefix(repo)) {
+            let (_, bytes) = item.map_err(internal)?;
+            let unverified = Doc::from_bytes(&bytes).map_err(|e| NodeError::Internal(format!("stored document: {e}")))?;
+            let verified = match &doc {
+                None => unverified.verify_genesis(),
+                Some(prev) => unverified.verify_successor(prev),
+            }
+            .map_err(|e| NodeError::Internal(format!("stored document chain: {e}")))?;
+            versions.push(bytes.to_vec());
+            doc = Some(verified);
+        }
+        let doc = doc.ok_or_else(|| NodeError::Internal("repository id without document".into()))?;
+        Ok(Some(Identity {
+            id: RepoId(id),
+            doc,
+            versions,
+        }))
+    }
+
+    /// Verify `bytes` as the next version of `repo`'s document and store it.
+    pub fn update(&self, repo: &RepoName, bytes: &[u8]) -> Result<Doc<Verified>, NodeError> {
+        let current = self
+            .current(repo)?
+            .ok_or_else(|| guts_git::Error::RepoNotFound(repo.to_string()))?;
+        let next = Doc::from_bytes(bytes)
+            .and_then(|d| d.verify_successor(&current.doc))
+            .map_err(id_err)?;
+        self.set_aliases(repo, &current.doc.body().aliases, &next.body().aliases)?;
+        let inserted = self
+            .docs
+            .compare_and_swap(key(repo, next.body().version), None as Option<&[u8]>, Some(next.to_bytes()))
+            .map_err(internal)?;
+        if inserted.is_err() {
+            return Err(NodeError::BadRequest(
+                axum::http::StatusCode::CONFLICT,
+                "another update of the identity document won the race; fetch it and sign again".into(),
+            ));
+        }
+        self.docs.flush().map_err(internal)?;
+        Ok(next)
+    }
+
+    /// Forget everything about `repo`.
+    pub fn delete(&self, repo: &RepoName, aliases: &[String]) -> Result<(), NodeError> {
+        for tree in [&self.docs, &self.log] {
+            for item in tree.scan_prefix(prefix(repo)).keys() {
+                tree.remove(item.map_err(internal)?).map_err(internal)?;
+            }
+        }
+        self.ids.remove(repo.to_string()).map_err(internal)?;
+        self.set_aliases(repo, aliases, &[])?;
+        Ok(())
+    }
+
+    /// Append an accepted push to the repository's log; returns its sequence number.
+    pub fn append_update(&self, repo: &RepoName, update: &SignedRefUpdate) -> Result<u64, NodeError> {
+        let seq = match self.log.scan_prefix(prefix(repo)).keys().next_back() {
+            Some(k) => {
+                let k = k.map_err(internal)?;
+                let tail: [u8; 8] = k[k.len() - 8..]
+                    .try_into()
+                    .map_err(|_| NodeError::Internal("corrupt log key".into()))?;
+                u64::from_be_bytes(tail) + 1
+            }
+            None => 1,
+        };
+        self.log.insert(key(repo, seq), update.encode_to_vec()).map_err(internal)?;
+        self.log.flush().map_err(internal)?;
+        Ok(seq)
+    }
+
+    /// The repository's signed-update log, oldest first.
+    pub fn updates(&self, repo: &RepoName) -> Result<Vec<(u64, SignedRefUpdate)>, NodeError> {
+        let mut out = Vec::new();
+        for item in self.log.scan_prefix(prefix(repo)) {
+            let (k, v) = item.map_err(internal)?;
+            let seq = u64::from_be_bytes(
+                k[k.len() - 8..]
+                    .try_into()
+                    .map_err(|_| NodeError::Internal("corrupt log key".into()))?,
+            );
+            let update = SignedRefUpdate::decode(&v[..]).map_err(|e| NodeError::Internal(e.to_string()))?;
+            out.push((seq, update));
+        }
+        Ok(out)
+    }
+
+    /// The node's secret for push-certificate nonces (made on first use).
+    pub fn nonce_issuer(&self) -> Result<NonceIssuer, NodeError> {
+        if let Some(seed) = self.meta.get("cert-nonce-seed").map_err(internal)? {
+            return Ok(NonceIssuer::new(seed.to_vec()));
+        }
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| NodeError::Internal(e.to_string()))?;
+        // A concurrent first use may have stored another seed: use whichever won.
+        let _ = self
+            .meta
+            .compare_and_swap("cert-nonce-seed", None as Option<&[u8]>, Some(&seed[..]))
+            .map_err(internal)?;
+        self.meta.flush().map_err(internal)?;
+        let seed = self
+            .meta
+            .get("cert-nonce-seed")
+            .map_err(internal)?
+            .ok_or_else(|| NodeError::Internal("nonce seed vanished".into()))?;
+        Ok(NonceIssuer::new(seed.to_vec()))
+    }
+}
+
+fn internal(e: sled::Error) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
+/// What a push must prove on this node.
+pub struct SignedPushPolicy {
+    /// Canonical repository name (nonces are bound to it).
+    pub repo: RepoName,
+    /// The repository's identity.
+    pub identity: Identity,
+    /// Nonce issuer (node secret).
+    pub issuer: NonceIssuer,
+    /// Maximum nonce age, seconds.
+    pub nonce_slop: u64,
+    /// Where accepted pushes are logged.
+    pub store: IdentityStore,
+}
+
+/// What an unsigned push is told.
+pub const UNSIGNED_PUSH_HELP: &str = "this repository accepts only signed pushes. Run `guts-node git-setup` in your clone \
+     (it sets gpg.format=ssh, user.signingkey to your Guts key and push.gpgSign=if-asked), then push again";
+
+impl PushPolicy for SignedPushPolicy {
+    fn cert_nonce(&self) -> Option<String> {
+        Some(self.issuer.issue(&self.repo.to_string(), now()))
+    }
+
+    fn authorize(&self, cert: Option<&str>, commands: &[Command]) -> Result<(), String> {
+        let text = cert.ok_or_else(|| UNSIGNED_PUSH_HELP.to_owned())?;
+        let cert = PushCert::parse(text)
+            .and_then(PushCert::verify)
+            .map_err(|e| e.to_string())?;
+        guts_identity::update::authorize(&cert, &self.identity.doc).map_err(|e| e.to_string())?;
+        let nonce = cert
+            .nonce()
+            .ok_or("push certificate refused: it carries no nonce")?;
+        self.issuer
+            .check(nonce, &self.repo.to_string(), now(), self.nonce_slop)
+            .map_err(|e| e.to_string())?;
+        if !same_commands(&cert, commands) {
+            return Err("push certificate refused: its ref lines differ from the pushed commands".into());
+        }
+        tracing::info!(repo = %self.repo, signer = %cert.signer(), "signed push authorized");
+        Ok(())
+    }
+
+    fn accepted(&self, cert: Option<&str>, updated: &[String]) {
+        let Some(cert) = cert else { return };
+        let update = SignedRefUpdate {
+            repo_id: self.identity.id.0.to_vec(),
+            certificate: cert.to_owned(),
+            doc_version: self.identity.doc.body().version,
+        };
+        match self.store.append_update(&self.repo, &update) {
+            Ok(seq) => tracing::info!(repo = %self.repo, seq, refs = updated.len(), "signed update logged"),
+            Err(e) => tracing::error!(repo = %self.repo, error = %e, "could not log a signed update"),
+        }
+    }
+}
+
+fn same_commands(cert: &PushCert<Verified>, commands: &[Command]) -> bool {
+    let zero = "0".repeat(40);
+    let hex = |id: &Option<guts_git::ObjectId>| id.map_or_else(|| zero.clone(), |i| i.to_string());
+    cert.commands().len() == commands.len()
+        && cert
+            .commands()
+            .iter()
+            .zip(commands)
+            .all(|(a, b)| a.old == hex(&b.old) && a.new == hex(&b.new) && a.name == b.name)
+}

@@ -1,0 +1,340 @@
+//! The REST API under `/api/v1`: repositories, their identity documents and
+//! their signed-update logs. Errors are JSON `{"error": "..."}`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use guts_git::names::RepoName;
+use guts_identity::{Doc, PushCert};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, NodeError};
+use crate::http::Shared;
+
+/// The REST routes.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/api/v1/repos", get(list_repos).post(create_repo))
+        .route(
+            "/api/v1/repos/{owner}/{name}",
+            get(show_repo).delete(delete_repo).patch(patch_repo),
+        )
+        .route(
+            "/api/v1/repos/{owner}/{name}/identity",
+            get(show_identity).put(update_identity),
+        )
+        .route("/api/v1/repos/{owner}/{name}/updates", get(list_updates))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, NodeError> + Send + 'static) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+}
+
+fn bad_request(msg: impl Into<String>) -> NodeError {
+    NodeError::BadRequest(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// A signed identity document in a request body.
+#[derive(Deserialize)]
+struct DocumentRequest {
+    /// The encoded `SignedDocument`, base64.
+    document: Option<String>,
+    /// Present in requests of the old, unsigned form; refused with a hint.
+    owner: Option<String>,
+}
+
+fn decode_document(req: DocumentRequest) -> Result<Vec<u8>, NodeError> {
+    match (req.document, req.owner) {
+        (Some(doc), _) => B64.decode(doc.trim()).map_err(|e| bad_request(format!("document is not base64: {e}"))),
+        (None, _) => Err(bad_request(
+            "creating a repository requires an identity document signed by its owner: \
+             run `guts-node repo create NAME` (it signs one with your identity from `guts-node id new`), \
+             or POST {\"document\": \"<base64 SignedDocument>\"}",
+        )),
+    }
+}
+
+/// A repository as the REST API lists it.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RepoSummary {
+    /// Owner segment: the owner's DID id (`z6Mk...`).
+    pub owner: String,
+    /// Name segment.
+    pub name: String,
+    /// Repository id (hash of its first identity document).
+    pub id: Option<String>,
+    /// Owner aliases declared by the identity document.
+    pub aliases: Vec<String>,
+    /// Clone URL path.
+    pub path: String,
+}
+
+/// A repository in detail.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RepoDetail {
+    /// Owner segment.
+    pub owner: String,
+    /// Name segment.
+    pub name: String,
+    /// Repository id.
+    pub id: Option<String>,
+    /// The owner's DID.
+    pub owner_did: Option<String>,
+    /// Current delegates (DIDs).
+    pub delegates: Vec<String>,
+    /// Signatures needed for the next document version.
+    pub threshold: u32,
+    /// Current document version.
+    pub doc_version: u64,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// HEAD's symref target.
+    pub head: String,
+    /// Every ref and its object id.
+    pub refs: BTreeMap<String, String>,
+    /// Objects stored in packs.
+    pub object_count: u64,
+    /// Bytes of packs and indexes on disk.
+    pub size_bytes: u64,
+    /// Whether non-fast-forward pushes are refused.
+    pub deny_non_fast_forwards: bool,
+}
+
+fn summary(state: &Shared, name: &RepoName) -> Result<RepoSummary, NodeError> {
+    let identity = state.identities.current(name)?;
+    Ok(RepoSummary {
+        owner: name.owner().to_owned(),
+        name: name.name().to_owned(),
+        id: identity.as_ref().map(|i| i.id.to_string()),
+        aliases: identity.map(|i| i.doc.body().aliases.clone()).unwrap_or_default(),
+        path: format!("/{name}.git"),
+    })
+}
+
+async fn list_repos(State(state): State<Shared>) -> Result<Json<Vec<RepoSummary>>, ApiError> {
+    let list = blocking(move || {
+        let names = state.storage.list()?;
+        names.iter().map(|n| summary(&state, n)).collect()
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+async fn create_repo(
+    State(state): State<Shared>,
+    body: Result<Json<DocumentRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<RepoSummary>), ApiError> {
+    let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
+    let bytes = decode_document(req)?;
+    let created = blocking(move || {
+        let doc = Doc::from_bytes(&bytes)
+            .and_then(Doc::verify_genesis)
+            .map_err(|e| bad_request(e.to_string()))?;
+        let name = RepoName::new(&doc.owner().method_id(), &doc.body().name)?;
+        let head = format!("refs/heads/{}", doc.body().default_branch);
+        if state.storage.open_repo(&name).is_ok() {
+            return Err(guts_git::Error::RepoExists(name.to_string()).into());
+        }
+        state.identities.create(&name, &doc)?;
+        if let Err(e) = state.storage.create_with_head(&name, &head) {
+            state.identities.delete(&name, &doc.body().aliases)?;
+            return Err(e.into());
+        }
+        tracing::info!(repo = %name, owner = %doc.owner(), aliases = ?doc.body().aliases, "repository created");
+        summary(&state, &name)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn show_repo(State(state): State<Shared>, Path((owner, name)): Path<(String, String)>) -> Result<Json<RepoDetail>, ApiError> {
+    let detail = blocking(move || {
+        let name = state.identities.resolve(&owner, &name)?;
+        let repo = state.storage.open_repo(&name)?;
+        let settings = repo.settings()?;
+        let refs = repo.refs()?.into_iter().map(|r| (r.name, r.id.to_string())).collect();
+        let (object_count, size_bytes) = repo.disk_usage()?;
+        let identity = state.identities.current(&name)?;
+        let body = identity.as_ref().map(|i| i.doc.body().clone());
+        Ok(RepoDetail {
+            owner: name.owner().to_owned(),
+            name: name.name().to_owned(),
+            id: identity.as_ref().map(|i| i.id.to_string()),
+            owner_did: body.as_ref().map(|b| b.owner.clone()),
+            delegates: body.as_ref().map(|b| b.delegates.clone()).unwrap_or_default(),
+            threshold: body.as_ref().map_or(0, |b| b.threshold),
+            doc_version: body.as_ref().map_or(0, |b| b.version),
+            aliases: body.map(|b| b.aliases).unwrap_or_default(),
+            head: settings.head,
+            refs,
+            object_count,
+            size_bytes,
+            deny_non_fast_forwards: settings.deny_non_fast_forwards,
+        })
+    })
+    .await?;
+    Ok(Json(detail))
+}
+
+async fn delete_repo(State(state): State<Shared>, Path((owner, name)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        let name = state.identities.resolve(&owner, &name)?;
+        let aliases = state
+            .identities
+            .current(&name)?
+            .map(|i| i.doc.body().aliases.clone())
+            .unwrap_or_default();
+        state.storage.delete(&name)?;
+        state.identities.delete(&name, &aliases)?;
+        tracing::info!(repo = %name, "repository deleted");
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchRepo {
+    deny_non_fast_forwards: Option<bool>,
+}
+
+async fn patch_repo(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Result<Json<PatchRepo>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
+    let settings = blocking(move || {
+        let name = state.identities.resolve(&owner, &name)?;
+        let repo = state.storage.open_repo(&name)?;
+        match req.deny_non_fast_forwards {
+            Some(deny) => Ok(repo.set_deny_non_fast_forwards(deny)?),
+            None => Ok(repo.settings()?),
+        }
+    })
+    .await?;
+    Ok(Json(serde_json::json!({
+        "head": settings.head,
+        "deny_non_fast_forwards": settings.deny_non_fast_forwards,
+    })))
+}
+
+/// A repository's identity: every document version (base64) and the current one decoded.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct IdentityView {
+    /// Repository id.
+    pub id: String,
+    /// Every version, oldest first, as base64 `SignedDocument`s.
+    pub versions: Vec<String>,
+    /// The current version.
+    pub version: u64,
+    /// Owner DID.
+    pub owner: String,
+    /// Delegate DIDs.
+    pub delegates: Vec<String>,
+    /// Signatures needed for the next version.
+    pub threshold: u32,
+    /// Default branch.
+    pub default_branch: String,
+    /// Aliases.
+    pub aliases: Vec<String>,
+}
+
+fn identity_view(state: &Shared, name: &RepoName) -> Result<IdentityView, NodeError> {
+    let identity = state
+        .identities
+        .current(name)?
+        .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
+    let body = identity.doc.body().clone();
+    Ok(IdentityView {
+        id: identity.id.to_string(),
+        versions: identity.versions.iter().map(|v| B64.encode(v)).collect(),
+        version: body.version,
+        owner: body.owner,
+        delegates: body.delegates,
+        threshold: body.threshold,
+        default_branch: body.default_branch,
+        aliases: body.aliases,
+    })
+}
+
+async fn show_identity(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<IdentityView>, ApiError> {
+    let view = blocking(move || {
+        let name = state.identities.resolve(&owner, &name)?;
+        identity_view(&state, &name)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn update_identity(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Result<Json<DocumentRequest>, JsonRejection>,
+) -> Result<Json<IdentityView>, ApiError> {
+    let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
+    let bytes = decode_document(req)?;
+    let view = blocking(move || {
+        let name = state.identities.resolve(&owner, &name)?;
+        let doc = state.identities.update(&name, &bytes)?;
+        tracing::info!(repo = %name, version = doc.body().version, delegates = doc.delegates().len(), "identity document updated");
+        identity_view(&state, &name)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// One entry of a repository's signed-update log.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct UpdateView {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// Identity document version the update was accepted under.
+    pub doc_version: u64,
+    /// Signer DID, if the certificate verifies.
+    pub signer: Option<String>,
+    /// The `old new ref` lines.
+    pub updates: Vec<String>,
+    /// The push certificate, signature included.
+    pub certificate: String,
+}
+
+async fn list_updates(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<Vec<UpdateView>>, ApiError> {
+    let list = blocking(move || {
+        let name = state.identities.resolve(&owner, &name)?;
+        state.storage.open_repo(&name)?;
+        let updates = state.identities.updates(&name)?;
+        Ok(updates
+            .into_iter()
+            .map(|(seq, u)| {
+                let cert = PushCert::parse(&u.certificate).and_then(PushCert::verify).ok();
+                UpdateView {
+                    seq,
+                    doc_version: u.doc_version,
+                    signer: cert.as_ref().map(|c| c.signer().to_string()),
+                    updates: cert
+                        .map(|c| c.commands().iter().map(|c| format!("{} {} {}", c.old, c.new, c.name)).collect())
+                        .unwrap_or_default(),
+                    certificate: u.certificate,
+                }
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(list))
+}
