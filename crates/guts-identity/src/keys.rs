@@ -61,6 +61,27 @@ impl Keypair {
             .map_err(|e| key_err(Path::new("<memory>"), e))
     }
 
+    /// An armored SSH signature (SSHSIG, SHA-512) of `msg` in `namespace`,
+    /// as `ssh-keygen -Y sign -n NAMESPACE` makes it.
+    pub fn sign_ssh(&self, namespace: &str, msg: &[u8]) -> Result<String> {
+        let sig = self
+            .ssh_private("")?
+            .sign(namespace, ssh_key::HashAlg::Sha512, msg)
+            .map_err(|e| key_err(Path::new("<memory>"), e))?;
+        sig.to_pem(LineEnding::LF)
+            .map_err(|e| key_err(Path::new("<memory>"), e))
+    }
+
+    /// The key's OpenSSH SHA-256 fingerprint (`SHA256:...`), as git writes it
+    /// in a push certificate's `pusher` line.
+    pub fn ssh_fingerprint(&self) -> Result<String> {
+        Ok(self
+            .ssh_private("")?
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string())
+    }
+
     /// The public key in OpenSSH format (`ssh-ed25519 AAAA... comment`).
     pub fn ssh_public_key(&self, comment: &str) -> Result<String> {
         self.ssh_private(comment)?

@@ -193,11 +193,27 @@ impl Node {
 
     /// Creates `owner/name` through the REST API, asserting 201.
     pub fn create_repo(&self, owner: &str, name: &str) {
-        let resp = self.post_json(
-            "/api/v1/repos",
-            &serde_json::json!({ "owner": owner, "name": name }),
-        );
+        let id = test_identity();
+        let aliases: Vec<&str> = if owner == id.owner_id() {
+            vec![]
+        } else {
+            vec![owner]
+        };
+        let doc = genesis_document(id, name, &aliases);
+        let resp = self.post_json("/api/v1/repos", &serde_json::json!({ "document": doc }));
         assert_eq!(resp.status, 201, "creating {owner}/{name}: {}", resp.text());
+    }
+
+    /// The `push-cert=<nonce>` a receive-pack advertisement offers, if any.
+    pub fn push_cert_nonce(&self, owner: &str, name: &str) -> Option<String> {
+        let resp = self.get(&format!(
+            "/{owner}/{name}.git/info/refs?service=git-receive-pack"
+        ));
+        let text = resp.text();
+        let caps = text.split('\0').nth(1)?;
+        caps.split_whitespace()
+            .find_map(|c| c.strip_prefix("push-cert="))
+            .map(str::to_owned)
     }
 
     /// `GET /api/v1/repos/OWNER/NAME`, asserting 200, as JSON.
@@ -256,9 +272,32 @@ impl Node {
         )
     }
 
-    /// Sends a hand-made receive-pack request: `commands` are
-    /// `"<old> <new> <ref>"`; `caps` are appended to the first one.
+    /// Sends a hand-made receive-pack request, signed like `git push
+    /// --signed` by the test identity: `commands` are `"<old> <new> <ref>"`;
+    /// `caps` go on the `push-cert` line.
     pub fn receive_pack(
+        &self,
+        owner: &str,
+        name: &str,
+        commands: &[String],
+        caps: &str,
+        pack: &[u8],
+    ) -> HttpResponse {
+        let nonce = self
+            .push_cert_nonce(owner, name)
+            .unwrap_or_else(|| panic!("{owner}/{name} advertises no push-cert nonce"));
+        let cert = push_certificate(
+            test_identity(),
+            &self.repo_url(owner, name),
+            &nonce,
+            commands,
+        );
+        let body = signed_receive_pack_body(&cert, caps, pack);
+        self.post_service(owner, name, "git-receive-pack", &body)
+    }
+
+    /// Sends a hand-made receive-pack request without a certificate.
+    pub fn receive_pack_unsigned(
         &self,
         owner: &str,
         name: &str,
@@ -306,6 +345,38 @@ pub fn receive_pack_body(commands: &[String], caps: &str, pack: &[u8]) -> Vec<u8
         };
         body.extend(pkt(line.as_bytes()));
     }
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(pack);
+    body
+}
+
+/// A push certificate as git makes it (`certificate version 0.1`, pusher,
+/// pushee, nonce, the commands), signed with `who`'s SSH key in namespace `git`.
+pub fn push_certificate(
+    who: &TestIdentity,
+    pushee: &str,
+    nonce: &str,
+    commands: &[String],
+) -> String {
+    let mut payload = format!(
+        "certificate version 0.1\npusher {} 1700000000 +0000\npushee {pushee}\nnonce {nonce}\n\n",
+        who.key.ssh_fingerprint().expect("fingerprint")
+    );
+    for c in commands {
+        payload.push_str(c);
+        payload.push('\n');
+    }
+    let sig = who.key.sign_ssh("git", payload.as_bytes()).expect("sign");
+    format!("{payload}{sig}")
+}
+
+/// Builds a signed receive-pack request body (push-cert block, flush, pack).
+pub fn signed_receive_pack_body(cert: &str, caps: &str, pack: &[u8]) -> Vec<u8> {
+    let mut body = pkt(format!("push-cert\0{caps}\n").as_bytes());
+    for line in cert.split_inclusive('\n') {
+        body.extend(pkt(line.as_bytes()));
+    }
+    body.extend(pkt(b"push-cert-end\n"));
     body.extend_from_slice(b"0000");
     body.extend_from_slice(pack);
     body
@@ -454,14 +525,72 @@ fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
 // git helpers
 // ---------------------------------------------------------------------------
 
-/// An empty, shared HOME for git so no user configuration leaks in.
-fn git_home() -> &'static Path {
+/// A shared HOME for git so no user configuration leaks in. Its only
+/// configuration is what `guts-node git-setup` writes: pushes are signed with
+/// the test identity whenever a server asks (`push.gpgSign=if-asked`).
+pub fn git_home() -> &'static Path {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     HOME.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guts-e2e-git-home");
         fs::create_dir_all(&dir).expect("create git home");
+        let key = test_identity().key_path.display().to_string();
+        fs::write(
+            dir.join(".gitconfig"),
+            format!("[gpg]\n\tformat = ssh\n[user]\n\tsigningkey = {key}\n[push]\n\tgpgSign = if-asked\n"),
+        )
+        .expect("write .gitconfig");
         dir
     })
+}
+
+/// A user identity for tests: key file on disk plus the key itself.
+pub struct TestIdentity {
+    pub key: guts_identity::Keypair,
+    pub key_path: PathBuf,
+}
+
+impl TestIdentity {
+    /// A deterministic identity from `seed`, its key written under the target dir.
+    pub fn from_seed(label: &str, seed: u8) -> TestIdentity {
+        let key = guts_identity::Keypair::from_seed(&[seed; 32]);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guts-e2e-keys");
+        fs::create_dir_all(&dir).expect("create key dir");
+        let key_path = dir.join(format!("{label}-{seed}"));
+        if !key_path.exists() {
+            // Parallel test binaries may race here; either writer's file is the same key.
+            let tmp = dir.join(format!("{label}-{seed}.{}", std::process::id()));
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(guts_identity::keys::public_key_path(&tmp));
+            key.write_openssh(&tmp, label).expect("write key");
+            let _ = fs::rename(
+                guts_identity::keys::public_key_path(&tmp),
+                guts_identity::keys::public_key_path(&key_path),
+            );
+            let _ = fs::rename(&tmp, &key_path);
+        }
+        TestIdentity { key, key_path }
+    }
+
+    /// `z6Mk...`: the owner segment of this identity's repositories.
+    pub fn owner_id(&self) -> String {
+        self.key.did().method_id()
+    }
+}
+
+/// The identity that owns the repositories tests create with `create_repo`.
+pub fn test_identity() -> &'static TestIdentity {
+    static ID: OnceLock<TestIdentity> = OnceLock::new();
+    ID.get_or_init(|| TestIdentity::from_seed("alice", 0xa1))
+}
+
+/// A signed first identity document for `name`, owned by `owner`, declaring `aliases`.
+pub fn genesis_document(owner: &TestIdentity, name: &str, aliases: &[&str]) -> String {
+    use base64::Engine;
+    use prost::Message;
+    let aliases = aliases.iter().map(|a| a.to_string()).collect();
+    let body = guts_identity::DocumentBody::genesis(owner.key.did(), name, "main", aliases);
+    let signed = body.sign(&[&owner.key]);
+    base64::engine::general_purpose::STANDARD.encode(signed.encode_to_vec())
 }
 
 /// A `git` command in `dir` with a clean environment.
