@@ -12,7 +12,7 @@ use prost::Message;
 use crate::config::{default_data_dir, DEFAULT_HTTP_LISTEN};
 use crate::error::NodeError;
 use crate::rest::{IdentityView, RepoDetail, RepoSummary};
-use crate::{ClientArgs, DelegateAction, IdAction, RepoAction};
+use crate::{ClientArgs, DelegateAction, DelegateChange, IdAction, RepoAction};
 
 fn node_url(args: &ClientArgs) -> String {
     if let Some(n) = &args.node {
@@ -46,10 +46,16 @@ fn load_key(path: &Path) -> Result<Keypair, NodeError> {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
-fn check(resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
+fn check(
+    resp: ureq::http::Response<ureq::Body>,
+    what: &str,
+) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -59,14 +65,22 @@ fn check(resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<ureq::htt
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or(text);
-    Err(NodeError::Client(format!("{what} failed ({status}): {msg}")))
+    Err(NodeError::Client(format!(
+        "{what} failed ({status}): {msg}"
+    )))
 }
 
 fn unreachable_node(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
-    move |e| NodeError::Client(format!("cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"))
+    move |e| {
+        NodeError::Client(format!(
+            "cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"
+        ))
+    }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::http::Response<ureq::Body>) -> Result<T, NodeError> {
+fn read_json<T: serde::de::DeserializeOwned>(
+    resp: ureq::http::Response<ureq::Body>,
+) -> Result<T, NodeError> {
     resp.into_body()
         .read_json()
         .map_err(|e| NodeError::Client(format!("bad response from the node: {e}")))
@@ -81,7 +95,11 @@ pub fn id_command(action: IdAction, args: &ClientArgs) -> Result<(), NodeError> 
             key.write_openssh(&path, &key.did().to_string())
                 .map_err(|e| NodeError::Client(e.to_string()))?;
             println!("{}", key.did());
-            eprintln!("key written to {} (and {}.pub)", path.display(), path.display());
+            eprintln!(
+                "key written to {} (and {}.pub)",
+                path.display(),
+                path.display()
+            );
             eprintln!("next: `guts-node git-setup` so that git signs your pushes with it");
         }
         IdAction::Show => {
@@ -91,7 +109,9 @@ pub fn id_command(action: IdAction, args: &ClientArgs) -> Result<(), NodeError> 
             println!("key file   {}", path.display());
             println!(
                 "public key {}",
-                key.ssh_public_key("").map_err(|e| NodeError::Client(e.to_string()))?.trim()
+                key.ssh_public_key("")
+                    .map_err(|e| NodeError::Client(e.to_string()))?
+                    .trim()
             );
         }
     }
@@ -116,7 +136,12 @@ fn git_config(repo: Option<&Path>, key: &str, value: &str) -> Result<(), NodeErr
 }
 
 /// `guts-node git-setup`: make git sign pushes with the Guts key.
-pub fn git_setup(repo: Option<&Path>, remote_url: Option<&str>, remote_name: &str, args: &ClientArgs) -> Result<(), NodeError> {
+pub fn git_setup(
+    repo: Option<&Path>,
+    remote_url: Option<&str>,
+    remote_name: &str,
+    args: &ClientArgs,
+) -> Result<(), NodeError> {
     let path = key_path(args);
     let key = load_key(&path)?;
     let abs = std::fs::canonicalize(&path)?;
@@ -143,40 +168,62 @@ pub fn git_setup(repo: Option<&Path>, remote_url: Option<&str>, remote_name: &st
             return Err(NodeError::Client(format!("git remote {verb} failed")));
         }
     }
-    let scope = repo.map_or("your global git config".to_owned(), |r| format!("{}", r.display()));
-    println!("configured {scope}: pushes to Guts nodes are signed by {}", key.did());
+    let scope = repo.map_or("your global git config".to_owned(), |r| {
+        format!("{}", r.display())
+    });
+    println!(
+        "configured {scope}: pushes to Guts nodes are signed by {}",
+        key.did()
+    );
     Ok(())
 }
 
 /// Fetch a repository's document chain and verify it locally (no trust in the node).
 fn fetch_identity(base: &str, repo: &str) -> Result<(IdentityView, Doc<Verified>), NodeError> {
     let url = format!("{base}/api/v1/repos/{repo}/identity");
-    let view: IdentityView = read_json(check(agent().get(&url).call().map_err(unreachable_node(base))?, "identity")?)?;
+    let view: IdentityView = read_json(check(
+        agent().get(&url).call().map_err(unreachable_node(base))?,
+        "identity",
+    )?)?;
     let mut doc: Option<Doc<Verified>> = None;
     for v in &view.versions {
-        let bytes = B64.decode(v).map_err(|e| NodeError::Client(format!("bad document from the node: {e}")))?;
+        let bytes = B64
+            .decode(v)
+            .map_err(|e| NodeError::Client(format!("bad document from the node: {e}")))?;
         let d = Doc::from_bytes(&bytes).map_err(|e| NodeError::Client(e.to_string()))?;
         let verified = match &doc {
             None => d.verify_genesis(),
             Some(prev) => d.verify_successor(prev),
         }
-        .map_err(|e| NodeError::Client(format!("the node's document chain does not verify: {e}")))?;
+        .map_err(|e| {
+            NodeError::Client(format!("the node's document chain does not verify: {e}"))
+        })?;
         doc = Some(verified);
     }
-    let doc = doc.ok_or_else(|| NodeError::Client("the node returned no identity document".into()))?;
+    let doc =
+        doc.ok_or_else(|| NodeError::Client("the node returned no identity document".into()))?;
     Ok((view, doc))
 }
 
-fn change_delegates(base: &str, repo: &str, args: &ClientArgs, action: DelegateAction) -> Result<(), NodeError> {
-    let (add, did, threshold, cosign) = match action {
-        DelegateAction::Add {
-            did, threshold, cosign, ..
-        } => (true, did, threshold, cosign),
-        DelegateAction::Remove {
-            did, threshold, cosign, ..
-        } => (false, did, threshold, cosign),
+fn change_delegates(
+    base: &str,
+    args: &ClientArgs,
+    action: DelegateAction,
+) -> Result<(), NodeError> {
+    let (add, change) = match action {
+        DelegateAction::Add(c) => (true, c),
+        DelegateAction::Remove(c) => (false, c),
     };
-    let did = Did::parse_any(&did).map_err(|e| NodeError::Client(e.to_string()))?.to_string();
+    let DelegateChange {
+        repo,
+        did,
+        threshold,
+        cosign,
+    } = change;
+    let repo = repo.as_str();
+    let did = Did::parse_any(&did)
+        .map_err(|e| NodeError::Client(e.to_string()))?
+        .to_string();
     let (_, current) = fetch_identity(base, repo)?;
     let mut next: DocumentBody = current.successor();
     if add {
@@ -243,20 +290,23 @@ pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeErr
                 .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
                 .map_err(unreachable_node(&base))?;
             let created: RepoSummary = read_json(check(resp, "create")?)?;
-            println!("created {}/{} (id {})", created.owner, created.name, created.id.unwrap_or_default());
+            println!(
+                "created {}/{} (id {})",
+                created.owner,
+                created.name,
+                created.id.unwrap_or_default()
+            );
             println!("  git remote add origin {base}{}", created.path);
             for a in created.aliases {
                 println!("  also at {base}/{a}/{}.git", created.name);
             }
         }
-        RepoAction::Delegates { action } => {
-            let repo = match &action {
-                DelegateAction::Add { repo, .. } | DelegateAction::Remove { repo, .. } => repo.clone(),
-            };
-            change_delegates(&base, &repo, args, action)?;
-        }
+        RepoAction::Delegates { action } => change_delegates(&base, args, action)?,
         RepoAction::List => {
-            let repos: Vec<RepoSummary> = read_json(check(agent.get(&api).call().map_err(unreachable_node(&base))?, "list")?)?;
+            let repos: Vec<RepoSummary> = read_json(check(
+                agent.get(&api).call().map_err(unreachable_node(&base))?,
+                "list",
+            )?)?;
             for r in repos {
                 let aliases = if r.aliases.is_empty() {
                     String::new()
@@ -267,14 +317,25 @@ pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeErr
             }
         }
         RepoAction::Show { name } => {
-            let resp = check(agent.get(&format!("{api}/{name}")).call().map_err(unreachable_node(&base))?, "show")?;
+            let resp = check(
+                agent
+                    .get(&format!("{api}/{name}"))
+                    .call()
+                    .map_err(unreachable_node(&base))?,
+                "show",
+            )?;
             let d: RepoDetail = read_json(resp)?;
             println!("repository  {}/{}", d.owner, d.name);
             println!("id          {}", d.id.unwrap_or_default());
             println!("url         {base}/{}/{}.git", d.owner, d.name);
             println!("owner       {}", d.owner_did.unwrap_or_default());
             println!("aliases     {}", d.aliases.join(", "));
-            println!("delegates   {} (threshold {}, document v{})", d.delegates.join(", "), d.threshold, d.doc_version);
+            println!(
+                "delegates   {} (threshold {}, document v{})",
+                d.delegates.join(", "),
+                d.threshold,
+                d.doc_version
+            );
             println!("HEAD        {}", d.head);
             println!("objects     {}", d.object_count);
             println!("size        {} bytes", d.size_bytes);
@@ -284,7 +345,13 @@ pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeErr
             }
         }
         RepoAction::Delete { name } => {
-            check(agent.delete(&format!("{api}/{name}")).call().map_err(unreachable_node(&base))?, "delete")?;
+            check(
+                agent
+                    .delete(&format!("{api}/{name}"))
+                    .call()
+                    .map_err(unreachable_node(&base))?,
+                "delete",
+            )?;
             println!("deleted {name}");
         }
         RepoAction::Set {

@@ -10,8 +10,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use guts_git::names::RepoName;
 use guts_git::protocol::{Service, Version};
-use guts_git::receive_pack::ReceiveOptions;
 use guts_git::receive_pack::PushPolicy;
+use guts_git::receive_pack::ReceiveOptions;
 use guts_git::storage::Storage;
 use guts_identity::NonceIssuer;
 use serde::Deserialize;
@@ -195,10 +195,11 @@ async fn receive_pack(
     let (mut writer, out) = response_channel();
     tokio::task::spawn_blocking(move || {
         let mut input = blocking_reader(body, gzip);
-        if let Err(e) = guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy) {
+        if let Err(e) =
+            guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy)
+        {
             tracing::warn!(repo = %name, error = %e, "receive-pack failed");
         }
     });
     Ok(streaming_response(Service::ReceivePack, out))
 }
-

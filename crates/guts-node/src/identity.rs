@@ -68,7 +68,10 @@ pub struct Identity {
 impl IdentityStore {
     /// Open the trees in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, NodeError> {
-        let t = |name: &str| db.open_tree(name).map_err(|e| NodeError::Internal(e.to_string()));
+        let t = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| NodeError::Internal(e.to_string()))
+        };
         Ok(IdentityStore {
             docs: t("identity-docs")?,
             ids: t("identity-ids")?,
@@ -93,25 +96,43 @@ impl IdentityStore {
 
     /// Register a verified first document for `repo` and its aliases.
     pub fn create(&self, repo: &RepoName, doc: &Doc<Verified>) -> Result<RepoId, NodeError> {
-        let id = doc
-            .genesis_id()
-            .ok_or_else(|| NodeError::BadRequest(axum::http::StatusCode::BAD_REQUEST, "not a first document".into()))?;
+        let id = doc.genesis_id().ok_or_else(|| {
+            NodeError::BadRequest(
+                axum::http::StatusCode::BAD_REQUEST,
+                "not a first document".into(),
+            )
+        })?;
         for alias in &doc.body().aliases {
             let alias_name = RepoName::new(alias, repo.name())?;
-            if self.aliases.contains_key(alias_name.to_string()).map_err(internal)? {
+            if self
+                .aliases
+                .contains_key(alias_name.to_string())
+                .map_err(internal)?
+            {
                 return Err(guts_git::Error::RepoExists(alias_name.to_string()).into());
             }
         }
-        self.docs.insert(key(repo, 1), doc.to_bytes()).map_err(internal)?;
-        self.ids.insert(repo.to_string(), &id.0[..]).map_err(internal)?;
+        self.docs
+            .insert(key(repo, 1), doc.to_bytes())
+            .map_err(internal)?;
+        self.ids
+            .insert(repo.to_string(), &id.0[..])
+            .map_err(internal)?;
         self.set_aliases(repo, &[], &doc.body().aliases)?;
         self.docs.flush().map_err(internal)?;
         Ok(id)
     }
 
-    fn set_aliases(&self, repo: &RepoName, old: &[String], new: &[String]) -> Result<(), NodeError> {
+    fn set_aliases(
+        &self,
+        repo: &RepoName,
+        old: &[String],
+        new: &[String],
+    ) -> Result<(), NodeError> {
         for a in old.iter().filter(|a| !new.contains(a)) {
-            self.aliases.remove(RepoName::new(a, repo.name())?.to_string()).map_err(internal)?;
+            self.aliases
+                .remove(RepoName::new(a, repo.name())?.to_string())
+                .map_err(internal)?;
         }
         for a in new {
             let alias = RepoName::new(a, repo.name())?.to_string();
@@ -120,7 +141,9 @@ impl IdentityStore {
                     return Err(guts_git::Error::RepoExists(alias).into())
                 }
                 _ => {
-                    self.aliases.insert(alias, repo.to_string().as_bytes()).map_err(internal)?;
+                    self.aliases
+                        .insert(alias, repo.to_string().as_bytes())
+                        .map_err(internal)?;
                 }
             }
         }
@@ -141,7 +164,8 @@ impl IdentityStore {
         let mut doc: Option<Doc<Verified>> = None;
         for item in self.docs.scan_prefix(prefix(repo)) {
             let (_, bytes) = item.map_err(internal)?;
-            let unverified = Doc::from_bytes(&bytes).map_err(|e| NodeError::Internal(format!("stored document: {e}")))?;
+            let unverified = Doc::from_bytes(&bytes)
+                .map_err(|e| NodeError::Internal(format!("stored document: {e}")))?;
             let verified = match &doc {
                 None => unverified.verify_genesis(),
                 Some(prev) => unverified.verify_successor(prev),
@@ -150,7 +174,8 @@ impl IdentityStore {
             versions.push(bytes.to_vec());
             doc = Some(verified);
         }
-        let doc = doc.ok_or_else(|| NodeError::Internal("repository id without document".into()))?;
+        let doc =
+            doc.ok_or_else(|| NodeError::Internal("repository id without document".into()))?;
         Ok(Some(Identity {
             id: RepoId(id),
             doc,
@@ -169,12 +194,17 @@ impl IdentityStore {
         self.set_aliases(repo, &current.doc.body().aliases, &next.body().aliases)?;
         let inserted = self
             .docs
-            .compare_and_swap(key(repo, next.body().version), None as Option<&[u8]>, Some(next.to_bytes()))
+            .compare_and_swap(
+                key(repo, next.body().version),
+                None as Option<&[u8]>,
+                Some(next.to_bytes()),
+            )
             .map_err(internal)?;
         if inserted.is_err() {
             return Err(NodeError::BadRequest(
                 axum::http::StatusCode::CONFLICT,
-                "another update of the identity document won the race; fetch it and sign again".into(),
+                "another update of the identity document won the race; fetch it and sign again"
+                    .into(),
             ));
         }
         self.docs.flush().map_err(internal)?;
@@ -194,7 +224,11 @@ impl IdentityStore {
     }
 
     /// Append an accepted push to the repository's log; returns its sequence number.
-    pub fn append_update(&self, repo: &RepoName, update: &SignedRefUpdate) -> Result<u64, NodeError> {
+    pub fn append_update(
+        &self,
+        repo: &RepoName,
+        update: &SignedRefUpdate,
+    ) -> Result<u64, NodeError> {
         let seq = match self.log.scan_prefix(prefix(repo)).keys().next_back() {
             Some(k) => {
                 let k = k.map_err(internal)?;
@@ -205,7 +239,9 @@ impl IdentityStore {
             }
             None => 1,
         };
-        self.log.insert(key(repo, seq), update.encode_to_vec()).map_err(internal)?;
+        self.log
+            .insert(key(repo, seq), update.encode_to_vec())
+            .map_err(internal)?;
         self.log.flush().map_err(internal)?;
         Ok(seq)
     }
@@ -220,7 +256,8 @@ impl IdentityStore {
                     .try_into()
                     .map_err(|_| NodeError::Internal("corrupt log key".into()))?,
             );
-            let update = SignedRefUpdate::decode(&v[..]).map_err(|e| NodeError::Internal(e.to_string()))?;
+            let update =
+                SignedRefUpdate::decode(&v[..]).map_err(|e| NodeError::Internal(e.to_string()))?;
             out.push((seq, update));
         }
         Ok(out)
@@ -288,7 +325,9 @@ impl PushPolicy for SignedPushPolicy {
             .check(nonce, &self.repo.to_string(), now(), self.nonce_slop)
             .map_err(|e| e.to_string())?;
         if !same_commands(&cert, commands) {
-            return Err("push certificate refused: its ref lines differ from the pushed commands".into());
+            return Err(
+                "push certificate refused: its ref lines differ from the pushed commands".into(),
+            );
         }
         tracing::info!(repo = %self.repo, signer = %cert.signer(), "signed push authorized");
         Ok(())
@@ -302,8 +341,12 @@ impl PushPolicy for SignedPushPolicy {
             doc_version: self.identity.doc.body().version,
         };
         match self.store.append_update(&self.repo, &update) {
-            Ok(seq) => tracing::info!(repo = %self.repo, seq, refs = updated.len(), "signed update logged"),
-            Err(e) => tracing::error!(repo = %self.repo, error = %e, "could not log a signed update"),
+            Ok(seq) => {
+                tracing::info!(repo = %self.repo, seq, refs = updated.len(), "signed update logged")
+            }
+            Err(e) => {
+                tracing::error!(repo = %self.repo, error = %e, "could not log a signed update")
+            }
         }
     }
 }

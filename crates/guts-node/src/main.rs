@@ -112,31 +112,23 @@ struct RunArgs {
 #[derive(Subcommand, Debug)]
 enum DelegateAction {
     /// Add a delegate.
-    Add {
-        /// Repository, OWNER/NAME (OWNER may be an alias).
-        repo: String,
-        /// The delegate's DID (did:key:z6Mk... or z6Mk...).
-        did: String,
-        /// New threshold [default: unchanged].
-        #[arg(long)]
-        threshold: Option<u32>,
-        /// More key files to co-sign with (when the threshold is above 1).
-        #[arg(long = "cosign")]
-        cosign: Vec<PathBuf>,
-    },
-    /// Remove a delegate.
-    Remove {
-        /// Repository, OWNER/NAME (OWNER may be an alias).
-        repo: String,
-        /// The delegate's DID.
-        did: String,
-        /// New threshold [default: unchanged, lowered if above the delegate count].
-        #[arg(long)]
-        threshold: Option<u32>,
-        /// More key files to co-sign with (when the threshold is above 1).
-        #[arg(long = "cosign")]
-        cosign: Vec<PathBuf>,
-    },
+    Add(DelegateChange),
+    /// Remove a delegate (the threshold is lowered if it would exceed the delegates left).
+    Remove(DelegateChange),
+}
+
+#[derive(clap::Args, Debug)]
+struct DelegateChange {
+    /// Repository, OWNER/NAME (OWNER may be an alias).
+    repo: String,
+    /// The delegate's DID (did:key:z6Mk... or z6Mk...).
+    did: String,
+    /// New threshold [default: unchanged].
+    #[arg(long)]
+    threshold: Option<u32>,
+    /// More key files to co-sign with (when the current threshold is above 1).
+    #[arg(long = "cosign")]
+    cosign: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,7 +182,12 @@ fn main() -> std::process::ExitCode {
             remote_url,
             remote_name,
             client,
-        } => client::git_setup(repo.as_deref(), remote_url.as_deref(), &remote_name, &client),
+        } => client::git_setup(
+            repo.as_deref(),
+            remote_url.as_deref(),
+            &remote_name,
+            &client,
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -32,7 +32,9 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/repos/{owner}/{name}/updates", get(list_updates))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, NodeError> + Send + 'static) -> Result<T, NodeError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
@@ -114,7 +116,9 @@ fn summary(state: &Shared, name: &RepoName) -> Result<RepoSummary, NodeError> {
         owner: name.owner().to_owned(),
         name: name.name().to_owned(),
         id: identity.as_ref().map(|i| i.id.to_string()),
-        aliases: identity.map(|i| i.doc.body().aliases.clone()).unwrap_or_default(),
+        aliases: identity
+            .map(|i| i.doc.body().aliases.clone())
+            .unwrap_or_default(),
         path: format!("/{name}.git"),
     })
 }
@@ -155,12 +159,19 @@ async fn create_repo(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn show_repo(State(state): State<Shared>, Path((owner, name)): Path<(String, String)>) -> Result<Json<RepoDetail>, ApiError> {
+async fn show_repo(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<RepoDetail>, ApiError> {
     let detail = blocking(move || {
         let name = state.identities.resolve(&owner, &name)?;
         let repo = state.storage.open_repo(&name)?;
         let settings = repo.settings()?;
-        let refs = repo.refs()?.into_iter().map(|r| (r.name, r.id.to_string())).collect();
+        let refs = repo
+            .refs()?
+            .into_iter()
+            .map(|r| (r.name, r.id.to_string()))
+            .collect();
         let (object_count, size_bytes) = repo.disk_usage()?;
         let identity = state.identities.current(&name)?;
         let body = identity.as_ref().map(|i| i.doc.body().clone());
@@ -169,7 +180,10 @@ async fn show_repo(State(state): State<Shared>, Path((owner, name)): Path<(Strin
             name: name.name().to_owned(),
             id: identity.as_ref().map(|i| i.id.to_string()),
             owner_did: body.as_ref().map(|b| b.owner.clone()),
-            delegates: body.as_ref().map(|b| b.delegates.clone()).unwrap_or_default(),
+            delegates: body
+                .as_ref()
+                .map(|b| b.delegates.clone())
+                .unwrap_or_default(),
             threshold: body.as_ref().map_or(0, |b| b.threshold),
             doc_version: body.as_ref().map_or(0, |b| b.version),
             aliases: body.map(|b| b.aliases).unwrap_or_default(),
@@ -184,7 +198,10 @@ async fn show_repo(State(state): State<Shared>, Path((owner, name)): Path<(Strin
     Ok(Json(detail))
 }
 
-async fn delete_repo(State(state): State<Shared>, Path((owner, name)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+async fn delete_repo(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     blocking(move || {
         let name = state.identities.resolve(&owner, &name)?;
         let aliases = state
@@ -322,13 +339,20 @@ async fn list_updates(
         Ok(updates
             .into_iter()
             .map(|(seq, u)| {
-                let cert = PushCert::parse(&u.certificate).and_then(PushCert::verify).ok();
+                let cert = PushCert::parse(&u.certificate)
+                    .and_then(PushCert::verify)
+                    .ok();
                 UpdateView {
                     seq,
                     doc_version: u.doc_version,
                     signer: cert.as_ref().map(|c| c.signer().to_string()),
                     updates: cert
-                        .map(|c| c.commands().iter().map(|c| format!("{} {} {}", c.old, c.new, c.name)).collect())
+                        .map(|c| {
+                            c.commands()
+                                .iter()
+                                .map(|c| format!("{} {} {}", c.old, c.new, c.name))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     certificate: u.certificate,
                 }

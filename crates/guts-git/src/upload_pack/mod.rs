@@ -29,8 +29,10 @@ use crate::odb::ObjectStore;
 use crate::pack_out::write_pack;
 use crate::pktline::{write_pkt, SideBand, SideBandMode};
 use crate::protocol::Version;
+use crate::shallow::ShallowPlan;
 use crate::storage::{Ref, Repo};
 use crate::walk::{objects_to_send, WalkSpec};
+use args::FetchArgs;
 
 /// How often progress lines are refreshed at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -141,6 +143,45 @@ fn commits_only(odb: &ObjectStore, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
         }
     }
     Ok(out)
+}
+
+/// Write the `shallow`/`unshallow` lines of a shallow plan.
+fn write_shallow_lines(session: &mut Session<'_>, plan: &ShallowPlan) -> std::io::Result<()> {
+    for c in &plan.shallow {
+        session.line(&format!("shallow {c}"))?;
+    }
+    for c in &plan.unshallow {
+        session.line(&format!("unshallow {c}"))?;
+    }
+    Ok(())
+}
+
+/// The end of a fetch in either version: send what the wants and the
+/// shallow plan call for, minus what the `common` commits already give.
+fn send_fetch_pack(
+    odb: &ObjectStore,
+    refs: &[Ref],
+    args: &FetchArgs,
+    common: &[ObjectId],
+    plan: &ShallowPlan,
+    session: &mut Session<'_>,
+) -> Result<()> {
+    let mut haves = commits_only(odb, common)?;
+    haves.extend(plan.extra_haves.iter().copied());
+    let mut wants = args.wants.clone();
+    wants.extend(plan.extra_wants.iter().copied());
+    let request = PackRequest {
+        walk: WalkSpec {
+            wants: &wants,
+            haves: &haves,
+            shallow: Some(&plan.cut),
+            filter: args.filter.as_ref(),
+        },
+        sideband: args.sideband.unwrap_or(SideBandMode::None),
+        progress: args.progress,
+        include_tag: args.include_tag,
+    };
+    send_pack(odb, refs, request, session)
 }
 
 /// Enumerate, then stream the pack, with progress on band 2 and keep-alive

@@ -12,12 +12,12 @@ use std::io::BufRead;
 use gix_hash::ObjectId;
 
 use super::args::{check_wants, parse_oid, FetchArgs};
-use super::{commits_only, send_pack, PackRequest, Session};
+use super::{send_fetch_pack, write_shallow_lines, Session};
 use crate::error::{Error, Result};
 use crate::pktline::{Packet, PktReader, SideBandMode};
 use crate::shallow;
 use crate::storage::Repo;
-use crate::walk::{Negotiation, WalkSpec};
+use crate::walk::Negotiation;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum MultiAck {
@@ -67,12 +67,7 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
     let client_shallow = args.known_client_shallow(&odb)?;
     let plan = shallow::plan(&odb, &args.wants, &client_shallow, &deepen)?;
     if plan.deepened {
-        for c in &plan.shallow {
-            session.line(&format!("shallow {c}"))?;
-        }
-        for c in &plan.unshallow {
-            session.line(&format!("unshallow {c}"))?;
-        }
+        write_shallow_lines(session, &plan)?;
         session.out.write_all(b"0000")?;
     }
     // A stateless client ends its first request after the shallow list it
@@ -166,27 +161,14 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
             }
         }
     }
-    let mut haves = commits_only(&odb, &neg.common)?;
-    haves.extend(plan.extra_haves.iter().copied());
-    let mut wants = args.wants.clone();
-    wants.extend(plan.extra_wants.iter().copied());
-    let sideband = if caps.contains("side-band-64k") {
+    args.sideband = Some(if caps.contains("side-band-64k") {
         SideBandMode::Large
     } else if caps.contains("side-band") {
         SideBandMode::Small
     } else {
         SideBandMode::None
-    };
-    let request = PackRequest {
-        walk: WalkSpec {
-            wants: &wants,
-            haves: &haves,
-            shallow: Some(&plan.cut),
-            filter: args.filter.as_ref(),
-        },
-        sideband,
-        progress: !caps.contains("no-progress"),
-        include_tag: caps.contains("include-tag"),
-    };
-    send_pack(&odb, &refs, request, session)
+    });
+    args.progress = !caps.contains("no-progress");
+    args.include_tag = caps.contains("include-tag");
+    send_fetch_pack(&odb, &refs, &args, &neg.common, &plan, session)
 }

@@ -4,13 +4,13 @@
 use std::io::BufRead;
 
 use super::args::{check_wants, parse_oid, unsupported, FetchArgs};
-use super::{commits_only, send_pack, PackRequest, Session};
+use super::{send_fetch_pack, write_shallow_lines, Session};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_HAVES, MAX_REF_PREFIXES, MAX_WANTS};
 use crate::pktline::{Packet, PktReader, SideBandMode};
 use crate::shallow;
 use crate::storage::Repo;
-use crate::walk::{Negotiation, WalkSpec};
+use crate::walk::Negotiation;
 
 /// Most `oid` lines in one `object-info` request.
 const MAX_OBJECT_INFO_OIDS: usize = MAX_WANTS;
@@ -214,12 +214,7 @@ fn fetch(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()>
     let plan = shallow::plan(&odb, &args.wants, &client_shallow, &deepen)?;
     if plan.deepened || !args.client_shallow.is_empty() {
         session.line("shallow-info")?;
-        for c in &plan.shallow {
-            session.line(&format!("shallow {c}"))?;
-        }
-        for c in &plan.unshallow {
-            session.line(&format!("unshallow {c}"))?;
-        }
+        write_shallow_lines(session, &plan)?;
         session.delim()?;
     }
     // Section order of gitprotocol-v2 (and git's client): shallow-info, then wanted-refs.
@@ -231,22 +226,7 @@ fn fetch(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()>
         session.delim()?;
     }
     session.line("packfile")?;
-    let mut haves = commits_only(&odb, &neg.common)?;
-    haves.extend(plan.extra_haves.iter().copied());
-    let mut wants = args.wants.clone();
-    wants.extend(plan.extra_wants.iter().copied());
-    let request = PackRequest {
-        walk: WalkSpec {
-            wants: &wants,
-            haves: &haves,
-            shallow: Some(&plan.cut),
-            filter: args.filter.as_ref(),
-        },
-        sideband: SideBandMode::Large,
-        progress: args.progress,
-        include_tag: args.include_tag,
-    };
-    send_pack(&odb, &refs, request, session)
+    send_fetch_pack(&odb, &refs, &args, &neg.common, &plan, session)
 }
 
 /// `object-info`: the size of each named object (empty for unknown objects).
