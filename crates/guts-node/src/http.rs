@@ -40,7 +40,13 @@ impl AppState {
     /// The push policy of a repository (identity required).
     fn push_policy(&self, repo: &RepoName) -> Result<SignedPushPolicy, NodeError> {
         let identity = self.identities.current(repo)?.ok_or_else(|| {
-            NodeError::Internal(format!("repository {repo} has no identity document"))
+            NodeError::BadRequest(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "repository {repo} has no identity document, so nobody may push to it; \
+                     its owner must recreate it with `guts-node repo create`"
+                ),
+            )
         })?;
         Ok(SignedPushPolicy {
             repo: repo.clone(),
