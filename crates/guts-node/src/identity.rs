@@ -220,6 +220,7 @@ impl IdentityStore {
         }
         self.ids.remove(repo.to_string()).map_err(internal)?;
         self.set_aliases(repo, aliases, &[])?;
+        self.ids.flush().map_err(internal)?;
         Ok(())
     }
 

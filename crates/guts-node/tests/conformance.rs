@@ -1309,6 +1309,16 @@ fn scenarios() -> Vec<Scenario> {
             );
             record_advertisement(c, &resp);
         }),
+        sc("raw-advertisement-receive-pack", V01, |c| {
+            let proto = format!("version={}", c.version);
+            let resp = c.raw(
+                "GET",
+                "/info/refs?service=git-receive-pack",
+                &[("Git-Protocol", proto.as_str())],
+                &[],
+            );
+            record_advertisement(c, &resp);
+        }),
         sc("raw-v2-capabilities", V2, |c| {
             let resp = c.raw(
                 "GET",
@@ -1406,6 +1416,10 @@ fn record_advertisement(c: &mut Ctx, resp: &HttpResponse) {
             for cp in cap.split(' ') {
                 if cp.starts_with("session-id=") {
                     caps.insert("session-id=<id>".to_string());
+                } else if cp.starts_with("push-cert=") {
+                    // A fresh nonce per advertisement, from each server's
+                    // own secret: only its presence is comparable.
+                    caps.insert("push-cert=<nonce>".to_string());
                 } else if !cp.starts_with("agent=") {
                     caps.insert(cp.to_string());
                 }

@@ -723,10 +723,13 @@ fn restart_keeps_everything() {
     assert_eq!(list.status, 200, "{}", list.text());
     let listed = list.json();
     let repos = listed.as_array().expect("repo list is an array");
+    // Listed under its canonical owner, with the alias it was created with.
     assert!(
         repos
             .iter()
-            .any(|r| r["owner"] == "burntsushi" && r["name"] == "ripgrep"),
+            .any(|r| r["owner"] == test_identity().owner_id()
+                && r["name"] == "ripgrep"
+                && has_alias(r, "burntsushi")),
         "repo missing after restart: {listed}"
     );
     assert_eq!(node.server_refs("burntsushi", "ripgrep"), source_refs);
@@ -937,6 +940,13 @@ fn malformed_input() {
 // 11
 // ---------------------------------------------------------------------------
 
+/// Whether a listed repository declares `alias` as an owner name.
+fn has_alias(entry: &serde_json::Value, alias: &str) -> bool {
+    entry["aliases"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == alias))
+}
+
 fn cli(node: &Node, args: &[&str]) -> std::process::Output {
     let url = node.url();
     std::process::Command::new(env!("CARGO_BIN_EXE_guts-node"))
@@ -960,14 +970,36 @@ fn assert_cli_ok(node: &Node, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether the list has a repository `name` reachable as `owner/name`:
+/// `owner` is its canonical owner or one of its aliases.
 fn listed(node: &Node, owner: &str, name: &str) -> bool {
+    listed_entry(node, owner, name).is_some()
+}
+
+fn listed_entry(node: &Node, owner: &str, name: &str) -> Option<serde_json::Value> {
     let resp = node.get("/api/v1/repos");
     assert_eq!(resp.status, 200, "list: {}", resp.text());
     let list = resp.json();
     list.as_array()
         .unwrap_or_else(|| panic!("list is not an array: {list}"))
         .iter()
-        .any(|r| r["owner"] == owner && r["name"] == name)
+        .find(|r| r["name"] == name && (r["owner"] == owner || has_alias(r, owner)))
+        .cloned()
+}
+
+/// Asserts that `alias/name` is listed, owned by the test identity (its
+/// canonical owner id in `owner`) with `alias` among its aliases.
+fn assert_listed_as(node: &Node, alias: &str, name: &str) {
+    let entry =
+        listed_entry(node, alias, name).unwrap_or_else(|| panic!("{alias}/{name} is not listed"));
+    let owner = test_identity().owner_id();
+    assert_eq!(entry["owner"], owner.as_str(), "{entry}");
+    assert!(has_alias(&entry, alias), "{entry}");
+    assert_eq!(
+        entry["path"],
+        format!("/{owner}/{name}.git").as_str(),
+        "{entry}"
+    );
 }
 
 #[test]
@@ -975,10 +1007,37 @@ fn rest_and_cli() {
     let tmp = tmpdir();
     let node = Node::start();
 
-    // REST create / duplicate / bad names.
+    // REST create / duplicate / bad names. A repository is created from a
+    // first identity document signed by its owner; `alice` is an alias the
+    // document declares (see `Node::create_repo`).
+    let me = test_identity();
     node.create_repo("alice", "demo");
-    let dup = node.post_json("/api/v1/repos", &json!({"owner": "alice", "name": "demo"}));
+    let doc = genesis_document(me, "demo", &["alice"]);
+    let dup = node.post_json("/api/v1/repos", &json!({ "document": doc }));
     assert_eq!(dup.status, 409, "duplicate: {}", dup.text());
+    // Another identity cannot take `alice/demo` through the alias either.
+    let other = TestIdentity::from_seed("mallory", 0x6d);
+    let doc = genesis_document(&other, "demo", &["alice"]);
+    let dup = node.post_json("/api/v1/repos", &json!({ "document": doc }));
+    assert_eq!(dup.status, 409, "duplicate alias: {}", dup.text());
+    let resp = node.get(&format!("/api/v1/repos/{}/demo", other.owner_id()));
+    assert_eq!(
+        resp.status,
+        404,
+        "refused create left a repo: {}",
+        resp.text()
+    );
+    // The old unsigned form is refused with a hint.
+    let resp = node.post_json("/api/v1/repos", &json!({"owner": "alice", "name": "x"}));
+    assert_eq!(resp.status, 400, "unsigned create: {}", resp.text());
+    assert!(
+        resp.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("guts-node repo create")),
+        "no hint for an unsigned create: {}",
+        resp.text()
+    );
+    // Bad names: `owner` is the alias the document declares.
     for (owner, name) in [
         ("alice", "../x"),
         ("alice", ".hidden"),
@@ -987,7 +1046,8 @@ fn rest_and_cli() {
         ("", "x"),
         ("alice", ""),
     ] {
-        let resp = node.post_json("/api/v1/repos", &json!({"owner": owner, "name": name}));
+        let doc = genesis_document(me, name, &[owner]);
+        let resp = node.post_json("/api/v1/repos", &json!({ "document": doc }));
         assert_eq!(resp.status, 400, "{owner:?}/{name:?}: {}", resp.text());
         let body = resp.json();
         assert!(
@@ -995,8 +1055,10 @@ fn rest_and_cli() {
             "{owner:?}/{name:?}: no error message in {body}"
         );
     }
-    assert!(listed(&node, "alice", "demo"));
+    assert_listed_as(&node, "alice", "demo");
     assert!(!listed(&node, "alice", ".hidden"));
+    assert!(!listed(&node, "alice", "x"));
+    assert!(!listed(&node, "alice", "a b"));
 
     // Show before and after a push.
     assert!(node.server_refs("alice", "demo").is_empty());
@@ -1018,14 +1080,17 @@ fn rest_and_cli() {
         "size_bytes: {info}"
     );
 
-    // CLI.
-    assert_cli_ok(&node, &["repo", "create", "bob/cli"]);
+    // CLI: `repo create` signs the document with the key it is given.
+    let key = path_str(&me.key_path);
+    assert_cli_ok(&node, &["repo", "create", "bob/cli", "--key", &key]);
     assert!(
         listed(&node, "bob", "cli"),
         "CLI create not visible via REST"
     );
+    assert_listed_as(&node, "bob", "cli");
     assert!(node.server_refs("bob", "cli").is_empty());
-    let dup = cli(&node, &["repo", "create", "bob/cli"]);
+    assert!(node.server_refs(&me.owner_id(), "cli").is_empty());
+    let dup = cli(&node, &["repo", "create", "bob/cli", "--key", &key]);
     assert!(!dup.status.success(), "duplicate CLI create succeeded");
     let list = assert_cli_ok(&node, &["repo", "list"]);
     assert!(
@@ -1040,6 +1105,8 @@ fn rest_and_cli() {
     assert_cli_ok(&node, &["repo", "delete", "bob/cli"]);
     let resp = node.get("/api/v1/repos/bob/cli");
     assert_eq!(resp.status, 404, "after CLI delete: {}", resp.text());
+    let resp = node.get(&format!("/api/v1/repos/{}/cli", me.owner_id()));
+    assert_eq!(resp.status, 404, "after CLI delete: {}", resp.text());
     assert!(!listed(&node, "bob", "cli"));
     let show_missing = cli(&node, &["repo", "show", "bob/cli"]);
     assert!(
@@ -1051,6 +1118,8 @@ fn rest_and_cli() {
     let resp = node.delete("/api/v1/repos/alice/demo");
     assert_eq!(resp.status, 204, "delete: {}", resp.text());
     let resp = node.get("/api/v1/repos/alice/demo");
+    assert_eq!(resp.status, 404, "show after delete: {}", resp.text());
+    let resp = node.get(&format!("/api/v1/repos/{}/demo", me.owner_id()));
     assert_eq!(resp.status, 404, "show after delete: {}", resp.text());
     assert!(!listed(&node, "alice", "demo"));
     git_fail(tmp.path(), &["ls-remote", &node.repo_url("alice", "demo")]);

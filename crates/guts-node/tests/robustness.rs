@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,6 +47,20 @@ fn incoming_dirs(objects: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `objects/` of the test identity's repository `name` in a node's data
+/// dir: repositories live under their canonical owner (the DID method id
+/// `z6Mk...`), never under an alias such as `alice`.
+fn repo_objects_dir(data: &Path, name: &str) -> PathBuf {
+    let owner = test_identity().owner_id();
+    let objects = data.join(format!("repos/{owner}/{name}.git/objects"));
+    assert!(objects.is_dir(), "{} does not exist", objects.display());
+    assert!(
+        !data.join("repos/alice").exists(),
+        "a repository was stored under its alias"
+    );
+    objects
+}
+
 fn pack_files(objects: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(objects.join("pack"))
         .expect("pack dir")
@@ -69,18 +83,26 @@ fn killed_mid_push_leaves_repo_unchanged() {
         &work,
         &["push", "-q", &node.repo_url("alice", "demo"), "main"],
     );
-    let objects = data.join("repos/alice/demo.git/objects");
+    let objects = repo_objects_dir(&data, "demo");
     let packs_before = pack_files(&objects);
     let refs_before = node.server_refs("alice", "demo");
 
-    // A commit with 8 MiB of incompressible data, sent only half-way.
+    // A commit with 8 MiB of incompressible data, sent only half-way. The
+    // push is signed (as git would sign it) so that the node authorizes it
+    // and starts receiving the pack: an unsigned one is refused before that.
     let c1 = commit_bytes(&work, "blob.bin", &noise(8 << 20, 1), "big");
     let pack = pack_objects(&work, &[&c1, &format!("^{c0}")], false);
-    let body = receive_pack_body(
-        &[format!("{c0} {c1} refs/heads/main")],
-        "report-status side-band-64k",
-        &pack,
+    let commands = [format!("{c0} {c1} refs/heads/main")];
+    let nonce = node
+        .push_cert_nonce("alice", "demo")
+        .expect("receive-pack advertises a push-cert nonce");
+    let cert = push_certificate(
+        test_identity(),
+        &node.repo_url("alice", "demo"),
+        &nonce,
+        &commands,
     );
+    let body = signed_receive_pack_body(&cert, "report-status side-band-64k", &pack);
     let mut stream = TcpStream::connect(node.addr()).expect("connect");
     write!(
         stream,
@@ -158,7 +180,7 @@ fn oversized_push_is_refused_and_leaves_nothing() {
     let url = node.repo_url("alice", "demo");
     git_ok(&work, &["push", "-q", &url, "main"]);
     let before = node.server_refs("alice", "demo");
-    let objects = data.join("repos/alice/demo.git/objects");
+    let objects = repo_objects_dir(&data, "demo");
     let packs_before = pack_files(&objects);
 
     commit_bytes(&work, "big.bin", &noise(512 * 1024, 2), "too big");

@@ -38,6 +38,13 @@ pub const ORACLE_REPO_CONFIG: &[(&str, &str)] = &[
     ("receive.denyDeleteCurrent", "true"),
     // The node advertises `session-id`; git only does with this set.
     ("transfer.advertiseSID", "true"),
+    // The node advertises `push-cert=<nonce>` (it accepts only signed
+    // pushes); git's receive-pack does with a nonce seed set. The client
+    // then signs pushes to both sides (`push.gpgSign=if-asked` in
+    // `git_home()`); http-backend accepts them whatever the signature
+    // status (only hooks would look at it). Nonces differ per server and
+    // per request: comparisons mask them.
+    ("receive.certNonceSeed", "guts-conformance-oracle"),
 ];
 
 /// A running `git http-backend` bridge. Stops accepting on drop.
