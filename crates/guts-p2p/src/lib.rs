@@ -1,0 +1,25 @@
+//! `guts-p2p`: how Guts nodes find each other and replicate repositories.
+//!
+//! - [`network`]: the libp2p swarm (TCP/QUIC, noise, yamux, identify, ping,
+//!   Kademlia, mDNS, gossipsub, streams) behind a [`network::Handle`];
+//! - [`wire`]: the messages peers exchange (prost), framed with limits;
+//! - [`replication`]: the replication protocol over a [`replication::Replica`]
+//!   the node implements: announce signed updates, serve and fetch objects
+//!   with git's upload-pack, exchange identity documents and logs;
+//! - [`conflict`]: the deterministic rule that settles concurrent updates.
+//!
+//! This crate never trusts a peer: everything received is checked by the
+//! replica (signatures, delegates, object hashes, connectivity) before it is
+//! stored. It does not speak HTTP and holds no storage of its own.
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod conflict;
+pub mod error;
+pub mod limits;
+pub mod network;
+pub mod replication;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use libp2p::{identity::Keypair as NodeKeypair, Multiaddr, PeerId};

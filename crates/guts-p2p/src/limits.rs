@@ -1,0 +1,14 @@
+//! Named limits on what peers may send.
+
+use std::time::Duration;
+
+/// Largest gossip message (an announcement carries one push certificate).
+pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
+/// Largest framed message on a stream (requests, identity documents, log pages).
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// Most log entries sent in one log response.
+pub const MAX_LOG_ENTRIES: usize = 10_000;
+/// Close connections idle for this long.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a stream exchange may take before it is abandoned.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(600);

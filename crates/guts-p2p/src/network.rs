@@ -1,0 +1,414 @@
+//! The libp2p side: one swarm per node with TCP and QUIC transports, noise,
+//! yamux, identify, ping, Kademlia (providers of repositories), mDNS (LAN
+//! discovery, optional), gossipsub (signed-update announcements) and raw
+//! streams (object transfer, identity and log exchange).
+//!
+//! The swarm runs on its own task; the rest of the node talks to it through a
+//! cloneable [`Handle`] and receives [`Event`]s on a channel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    identify, identity, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::limits::{MAX_GOSSIP_BYTES, PEER_IDLE_TIMEOUT};
+
+/// Agent string in identify.
+const AGENT: &str = concat!("guts/", env!("CARGO_PKG_VERSION"));
+/// Protocol id of identify and Kademlia in the Guts network.
+const PROTOCOL_PREFIX: &str = "/guts";
+
+/// How to start the network.
+pub struct NetworkConfig {
+    /// The node key (distinct from user identities).
+    pub keypair: identity::Keypair,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (with `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    gossipsub: gossipsub::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// What the network reports to the node.
+#[derive(Debug)]
+pub enum Event {
+    /// A gossip message on a subscribed topic, relayed by `source`.
+    Gossip {
+        /// The topic.
+        topic: String,
+        /// The peer that delivered it (not necessarily its author).
+        source: PeerId,
+        /// The payload.
+        data: Vec<u8>,
+        /// Id for [`Handle::report`]: messages are forwarded only once accepted.
+        message_id: gossipsub::MessageId,
+    },
+    /// A connection to a peer was established.
+    Connected(PeerId),
+}
+
+/// A snapshot of the network state.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// This node's peer id.
+    pub peer_id: PeerId,
+    /// Addresses the node listens on.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Currently connected peers.
+    pub connected: Vec<PeerId>,
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish(String, Vec<u8>),
+    Provide(Vec<u8>),
+    FindProviders(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
+    Status(oneshot::Sender<Status>),
+    Report(gossipsub::MessageId, PeerId, bool),
+}
+
+/// A handle on the running network.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    peer_id: PeerId,
+}
+
+impl Handle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn send(&self, c: Command) -> Result<()> {
+        self.commands.send(c).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Follow a gossip topic.
+    pub async fn subscribe(&self, topic: &str) -> Result<()> {
+        self.send(Command::Subscribe(topic.to_owned())).await
+    }
+
+    /// Stop following a gossip topic.
+    pub async fn unsubscribe(&self, topic: &str) -> Result<()> {
+        self.send(Command::Unsubscribe(topic.to_owned())).await
+    }
+
+    /// Publish on a topic (best effort: no subscribed peer is not an error).
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<()> {
+        self.send(Command::Publish(topic.to_owned(), data)).await
+    }
+
+    /// Announce in the DHT that this node provides `key`.
+    pub async fn provide(&self, key: Vec<u8>) -> Result<()> {
+        self.send(Command::Provide(key)).await
+    }
+
+    /// Peers that announced `key` in the DHT.
+    pub async fn find_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::FindProviders(key, tx)).await?;
+        Ok(rx.await.unwrap_or_default())
+    }
+
+    /// Tell gossipsub whether a received message was valid: valid ones are
+    /// forwarded, invalid ones dropped and their sender penalized.
+    pub async fn report(
+        &self,
+        id: gossipsub::MessageId,
+        source: PeerId,
+        valid: bool,
+    ) -> Result<()> {
+        self.send(Command::Report(id, source, valid)).await
+    }
+
+    /// The current network state.
+    pub async fn status(&self) -> Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx)).await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Open a stream to `peer` speaking `protocol`.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream> {
+        self.control
+            .clone()
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| Error::Stream(format!("opening a stream to {peer}: {e}")))
+    }
+
+    /// Accept inbound streams of `protocol`.
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<libp2p_stream::IncomingStreams> {
+        self.control
+            .clone()
+            .accept(protocol)
+            .map_err(|_| Error::Stream("protocol already registered".into()))
+    }
+}
+
+/// Start the swarm on the current tokio runtime.
+pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Event>)> {
+    let peer_id = config.keypair.public().to_peer_id();
+    let mdns_on = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .max_transmit_size(MAX_GOSSIP_BYTES)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .message_id_fn(|m: &gossipsub::Message| {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    m.source.hash(&mut h);
+                    m.data.hash(&mut h);
+                    gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let mut kad_config = kad::Config::new(StreamProtocol::new("/guts/kad/1.0.0"));
+            kad_config.set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(
+                key.public().to_peer_id(),
+                MemoryStore::new(key.public().to_peer_id()),
+                kad_config,
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new(format!("{PROTOCOL_PREFIX}/id/1.0.0"), key.public())
+                        .with_agent_version(AGENT.into()),
+                ),
+                ping: ping::Behaviour::default(),
+                kad,
+                mdns: Toggle::from(mdns),
+                gossipsub,
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(PEER_IDLE_TIMEOUT))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
+    }
+    for addr in &config.bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let control = swarm.behaviour().stream.new_control();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (event_tx, event_rx) = mpsc::channel(1024);
+    tokio::spawn(run(swarm, cmd_rx, event_tx));
+    Ok((
+        Handle {
+            commands: cmd_tx,
+            control,
+            peer_id,
+        },
+        event_rx,
+    ))
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)> =
+        HashMap::new();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return };
+                handle_command(&mut swarm, cmd, &mut provider_queries);
+            }
+            event = swarm.select_next_some() => {
+                handle_event(&mut swarm, event, &events, &mut provider_queries).await;
+            }
+        }
+    }
+}
+
+fn handle_command(
+    swarm: &mut Swarm<Behaviour>,
+    cmd: Command,
+    provider_queries: &mut HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
+) {
+    let b = swarm.behaviour_mut();
+    match cmd {
+        Command::Subscribe(t) => {
+            if let Err(e) = b.gossipsub.subscribe(&IdentTopic::new(t)) {
+                tracing::warn!(error = %e, "gossip subscribe failed");
+            }
+        }
+        Command::Unsubscribe(t) => {
+            b.gossipsub.unsubscribe(&IdentTopic::new(t));
+        }
+        Command::Publish(t, data) => match b.gossipsub.publish(IdentTopic::new(t.clone()), data) {
+            Ok(_) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!(topic = %t, "no peer follows this topic yet")
+            }
+            Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => tracing::warn!(topic = %t, error = %e, "publish failed"),
+        },
+        Command::Provide(key) => {
+            if let Err(e) = b.kad.start_providing(kad::RecordKey::new(&key)) {
+                tracing::warn!(error = %e, "cannot announce provider record");
+            }
+        }
+        Command::FindProviders(key, reply) => {
+            let id = b.kad.get_providers(kad::RecordKey::new(&key));
+            provider_queries.insert(id, (reply, Vec::new()));
+        }
+        Command::Report(id, source, valid) => {
+            let verdict = if valid {
+                gossipsub::MessageAcceptance::Accept
+            } else {
+                tracing::warn!(peer = %source, "rejecting an invalid announcement");
+                gossipsub::MessageAcceptance::Reject
+            };
+            b.gossipsub
+                .report_message_validation_result(&id, &source, verdict);
+        }
+        Command::Status(reply) => {
+            let _ = reply.send(Status {
+                peer_id: *swarm.local_peer_id(),
+                listen_addrs: swarm.listeners().cloned().collect(),
+                connected: swarm.connected_peers().copied().collect(),
+            });
+        }
+    }
+}
+
+async fn handle_event(
+    swarm: &mut Swarm<Behaviour>,
+    event: SwarmEvent<BehaviourEvent>,
+    events: &mpsc::Sender<Event>,
+    provider_queries: &mut HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
+) {
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            tracing::info!(%address, peer_id = %swarm.local_peer_id(), "p2p listening");
+        }
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            endpoint,
+            num_established,
+            ..
+        } => {
+            tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+            swarm.behaviour_mut().gossipsub.add_explicit_peer(&peer_id);
+            if num_established.get() == 1 {
+                let _ = events.send(Event::Connected(peer_id)).await;
+            }
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established: 0,
+            ..
+        } => {
+            tracing::info!(peer = %peer_id, "peer disconnected");
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            for addr in info.listen_addrs {
+                swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+            for (peer, addr) in found {
+                tracing::info!(%peer, %addr, "peer discovered on the LAN");
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                let _ = swarm.dial(addr);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+            propagation_source,
+            message,
+            message_id,
+        })) => {
+            let _ = events
+                .send(Event::Gossip {
+                    topic: message.topic.into_string(),
+                    source: propagation_source,
+                    data: message.data,
+                    message_id,
+                })
+                .await;
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+            id,
+            result: kad::QueryResult::GetProviders(res),
+            step,
+            ..
+        })) => {
+            if let (Some((_, found)), Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) =
+                (provider_queries.get_mut(&id), res)
+            {
+                found.extend(providers);
+            }
+            if step.last {
+                if let Some((reply, found)) = provider_queries.remove(&id) {
+                    let _ = reply.send(found);
+                }
+            }
+        }
+        _ => {}
+    }
+}

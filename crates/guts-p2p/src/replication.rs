@@ -1,0 +1,381 @@
+//! The replication protocol.
+//!
+//! - A node that accepts a push announces the signed update on the
+//!   repository's gossip topic. A receiver hands it to its [`Replica`], which
+//!   verifies it (signature, delegate, repository) before anything else;
+//!   invalid announcements are rejected, which stops their propagation and
+//!   lowers the sender's gossip score. Valid ones are forwarded.
+//! - Missing objects are fetched in one round trip from the peer that
+//!   delivered the announcement: a git protocol v2 `fetch` (wants = the new
+//!   tips, haves = local tips, `done`) answered by the peer's upload-pack,
+//!   streamed into the replica's push quarantine and checked there (object
+//!   hashes, connectivity) before refs move. Then the node re-announces, so
+//!   peers further away can fetch from it.
+//! - On every new connection, and when a repository is first seeded, peers
+//!   exchange signed-update logs; entries a node lacks are applied like
+//!   announcements (catch-up after downtime).
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use libp2p::PeerId;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
+use tokio_util::io::SyncIoBridge;
+
+use crate::error::{Error, Result};
+use crate::limits::{MAX_LOG_ENTRIES, STREAM_TIMEOUT};
+use crate::network::{Event, Handle};
+use crate::wire::{
+    read_frame, topic, write_frame, Announce, Items, Kind, Request, REPLICATION_PROTOCOL,
+};
+
+/// A repository this node follows.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    /// Canonical name, `OWNER/NAME`.
+    pub name: String,
+    /// Repository id (text form), which names its gossip topic and DHT key.
+    pub id: String,
+}
+
+/// What applying an update needs.
+#[derive(Debug)]
+pub enum Plan {
+    /// Already in the log: nothing to do.
+    Known,
+    /// Valid; these objects must be fetched first (a v2 fetch request body),
+    /// or none if all are present.
+    Apply {
+        /// The fetch request, if objects are missing.
+        fetch: Option<Vec<u8>>,
+    },
+}
+
+/// The node's storage, as replication sees it. Every method is blocking and
+/// is called from a blocking thread. Nothing a peer sends is stored before
+/// the replica has checked it.
+pub trait Replica: Send + Sync + 'static {
+    /// Repositories followed.
+    fn seeded(&self) -> Vec<Seeded>;
+    /// Identity document versions of `repo`, oldest first.
+    fn identity(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
+    /// Verify document versions fetched from a peer and start following the
+    /// repository (created empty). Returns its id.
+    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> std::result::Result<String, String>;
+    /// The signed-update log of `repo`.
+    fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
+    /// Check an update (signature, delegate, repository) and say what applying it needs.
+    fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, String>;
+    /// Apply a checked update; `pack` is the peer's fetch response when
+    /// objects were missing. Returns whether anything changed.
+    fn apply(
+        &self,
+        repo: &str,
+        update: &[u8],
+        pack: Option<&mut dyn BufRead>,
+    ) -> std::result::Result<bool, String>;
+    /// Answer a peer's v2 fetch request with upload-pack's output.
+    fn serve_fetch(
+        &self,
+        repo: &str,
+        request: &[u8],
+        out: &mut dyn Write,
+    ) -> std::result::Result<(), String>;
+}
+
+/// Drives replication for one node.
+pub struct Replicator<R: Replica> {
+    net: Handle,
+    replica: Arc<R>,
+}
+
+impl<R: Replica> Clone for Replicator<R> {
+    fn clone(&self) -> Self {
+        Replicator {
+            net: self.net.clone(),
+            replica: Arc::clone(&self.replica),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Replica(format!("task failed: {e}")))
+}
+
+impl<R: Replica> Replicator<R> {
+    /// Start serving peers and handling network events.
+    pub async fn start(
+        net: Handle,
+        mut events: mpsc::Receiver<Event>,
+        replica: Arc<R>,
+    ) -> Result<Self> {
+        let this = Replicator { net, replica };
+        let mut incoming = this.net.accept(REPLICATION_PROTOCOL)?;
+        let server = this.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(STREAM_TIMEOUT, server.serve(peer, stream)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "replication request failed")
+                        }
+                        Err(_) => tracing::warn!(%peer, "replication request timed out"),
+                    }
+                });
+            }
+        });
+        for s in this.replica_seeded().await? {
+            this.follow(&s).await?;
+        }
+        let handler = this.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let handler = handler.clone();
+                tokio::spawn(async move { handler.on_event(event).await });
+            }
+        });
+        Ok(this)
+    }
+
+    async fn replica_seeded(&self) -> Result<Vec<Seeded>> {
+        let replica = Arc::clone(&self.replica);
+        blocking(move || replica.seeded()).await
+    }
+
+    async fn follow(&self, s: &Seeded) -> Result<()> {
+        self.net.subscribe(&topic(&s.id)).await?;
+        self.net.provide(s.id.as_bytes().to_vec()).await
+    }
+
+    async fn on_event(&self, event: Event) {
+        match event {
+            Event::Gossip {
+                source,
+                data,
+                message_id,
+                ..
+            } => {
+                let valid = self.on_announce(source, &data).await;
+                let verdict = match &valid {
+                    Ok(_) => true,
+                    Err(Error::Peer(_)) => false,
+                    Err(_) => true,
+                };
+                if let Err(e) = &valid {
+                    tracing::warn!(peer = %source, error = %e, "announcement not applied");
+                }
+                let _ = self.net.report(message_id, source, verdict).await;
+            }
+            Event::Connected(peer) => {
+                if let Err(e) = self.catch_up_with(peer).await {
+                    tracing::warn!(%peer, error = %e, "catch-up failed");
+                }
+            }
+        }
+    }
+
+    /// Announce an update accepted locally (after a push).
+    pub async fn announce(&self, repo: &str, repo_id: &str, update: Vec<u8>) -> Result<()> {
+        let msg = Announce {
+            repo: repo.to_owned(),
+            update,
+        };
+        self.net.publish(&topic(repo_id), msg.encode_to_vec()).await
+    }
+
+    async fn on_announce(&self, source: PeerId, data: &[u8]) -> Result<()> {
+        let msg = Announce::decode(data)
+            .map_err(|e| Error::Peer(format!("undecodable announcement: {e}")))?;
+        let seeded = self.replica_seeded().await?;
+        let Some(s) = seeded.into_iter().find(|s| s.name == msg.repo) else {
+            return Ok(());
+        };
+        if self.apply_from(source, &s.name, msg.update.clone()).await? {
+            // Be a source for peers further away.
+            self.announce(&s.name, &s.id, msg.update).await?;
+        }
+        Ok(())
+    }
+
+    /// Check, fetch what is missing from `peer`, and apply one update.
+    async fn apply_from(&self, peer: PeerId, repo: &str, update: Vec<u8>) -> Result<bool> {
+        let replica = Arc::clone(&self.replica);
+        let (r, u) = (repo.to_owned(), update.clone());
+        let plan = blocking(move || replica.plan(&r, &u))
+            .await?
+            .map_err(Error::Peer)?;
+        let fetch = match plan {
+            Plan::Known => return Ok(false),
+            Plan::Apply { fetch } => fetch,
+        };
+        let replica = Arc::clone(&self.replica);
+        let r = repo.to_owned();
+        let changed = match fetch {
+            None => blocking(move || replica.apply(&r, &update, None)).await?,
+            Some(body) => {
+                let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
+                let req = Request {
+                    kind: Kind::Fetch as i32,
+                    repo: repo.to_owned(),
+                    body,
+                };
+                write_frame(&mut stream, &req).await?;
+                let reader = SyncIoBridge::new(stream.compat());
+                blocking(move || {
+                    let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+                    replica.apply(&r, &update, Some(&mut reader))
+                })
+                .await?
+            }
+        };
+        changed.map_err(Error::Replica)
+    }
+
+    /// Exchange logs with `peer` for every followed repository.
+    async fn catch_up_with(&self, peer: PeerId) -> Result<()> {
+        for s in self.replica_seeded().await? {
+            self.sync_repo(peer, &s.name).await?;
+        }
+        Ok(())
+    }
+
+    async fn request_items(&self, peer: PeerId, kind: Kind, repo: &str) -> Result<Vec<Vec<u8>>> {
+        let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
+        write_frame(
+            &mut stream,
+            &Request {
+                kind: kind as i32,
+                repo: repo.to_owned(),
+                body: Vec::new(),
+            },
+        )
+        .await?;
+        let items: Items = read_frame(&mut stream).await?;
+        if !items.error.is_empty() {
+            return Err(Error::Replica(format!("{peer}: {}", items.error)));
+        }
+        Ok(items.items)
+    }
+
+    /// Fetch `peer`'s log of `repo` and apply what is missing, in order.
+    pub async fn sync_repo(&self, peer: PeerId, repo: &str) -> Result<usize> {
+        let entries = match self.request_items(peer, Kind::Log, repo).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(%peer, %repo, error = %e, "peer has no log for this repository");
+                return Ok(0);
+            }
+        };
+        let mut applied = 0;
+        for update in entries {
+            match self.apply_from(peer, repo, update).await {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%peer, %repo, error = %e, "log entry refused"),
+            }
+        }
+        if applied > 0 {
+            tracing::info!(%peer, %repo, applied, "caught up");
+        }
+        Ok(applied)
+    }
+
+    /// Start following `repo`: find peers that have it, take its identity
+    /// from the first that answers with a valid document chain, then its log
+    /// and objects.
+    pub async fn seed(&self, repo: &str) -> Result<String> {
+        let mut peers = self.net.status().await?.connected;
+        let known = self
+            .replica_seeded()
+            .await?
+            .into_iter()
+            .find(|s| s.name == repo);
+        if let Some(s) = known {
+            for p in peers {
+                self.sync_repo(p, repo).await?;
+            }
+            return Ok(s.id);
+        }
+        let mut last_err = Error::Replica(format!("no peer has {repo}"));
+        peers.sort();
+        for peer in peers {
+            let versions = match self.request_items(peer, Kind::Identity, repo).await {
+                Ok(v) => v,
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            };
+            let replica = Arc::clone(&self.replica);
+            let r = repo.to_owned();
+            match blocking(move || replica.adopt(&r, &versions)).await? {
+                Ok(id) => {
+                    let s = Seeded {
+                        name: repo.to_owned(),
+                        id: id.clone(),
+                    };
+                    self.follow(&s).await?;
+                    self.sync_repo(peer, repo).await?;
+                    tracing::info!(%repo, %peer, "seeding");
+                    return Ok(id);
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, %repo, error = %e, "peer sent an invalid identity");
+                    last_err = Error::Peer(e);
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn serve(&self, peer: PeerId, mut stream: libp2p::Stream) -> Result<()> {
+        let req: Request = read_frame(&mut stream).await?;
+        let kind =
+            Kind::try_from(req.kind).map_err(|_| Error::Peer("unknown request kind".into()))?;
+        let replica = Arc::clone(&self.replica);
+        let repo = req.repo.clone();
+        match kind {
+            Kind::Identity | Kind::Log => {
+                let items = blocking(move || match kind {
+                    Kind::Identity => replica.identity(&repo),
+                    _ => replica.log(&repo),
+                })
+                .await?;
+                let reply = match items {
+                    Some(mut items) => {
+                        items.truncate(MAX_LOG_ENTRIES);
+                        Items {
+                            items,
+                            error: String::new(),
+                        }
+                    }
+                    None => Items {
+                        items: Vec::new(),
+                        error: format!("this node does not have {}", req.repo),
+                    },
+                };
+                write_frame(&mut stream, &reply).await?;
+            }
+            Kind::Fetch => {
+                tracing::debug!(%peer, repo = %req.repo, "serving objects");
+                let mut writer = SyncIoBridge::new(stream.compat_write());
+                blocking(move || {
+                    let result = replica.serve_fetch(&repo, &req.body, &mut writer);
+                    let _ = writer.flush();
+                    let _ = writer.shutdown();
+                    result
+                })
+                .await?
+                .map_err(Error::Replica)?;
+            }
+        }
+        Ok(())
+    }
+}

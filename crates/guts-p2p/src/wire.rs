@@ -1,0 +1,102 @@
+//! Messages between peers (prost), and their framing on streams:
+//! a 4-byte big-endian length, then the message; lengths over
+//! [`MAX_FRAME_BYTES`] are refused before anything is allocated.
+
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::limits::MAX_FRAME_BYTES;
+
+/// The stream protocol for identity, log and object exchange.
+pub const REPLICATION_PROTOCOL: libp2p::StreamProtocol =
+    libp2p::StreamProtocol::new("/guts/replication/1");
+
+/// Gossip topic of a repository (by its id).
+pub fn topic(repo_id: &str) -> String {
+    format!("guts/repo/{repo_id}")
+}
+
+/// Announces a signed ref update accepted by some node.
+#[derive(Clone, PartialEq, Message)]
+pub struct Announce {
+    /// Canonical repository name, `OWNER/NAME`.
+    #[prost(string, tag = "1")]
+    pub repo: String,
+    /// An encoded `SignedRefUpdate`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub update: Vec<u8>,
+}
+
+/// What a stream request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum Kind {
+    /// The repository's identity document versions.
+    Identity = 0,
+    /// The repository's signed-update log.
+    Log = 1,
+    /// Objects: `body` is a git protocol v2 `fetch` request; the answer is
+    /// upload-pack's response, streamed until the stream closes.
+    Fetch = 2,
+}
+
+/// The first frame on a replication stream.
+#[derive(Clone, PartialEq, Message)]
+pub struct Request {
+    /// What is asked.
+    #[prost(enumeration = "Kind", tag = "1")]
+    pub kind: i32,
+    /// Canonical repository name.
+    #[prost(string, tag = "2")]
+    pub repo: String,
+    /// For `Fetch`: the pkt-line request.
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: Vec<u8>,
+}
+
+/// Answer to `Identity` and `Log` requests.
+#[derive(Clone, PartialEq, Message)]
+pub struct Items {
+    /// Document versions or log entries, oldest first.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub items: Vec<Vec<u8>>,
+    /// Set when the peer cannot answer (unknown repository, ...).
+    #[prost(string, tag = "2")]
+    pub error: String,
+}
+
+/// Write one length-prefixed message.
+pub async fn write_frame<W: futures_util::AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &impl Message,
+) -> Result<()> {
+    let bytes = msg.encode_to_vec();
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(Error::Peer(format!(
+            "frame of {} bytes over the limit",
+            bytes.len()
+        )));
+    }
+    w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Read one length-prefixed message.
+pub async fn read_frame<R: futures_util::AsyncRead + Unpin, M: Message + Default>(
+    r: &mut R,
+) -> Result<M> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(Error::Peer(format!(
+            "frame of {len} bytes over the limit of {MAX_FRAME_BYTES}"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    M::decode(&buf[..]).map_err(|e| Error::Peer(format!("undecodable message: {e}")))
+}
