@@ -6,7 +6,7 @@
 //! [`PktReader`] parses them from any [`BufRead`] without ever trusting the
 //! length beyond [`MAX_PKT_LEN`]; [`PktWriter`] and [`SideBand`] produce them.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::error::{Error, Result};
 
@@ -289,6 +289,100 @@ impl<W: Write> Write for SideBand<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Reads the pack out of a protocol v2 `fetch` response: skips the sections
+/// before `packfile`, then yields band-1 data, drops band-2 progress and
+/// turns band 3 (or `ERR`) into an error. The end of the pack is the flush.
+pub struct PackfileReader<R> {
+    packets: PktReader<R>,
+    buf: Vec<u8>,
+    pos: usize,
+    in_pack: bool,
+    done: bool,
+}
+
+impl<R: BufRead> PackfileReader<R> {
+    /// Wrap a response body.
+    pub fn new(inner: R) -> Self {
+        PackfileReader {
+            packets: PktReader::new(inner),
+            buf: Vec::new(),
+            pos: 0,
+            in_pack: false,
+            done: false,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        let to_io = |e: Error| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        loop {
+            let packet = self.packets.read().map_err(to_io)?;
+            match packet {
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "fetch response ended before the pack was complete",
+                    ))
+                }
+                Some(Packet::Flush) if self.in_pack => {
+                    self.done = true;
+                    return Ok(());
+                }
+                Some(Packet::Data(d)) if !self.in_pack => {
+                    if let Some(msg) = d.strip_prefix(b"ERR ") {
+                        return Err(io::Error::other(format!(
+                            "remote error: {}",
+                            String::from_utf8_lossy(msg).trim_end()
+                        )));
+                    }
+                    self.in_pack = d == b"packfile\n";
+                }
+                Some(Packet::Data(d)) => match d.first() {
+                    Some(1) => {
+                        self.buf.clear();
+                        self.buf.extend_from_slice(&d[1..]);
+                        self.pos = 0;
+                        if !self.buf.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    Some(2) => {}
+                    Some(3) => {
+                        return Err(io::Error::other(format!(
+                            "remote error: {}",
+                            String::from_utf8_lossy(&d[1..]).trim_end()
+                        )))
+                    }
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "bad side-band packet",
+                        ))
+                    }
+                },
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Read for PackfileReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.refill()?;
+            if self.done {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -368,3 +368,42 @@ pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeErr
     }
     Ok(())
 }
+
+/// `guts-node status`
+pub fn status(args: &ClientArgs) -> Result<(), NodeError> {
+    let base = node_url(args);
+    let resp = agent()
+        .get(&format!("{base}/api/v1/node"))
+        .call()
+        .map_err(unreachable_node(&base))?;
+    let v: crate::rest::NodeView = read_json(check(resp, "status")?)?;
+    if !v.p2p {
+        println!("node at {base}: peer-to-peer replication is off (start with --p2p-listen)");
+        return Ok(());
+    }
+    println!("peer id     {}", v.peer_id.unwrap_or_default());
+    for a in v.listen_addrs {
+        println!("listening   {a}");
+    }
+    println!("peers       {}", v.connected_peers.len());
+    for p in v.connected_peers {
+        println!("  {p}");
+    }
+    println!("seeding     {}", v.seeding.join(", "));
+    Ok(())
+}
+
+/// `guts-node seed` / `unseed`
+pub fn seed(repo: &str, on: bool, args: &ClientArgs) -> Result<(), NodeError> {
+    let base = node_url(args);
+    let url = format!("{base}/api/v1/repos/{repo}/seed");
+    let resp = if on {
+        agent().post(&url).send_empty()
+    } else {
+        agent().delete(&url).call()
+    }
+    .map_err(unreachable_node(&base))?;
+    check(resp, if on { "seed" } else { "unseed" })?;
+    println!("{} {repo}", if on { "seeding" } else { "stopped seeding" });
+    Ok(())
+}

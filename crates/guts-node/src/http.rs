@@ -32,6 +32,8 @@ pub struct AppState {
     pub nonce_slop: u64,
     /// Push settings.
     pub receive: ReceiveOptions,
+    /// Peer-to-peer replication, if enabled.
+    pub p2p: Option<Arc<crate::p2p::P2p>>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -54,6 +56,7 @@ impl AppState {
             issuer: self.nonces.clone(),
             nonce_slop: self.nonce_slop,
             store: self.identities.clone(),
+            p2p: self.p2p.clone(),
         })
     }
 }

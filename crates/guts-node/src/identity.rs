@@ -29,6 +29,8 @@ pub struct IdentityStore {
     log: sled::Tree,
     /// Node secrets.
     meta: sled::Tree,
+    /// `OWNER/NAME` of repositories this node stopped following.
+    unseeded: sled::Tree,
 }
 
 fn now() -> u64 {
@@ -63,6 +65,8 @@ pub struct Identity {
     pub doc: Doc<Verified>,
     /// Every version, oldest first, as stored.
     pub versions: Vec<Vec<u8>>,
+    /// Every version, verified, oldest first (`docs[v - 1]` is version `v`).
+    pub docs: Vec<Doc<Verified>>,
 }
 
 impl IdentityStore {
@@ -78,6 +82,7 @@ impl IdentityStore {
             aliases: t("identity-aliases")?,
             log: t("signed-updates")?,
             meta: t("node-meta")?,
+            unseeded: t("unseeded")?,
         })
     }
 
@@ -161,6 +166,7 @@ impl IdentityStore {
             .try_into()
             .map_err(|_| NodeError::Internal("corrupt repository id".into()))?;
         let mut versions = Vec::new();
+        let mut docs = Vec::new();
         let mut doc: Option<Doc<Verified>> = None;
         for item in self.docs.scan_prefix(prefix(repo)) {
             let (_, bytes) = item.map_err(internal)?;
@@ -172,14 +178,18 @@ impl IdentityStore {
             }
             .map_err(|e| NodeError::Internal(format!("stored document chain: {e}")))?;
             versions.push(bytes.to_vec());
-            doc = Some(verified);
+            if let Some(prev) = doc.replace(verified) {
+                docs.push(prev);
+            }
         }
         let doc =
             doc.ok_or_else(|| NodeError::Internal("repository id without document".into()))?;
+        docs.push(doc.clone());
         Ok(Some(Identity {
             id: RepoId(id),
             doc,
             versions,
+            docs,
         }))
     }
 
@@ -221,6 +231,27 @@ impl IdentityStore {
         self.ids.remove(repo.to_string()).map_err(internal)?;
         self.set_aliases(repo, aliases, &[])?;
         self.ids.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Whether the node follows `repo` (it does unless told to stop).
+    pub fn is_seeding(&self, repo: &RepoName) -> Result<bool, NodeError> {
+        Ok(!self
+            .unseeded
+            .contains_key(repo.to_string())
+            .map_err(internal)?)
+    }
+
+    /// Start or stop following `repo`.
+    pub fn set_seeding(&self, repo: &RepoName, seeding: bool) -> Result<(), NodeError> {
+        if seeding {
+            self.unseeded.remove(repo.to_string()).map_err(internal)?;
+        } else {
+            self.unseeded
+                .insert(repo.to_string(), &[])
+                .map_err(internal)?;
+        }
+        self.unseeded.flush().map_err(internal)?;
         Ok(())
     }
 
@@ -302,6 +333,8 @@ pub struct SignedPushPolicy {
     pub nonce_slop: u64,
     /// Where accepted pushes are logged.
     pub store: IdentityStore,
+    /// Replication, when the node runs it: told about accepted pushes.
+    pub p2p: Option<std::sync::Arc<crate::p2p::P2p>>,
 }
 
 /// What an unsigned push is told.
@@ -346,8 +379,21 @@ impl PushPolicy for SignedPushPolicy {
                 tracing::info!(repo = %self.repo, seq, refs = updated.len(), "signed update logged")
             }
             Err(e) => {
-                tracing::error!(repo = %self.repo, error = %e, "could not log a signed update")
+                tracing::error!(repo = %self.repo, error = %e, "could not log a signed update");
+                return;
             }
+        }
+        if let Some(p2p) = &self.p2p {
+            // Every ref the certificate names is settled (some may have been refused here).
+            let refs = PushCert::parse(cert)
+                .map(|c| c.commands().iter().map(|c| c.name.clone()).collect())
+                .unwrap_or_default();
+            p2p.accepted(
+                &self.repo,
+                self.identity.id.to_string(),
+                update.encode_to_vec(),
+                refs,
+            );
         }
     }
 }

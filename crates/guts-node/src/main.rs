@@ -10,6 +10,8 @@ mod config;
 mod error;
 mod http;
 mod identity;
+mod p2p;
+mod replica;
 mod rest;
 
 use std::net::SocketAddr;
@@ -46,6 +48,25 @@ enum Command {
     Id {
         #[command(subcommand)]
         action: IdAction,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the node's peer id, listen addresses and connected peers.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a repository from peers: fetch its identity, objects and refs, and keep it up to date.
+    Seed {
+        /// Canonical name OWNER/NAME (OWNER is the owner's z6Mk... id).
+        repo: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop following a repository (its data stays on this node).
+    Unseed {
+        /// Repository, OWNER/NAME.
+        repo: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -104,6 +125,15 @@ struct RunArgs {
     /// How long a push-certificate nonce from the ref advertisement stays valid, in seconds [default: 600].
     #[arg(long, env = "GUTS_PUSH_CERT_NONCE_SLOP")]
     push_cert_nonce_slop: Option<u64>,
+    /// Listen for peers on this libp2p address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1. Without it the node does not replicate.
+    #[arg(long = "p2p-listen", env = "GUTS_P2P_LISTEN", value_delimiter = ',')]
+    p2p_listen: Vec<guts_p2p::Multiaddr>,
+    /// Peer to connect to at start, with its peer id: /ip4/1.2.3.4/tcp/4001/p2p/12D3Koo... (repeatable).
+    #[arg(long, env = "GUTS_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<guts_p2p::Multiaddr>,
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long, env = "GUTS_NO_MDNS")]
+    no_mdns: bool,
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
@@ -177,6 +207,9 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run(args),
         Command::Repo { action, client } => client::repo_command(action, &client),
         Command::Id { action, client } => client::id_command(action, &client),
+        Command::Status { client } => client::status(&client),
+        Command::Seed { repo, client } => client::seed(&repo, true, &client),
+        Command::Unseed { repo, client } => client::seed(&repo, false, &client),
         Command::GitSetup {
             repo,
             remote_url,
@@ -238,19 +271,32 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     tracing::info!(data_dir = %config.data_dir.display(), repos = storage.list()?.len(), "storage opened");
     let identities = identity::IdentityStore::open(storage.db())?;
     let nonces = identities.nonce_issuer()?;
-    let state = Arc::new(http::AppState {
-        storage,
-        identities,
-        nonces,
-        nonce_slop: config.push_cert_nonce_slop,
-        receive: ReceiveOptions {
-            max_pack_bytes: config.max_pack_bytes,
-        },
-    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let p2p = if args.p2p_listen.is_empty() {
+            tracing::info!("peer-to-peer replication off (no --p2p-listen)");
+            None
+        } else {
+            let replica = replica::NodeReplica::new(storage.clone(), identities.clone(), config.max_pack_bytes);
+            let opts = p2p::P2pOptions {
+                listen: args.p2p_listen.clone(),
+                bootstrap: args.bootstrap.clone(),
+                mdns: !args.no_mdns,
+            };
+            Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
+        };
+        let state = Arc::new(http::AppState {
+            storage,
+            identities,
+            nonces,
+            nonce_slop: config.push_cert_nonce_slop,
+            receive: ReceiveOptions {
+                max_pack_bytes: config.max_pack_bytes,
+            },
+            p2p,
+        });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;

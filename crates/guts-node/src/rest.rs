@@ -30,6 +30,11 @@ pub fn routes() -> Router<Shared> {
             get(show_identity).put(update_identity),
         )
         .route("/api/v1/repos/{owner}/{name}/updates", get(list_updates))
+        .route(
+            "/api/v1/repos/{owner}/{name}/seed",
+            axum::routing::post(seed_repo).delete(unseed_repo),
+        )
+        .route("/api/v1/node", get(node_status))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -138,6 +143,7 @@ async fn create_repo(
 ) -> Result<(StatusCode, Json<RepoSummary>), ApiError> {
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let bytes = decode_document(req)?;
+    let state_p2p = state.p2p.clone();
     let created = blocking(move || {
         let doc = Doc::from_bytes(&bytes)
             .and_then(Doc::verify_genesis)
@@ -156,6 +162,15 @@ async fn create_repo(
         summary(&state, &name)
     })
     .await?;
+    if let (Some(p2p), Some(id)) = (&state_p2p, &created.id) {
+        let s = guts_p2p::replication::Seeded {
+            name: format!("{}/{}", created.owner, created.name),
+            id: id.clone(),
+        };
+        if let Err(e) = p2p.replicator.follow(&s).await {
+            tracing::warn!(repo = %s.name, error = %e, "could not start seeding");
+        }
+    }
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -361,4 +376,114 @@ async fn list_updates(
     })
     .await?;
     Ok(Json(list))
+}
+
+/// The node's peer-to-peer state.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct NodeView {
+    /// Whether replication runs (`--p2p-listen` given).
+    pub p2p: bool,
+    /// The node's libp2p peer id.
+    pub peer_id: Option<String>,
+    /// Listen addresses.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub connected_peers: Vec<String>,
+    /// Repositories followed.
+    pub seeding: Vec<String>,
+}
+
+async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiError> {
+    let Some(p2p) = state.p2p.clone() else {
+        return Ok(Json(NodeView {
+            p2p: false,
+            peer_id: None,
+            listen_addrs: Vec::new(),
+            connected_peers: Vec::new(),
+            seeding: Vec::new(),
+        }));
+    };
+    let status = p2p
+        .net
+        .status()
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let replica = std::sync::Arc::clone(&p2p.replica);
+    let seeding = blocking(move || {
+        use guts_p2p::replication::Replica;
+        Ok(replica.seeded().into_iter().map(|s| s.name).collect())
+    })
+    .await?;
+    Ok(Json(NodeView {
+        p2p: true,
+        peer_id: Some(status.peer_id.to_string()),
+        listen_addrs: status
+            .listen_addrs
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", status.peer_id))
+            .collect(),
+        connected_peers: status.connected.iter().map(|p| p.to_string()).collect(),
+        seeding,
+    }))
+}
+
+fn p2p_of(state: &Shared) -> Result<std::sync::Arc<crate::p2p::P2p>, NodeError> {
+    state.p2p.clone().ok_or_else(|| {
+        NodeError::BadRequest(
+            StatusCode::CONFLICT,
+            "peer-to-peer replication is off on this node (start it with --p2p-listen)".into(),
+        )
+    })
+}
+
+async fn seed_repo(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p2p = p2p_of(&state)?;
+    let st = state.clone();
+    let name = blocking(move || st.identities.resolve(&owner, &name)).await?;
+    {
+        let st = state.clone();
+        let n = name.clone();
+        blocking(move || st.identities.set_seeding(&n, true)).await?;
+    }
+    let id = p2p.replicator.seed(&name.to_string()).await.map_err(|e| {
+        NodeError::BadRequest(
+            StatusCode::BAD_GATEWAY,
+            format!("seeding {name} failed: {e}"),
+        )
+    })?;
+    tracing::info!(repo = %name, %id, "seeding");
+    Ok(Json(
+        serde_json::json!({ "repo": name.to_string(), "id": id }),
+    ))
+}
+
+async fn unseed_repo(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let p2p = p2p_of(&state)?;
+    let st = state.clone();
+    let (name, id) = blocking(move || {
+        let name = st.identities.resolve(&owner, &name)?;
+        let identity = st
+            .identities
+            .current(&name)?
+            .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
+        st.identities.set_seeding(&name, false)?;
+        Ok((name, identity.id.to_string()))
+    })
+    .await?;
+    let s = guts_p2p::replication::Seeded {
+        name: name.to_string(),
+        id,
+    };
+    p2p.replicator
+        .unfollow(&s)
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    tracing::info!(repo = %name, "stopped seeding");
+    Ok(StatusCode::NO_CONTENT)
 }

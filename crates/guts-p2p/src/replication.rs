@@ -33,7 +33,7 @@ use crate::wire::{
 };
 
 /// A repository this node follows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seeded {
     /// Canonical name, `OWNER/NAME`.
     pub name: String,
@@ -149,9 +149,17 @@ impl<R: Replica> Replicator<R> {
         blocking(move || replica.seeded()).await
     }
 
-    async fn follow(&self, s: &Seeded) -> Result<()> {
+    /// Follow a repository: subscribe to its announcements and tell the DHT
+    /// this node provides it (keyed by its canonical name, which a node
+    /// seeding it verifies against the owner's signed document).
+    pub async fn follow(&self, s: &Seeded) -> Result<()> {
         self.net.subscribe(&topic(&s.id)).await?;
-        self.net.provide(s.id.as_bytes().to_vec()).await
+        self.net.provide(s.name.as_bytes().to_vec()).await
+    }
+
+    /// Stop following a repository.
+    pub async fn unfollow(&self, s: &Seeded) -> Result<()> {
+        self.net.unsubscribe(&topic(&s.id)).await
     }
 
     async fn on_event(&self, event: Event) {
@@ -292,20 +300,46 @@ impl<R: Replica> Replicator<R> {
     /// and objects.
     pub async fn seed(&self, repo: &str) -> Result<String> {
         let mut peers = self.net.status().await?.connected;
+        peers.sort();
         let known = self
             .replica_seeded()
             .await?
             .into_iter()
             .find(|s| s.name == repo);
         if let Some(s) = known {
+            self.follow(&s).await?;
             for p in peers {
                 self.sync_repo(p, repo).await?;
             }
             return Ok(s.id);
         }
+        // Connected peers first; the DHT's providers only if none of them has it.
+        let mut tried = Vec::new();
+        match self.seed_from(repo, &peers, &mut tried).await {
+            Ok(id) => return Ok(id),
+            Err(e) => {
+                tracing::debug!(%repo, error = %e, "no connected peer has it; asking the DHT")
+            }
+        }
+        let providers: Vec<PeerId> = self
+            .net
+            .find_providers(repo.as_bytes().to_vec())
+            .await?
+            .into_iter()
+            .filter(|p| !tried.contains(p) && *p != self.net.peer_id())
+            .collect();
+        self.seed_from(repo, &providers, &mut tried).await
+    }
+
+    async fn seed_from(
+        &self,
+        repo: &str,
+        peers: &[PeerId],
+        tried: &mut Vec<PeerId>,
+    ) -> Result<String> {
         let mut last_err = Error::Replica(format!("no peer has {repo}"));
-        peers.sort();
-        for peer in peers {
+        for &peer in peers {
+            tried.push(peer);
             let versions = match self.request_items(peer, Kind::Identity, repo).await {
                 Ok(v) => v,
                 Err(e) => {

@@ -1,0 +1,147 @@
+//! Wiring of the peer-to-peer layer into the node: the node key, the
+//! network, the replicator, and the announcements of local pushes.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use guts_git::names::RepoName;
+use guts_p2p::network::{self, Handle, NetworkConfig};
+use guts_p2p::replication::{Replicator, Seeded};
+use guts_p2p::{Multiaddr, NodeKeypair};
+use tokio::sync::mpsc;
+
+use crate::error::NodeError;
+use crate::replica::NodeReplica;
+
+/// The running peer-to-peer side of a node.
+pub struct P2p {
+    /// The network.
+    pub net: Handle,
+    /// The replication protocol.
+    pub replicator: Replicator<NodeReplica>,
+    /// The node's storage as replication sees it.
+    pub replica: Arc<NodeReplica>,
+    announcements: mpsc::UnboundedSender<(Seeded, Vec<u8>)>,
+}
+
+/// Options of the p2p layer.
+pub struct P2pOptions {
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers.
+    pub bootstrap: Vec<Multiaddr>,
+    /// LAN discovery.
+    pub mdns: bool,
+}
+
+/// Load the node key from `path`, creating it (mode 0600) on first start.
+fn node_key(path: &Path) -> Result<NodeKeypair, NodeError> {
+    if let Ok(bytes) = std::fs::read(path) {
+        return NodeKeypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            NodeError::Config(format!("node key {} is unreadable: {e}", path.display()))
+        });
+    }
+    let key = NodeKeypair::generate_ed25519();
+    let bytes = key
+        .to_protobuf_encoding()
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    tracing::info!(path = %path.display(), "created the node key");
+    Ok(key)
+}
+
+impl P2p {
+    /// Start the network and replication; writes the listen addresses
+    /// (with `/p2p/<peer id>`) to `DATA_DIR/p2p.addr`, one per line.
+    pub async fn start(
+        data_dir: &Path,
+        opts: P2pOptions,
+        replica: Arc<NodeReplica>,
+    ) -> Result<Arc<Self>, NodeError> {
+        let keypair = node_key(&data_dir.join("node.key"))?;
+        let (net, events) = network::start(NetworkConfig {
+            keypair,
+            listen: opts.listen,
+            bootstrap: opts.bootstrap,
+            mdns: opts.mdns,
+        })
+        .await
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let replicator = Replicator::start(net.clone(), events, Arc::clone(&replica))
+            .await
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Seeded, Vec<u8>)>();
+        let announcer = replicator.clone();
+        tokio::spawn(async move {
+            while let Some((s, update)) = rx.recv().await {
+                if let Err(e) = announcer.announce(&s.name, &s.id, update).await {
+                    tracing::warn!(repo = %s.name, error = %e, "could not announce an update");
+                }
+            }
+        });
+        let mut status = net
+            .status()
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        for _ in 0..50 {
+            if !status.listen_addrs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = net
+                .status()
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))?;
+        }
+        let lines: Vec<String> = status
+            .listen_addrs
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", status.peer_id))
+            .collect();
+        let tmp = data_dir.join("p2p.addr.tmp");
+        std::fs::write(&tmp, lines.join("\n"))?;
+        std::fs::rename(&tmp, data_dir.join("p2p.addr"))?;
+        tracing::info!(peer_id = %status.peer_id, addrs = ?lines, "peer-to-peer replication running");
+        Ok(Arc::new(P2p {
+            net,
+            replicator,
+            replica,
+            announcements: tx,
+        }))
+    }
+
+    /// After a local push: settle refs by the replication rule, then announce.
+    /// Called from a blocking thread.
+    pub fn accepted(
+        &self,
+        repo: &RepoName,
+        repo_id: String,
+        update: Vec<u8>,
+        refs: HashSet<String>,
+    ) {
+        if let Err(e) = self.replica.settle(repo, &refs) {
+            tracing::warn!(%repo, error = %e, "settling refs after a push failed");
+        }
+        let s = Seeded {
+            name: repo.to_string(),
+            id: repo_id,
+        };
+        let _ = self.announcements.send((s, update));
+    }
+}

@@ -1,0 +1,348 @@
+//! The node's side of replication: how updates from peers are checked and
+//! stored, and how peers are served (`guts_p2p::replication::Replica`).
+//!
+//! An update from a peer gets exactly the checks of a push, minus the nonce
+//! (which only the accepting node can check): the certificate's signature,
+//! its signer being a delegate under the document version it was accepted
+//! under, and its pushee naming this repository. Its objects arrive through
+//! the same quarantine as a push and are checked for hashes and connectivity
+//! before anything is visible. Refs then follow the conflict rule over the
+//! whole log (`guts_p2p::conflict`), so every node ends on the same values.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex};
+
+use guts_git::names::RepoName;
+use guts_git::storage::{RefUpdate, Repo, Storage};
+use guts_git::ObjectId;
+use guts_identity::{PushCert, SignedRefUpdate, Verified};
+use guts_p2p::conflict;
+use guts_p2p::replication::{Plan, Replica, Seeded};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::identity::{Identity, IdentityStore};
+
+/// Storage and identities, seen by the replication protocol.
+pub struct NodeReplica {
+    /// Repositories.
+    pub storage: Storage,
+    /// Identity documents and logs.
+    pub identities: IdentityStore,
+    /// Largest pack accepted from a peer.
+    pub max_pack_bytes: u64,
+    /// Serializes log appends and ref resolution.
+    settle_lock: Mutex<()>,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn oid20(hex: &str) -> Result<[u8; 20], String> {
+    let id = ObjectId::from_hex(hex.as_bytes()).map_err(|_| format!("bad object id {hex}"))?;
+    id.as_bytes()
+        .try_into()
+        .map_err(|_| "not a SHA-1 id".to_owned())
+}
+
+fn maybe_oid(hex: &str) -> Result<Option<ObjectId>, String> {
+    let id = ObjectId::from_hex(hex.as_bytes()).map_err(|_| format!("bad object id {hex}"))?;
+    Ok((!id.is_null()).then_some(id))
+}
+
+impl NodeReplica {
+    /// A replica over the node's storage.
+    pub fn new(storage: Storage, identities: IdentityStore, max_pack_bytes: u64) -> Arc<Self> {
+        Arc::new(NodeReplica {
+            storage,
+            identities,
+            max_pack_bytes,
+            settle_lock: Mutex::new(()),
+        })
+    }
+
+    fn repo(&self, name: &str) -> Result<(RepoName, Repo, Identity), String> {
+        let name = RepoName::parse(name).map_err(err)?;
+        let repo = self.storage.open_repo(&name).map_err(err)?;
+        let identity = self
+            .identities
+            .current(&name)
+            .map_err(err)?
+            .ok_or_else(|| format!("{name} has no identity document"))?;
+        Ok((name, repo, identity))
+    }
+
+    /// Verify a signed update as a peer would: repository id, signature,
+    /// delegate under its document version, pushee.
+    fn verify(
+        &self,
+        identity: &Identity,
+        update: &SignedRefUpdate,
+    ) -> Result<PushCert<Verified>, String> {
+        let version = usize::try_from(update.doc_version).map_err(err)?;
+        let doc = version
+            .checked_sub(1)
+            .and_then(|i| identity.docs.get(i))
+            .ok_or_else(|| format!("the update refers to identity document version {version}, which this node does not have"))?;
+        update.verify(&identity.id, doc).map_err(err)
+    }
+
+    fn logged(&self, name: &RepoName) -> Result<Vec<SignedRefUpdate>, String> {
+        Ok(self
+            .identities
+            .updates(name)
+            .map_err(err)?
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect())
+    }
+
+    /// Set each of `refs` to what the conflict rule gives over the whole log.
+    pub fn settle(&self, name: &RepoName, refs: &HashSet<String>) -> Result<(), String> {
+        let _guard = self.settle_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.settle_locked(name, refs)
+    }
+
+    fn settle_locked(&self, name: &RepoName, refs: &HashSet<String>) -> Result<(), String> {
+        let repo = self.storage.open_repo(name).map_err(err)?;
+        let odb = repo.objects().map_err(err)?;
+        let mut per_ref: std::collections::HashMap<String, Vec<conflict::RefUpdate>> =
+            Default::default();
+        for u in self.logged(name)? {
+            let Ok(cert) = PushCert::parse(&u.certificate) else {
+                continue;
+            };
+            let key: [u8; 32] = Sha256::digest(u.certificate.as_bytes()).into();
+            for c in cert.commands() {
+                if refs.contains(&c.name) {
+                    per_ref
+                        .entry(c.name.clone())
+                        .or_default()
+                        .push(conflict::RefUpdate {
+                            old: oid20(&c.old)?,
+                            new: oid20(&c.new)?,
+                            key,
+                        });
+                }
+            }
+        }
+        let mut buf = Vec::new();
+        for (ref_name, updates) in per_ref {
+            let target = conflict::resolve(&updates).value.map(ObjectId::Sha1);
+            let current = repo.find_ref(&ref_name).map_err(err)?;
+            if current == target {
+                continue;
+            }
+            let new_peeled = match target {
+                Some(t) => match odb.peel(&t, &mut buf) {
+                    Ok((p, _)) if p != t => Some(p),
+                    Ok(_) => None,
+                    Err(e) => return Err(format!("cannot move {ref_name}: {e}")),
+                },
+                None => None,
+            };
+            let update = RefUpdate {
+                name: ref_name.clone(),
+                old: current,
+                new: target,
+                new_peeled,
+            };
+            let result = repo
+                .update_refs(std::slice::from_ref(&update), false)
+                .map_err(err)?;
+            match result.first() {
+                Some(Ok(())) => {
+                    tracing::info!(repo = %name, r#ref = %ref_name, to = ?target, "ref settled by the replication rule")
+                }
+                _ => {
+                    tracing::warn!(repo = %name, r#ref = %ref_name, "ref moved concurrently; will settle on the next update")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Replica for NodeReplica {
+    fn seeded(&self) -> Vec<Seeded> {
+        let Ok(names) = self.storage.list() else {
+            return Vec::new();
+        };
+        names
+            .into_iter()
+            .filter(|n| self.identities.is_seeding(n).unwrap_or(false))
+            .filter_map(|n| {
+                let id = self.identities.current(&n).ok()??.id.to_string();
+                Some(Seeded {
+                    name: n.to_string(),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    fn identity(&self, repo: &str) -> Option<Vec<Vec<u8>>> {
+        let name = RepoName::parse(repo).ok()?;
+        Some(self.identities.current(&name).ok()??.versions)
+    }
+
+    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> Result<String, String> {
+        let name = RepoName::parse(repo).map_err(err)?;
+        let mut chain: Vec<guts_identity::Doc<Verified>> = Vec::new();
+        for bytes in versions {
+            let doc = guts_identity::Doc::from_bytes(bytes).map_err(err)?;
+            let verified = match chain.last() {
+                None => doc.verify_genesis(),
+                Some(prev) => doc.verify_successor(prev),
+            }
+            .map_err(err)?;
+            chain.push(verified);
+        }
+        let genesis = chain.first().ok_or("no identity document")?;
+        if genesis.owner().method_id() != name.owner() || genesis.body().name != name.name() {
+            return Err(format!("the identity document is not the one of {name}"));
+        }
+        if let Some(existing) = self.identities.current(&name).map_err(err)? {
+            return Ok(existing.id.to_string());
+        }
+        let id = self.identities.create(&name, genesis).map_err(err)?;
+        let head = format!("refs/heads/{}", genesis.body().default_branch);
+        self.storage.create_with_head(&name, &head).map_err(err)?;
+        for bytes in &versions[1..] {
+            self.identities.update(&name, bytes).map_err(err)?;
+        }
+        self.identities.set_seeding(&name, true).map_err(err)?;
+        Ok(id.to_string())
+    }
+
+    fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>> {
+        let name = RepoName::parse(repo).ok()?;
+        self.storage.open_repo(&name).ok()?;
+        let updates = self.identities.updates(&name).ok()?;
+        Some(
+            updates
+                .into_iter()
+                .map(|(_, u)| u.encode_to_vec())
+                .collect(),
+        )
+    }
+
+    fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, String> {
+        let (name, repo, identity) = self.repo(repo)?;
+        let update =
+            SignedRefUpdate::decode(update).map_err(|e| format!("undecodable update: {e}"))?;
+        let cert = self.verify(&identity, &update)?;
+        if self
+            .logged(&name)?
+            .iter()
+            .any(|u| u.certificate == update.certificate)
+        {
+            return Ok(Plan::Known);
+        }
+        let odb = repo.objects().map_err(err)?;
+        let mut wants = Vec::new();
+        for c in cert.commands() {
+            if let Some(new) = maybe_oid(&c.new)? {
+                if !odb.contains(&new) && !wants.contains(&new) {
+                    wants.push(new);
+                }
+            }
+        }
+        if wants.is_empty() {
+            return Ok(Plan::Apply { fetch: None });
+        }
+        let haves: Vec<ObjectId> = repo
+            .refs()
+            .map_err(err)?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let req = fetch_request(&wants, &haves);
+        Ok(Plan::Apply { fetch: Some(req) })
+    }
+
+    fn apply(
+        &self,
+        repo_name: &str,
+        update: &[u8],
+        pack: Option<&mut dyn BufRead>,
+    ) -> Result<bool, String> {
+        let (name, repo, identity) = self.repo(repo_name)?;
+        let update =
+            SignedRefUpdate::decode(update).map_err(|e| format!("undecodable update: {e}"))?;
+        let cert = self.verify(&identity, &update)?;
+        let odb = repo.objects().map_err(err)?;
+        let tips: Vec<ObjectId> = cert
+            .commands()
+            .iter()
+            .filter_map(|c| maybe_oid(&c.new).transpose())
+            .collect::<Result<_, _>>()?;
+        if let Some(pack) = pack {
+            let mut reader = std::io::BufReader::new(guts_git::pktline::PackfileReader::new(pack));
+            let q = guts_git::pack_in::receive(
+                &repo.objects_dir(),
+                &odb,
+                &mut reader,
+                self.max_pack_bytes,
+                &mut |_| {},
+            )
+            .map_err(err)?;
+            q.check_connectivity(&odb, &tips).map_err(err)?;
+            q.publish(&repo.objects_dir()).map_err(err)?;
+        }
+        let odb = repo.objects().map_err(err)?;
+        if let Some(missing) = tips.iter().find(|t| !odb.contains(t)) {
+            return Err(format!("object {missing} is missing after the fetch"));
+        }
+        let _guard = self.settle_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .logged(&name)?
+            .iter()
+            .any(|u| u.certificate == update.certificate)
+        {
+            return Ok(false);
+        }
+        self.identities.append_update(&name, &update).map_err(err)?;
+        let refs: HashSet<String> = cert.commands().iter().map(|c| c.name.clone()).collect();
+        self.settle_locked(&name, &refs)?;
+        tracing::info!(repo = %name, signer = %cert.signer(), "replicated a signed update");
+        Ok(true)
+    }
+
+    fn serve_fetch(&self, repo: &str, request: &[u8], out: &mut dyn Write) -> Result<(), String> {
+        let name = RepoName::parse(repo).map_err(err)?;
+        if !self.identities.is_seeding(&name).map_err(err)? {
+            return Err(format!("this node does not serve {name}"));
+        }
+        let repo = self.storage.open_repo(&name).map_err(err)?;
+        guts_git::upload_pack::upload_pack(
+            &repo,
+            guts_git::protocol::Version::V2,
+            &mut &request[..],
+            out,
+        )
+        .map_err(err)
+    }
+}
+
+/// A protocol v2 `fetch` request for `wants`, telling the peer about `haves`
+/// so that it sends only what is new, in one round trip.
+fn fetch_request(wants: &[ObjectId], haves: &[ObjectId]) -> Vec<u8> {
+    let mut lines = vec!["command=fetch".to_owned(), "object-format=sha1".to_owned()];
+    let mut args = vec!["ofs-delta".to_owned(), "no-progress".to_owned()];
+    args.extend(wants.iter().map(|w| format!("want {w}")));
+    args.extend(haves.iter().map(|h| format!("have {h}")));
+    args.push("done".to_owned());
+    let mut req = Vec::new();
+    for l in lines.drain(..) {
+        let _ = guts_git::pktline::write_pkt(&mut req, format!("{l}\n").as_bytes());
+    }
+    req.extend_from_slice(b"0001");
+    for a in args {
+        let _ = guts_git::pktline::write_pkt(&mut req, format!("{a}\n").as_bytes());
+    }
+    req.extend_from_slice(b"0000");
+    req
+}
