@@ -134,6 +134,9 @@ struct RunArgs {
     /// Do not discover peers on the local network with mDNS.
     #[arg(long, env = "GUTS_NO_MDNS")]
     no_mdns: bool,
+    /// Do not join the Kademlia DHT: connect only to --bootstrap peers (and mDNS ones), and find repositories only among them.
+    #[arg(long, env = "GUTS_NO_DHT")]
+    no_dht: bool,
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
@@ -284,6 +287,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
                 listen: args.p2p_listen.clone(),
                 bootstrap: args.bootstrap.clone(),
                 mdns: !args.no_mdns,
+                dht: !args.no_dht,
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };

@@ -34,6 +34,8 @@ pub struct P2pOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// LAN discovery.
     pub mdns: bool,
+    /// Kademlia DHT.
+    pub dht: bool,
 }
 
 /// Load the node key from `path`, creating it (mode 0600) on first start.
@@ -80,6 +82,7 @@ impl P2p {
             listen: opts.listen,
             bootstrap: opts.bootstrap,
             mdns: opts.mdns,
+            dht: opts.dht,
         })
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;

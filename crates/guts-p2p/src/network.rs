@@ -37,13 +37,16 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Join the Kademlia DHT (provider records; its queries connect to
+    /// peers beyond the configured ones).
+    pub dht: bool,
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
+    kad: Toggle<kad::Behaviour<MemoryStore>>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -177,6 +180,7 @@ impl Handle {
 pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Event>)> {
     let peer_id = config.keypair.public().to_peer_id();
     let mdns_on = config.mdns;
+    let dht_on = config.dht;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
         .with_tokio()
         .with_tcp(
@@ -205,12 +209,14 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
             let mut kad_config = kad::Config::new(StreamProtocol::new("/guts/kad/1.0.0"));
             kad_config.set_query_timeout(Duration::from_secs(10));
+            kad_config.set_periodic_bootstrap_interval(None);
             let mut kad = kad::Behaviour::with_config(
                 key.public().to_peer_id(),
                 MemoryStore::new(key.public().to_peer_id()),
                 kad_config,
             );
             kad.set_mode(Some(kad::Mode::Server));
+            let kad = dht_on.then_some(kad);
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config::default(),
@@ -225,7 +231,7 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
                         .with_agent_version(AGENT.into()),
                 ),
                 ping: ping::Behaviour::default(),
-                kad,
+                kad: Toggle::from(kad),
                 mdns: Toggle::from(mdns),
                 gossipsub,
                 stream: libp2p_stream::Behaviour::new(),
@@ -240,8 +246,10 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
             .map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
     }
     for addr in &config.bootstrap {
-        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        if let (Some(libp2p::multiaddr::Protocol::P2p(peer)), Some(kad)) =
+            (addr.iter().last(), swarm.behaviour_mut().kad.as_mut())
+        {
+            kad.add_address(&peer, addr.clone());
         }
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -305,14 +313,21 @@ fn handle_command(
             Err(e) => tracing::warn!(topic = %t, error = %e, "publish failed"),
         },
         Command::Provide(key) => {
-            if let Err(e) = b.kad.start_providing(kad::RecordKey::new(&key)) {
-                tracing::warn!(error = %e, "cannot announce provider record");
+            if let Some(kad) = b.kad.as_mut() {
+                if let Err(e) = kad.start_providing(kad::RecordKey::new(&key)) {
+                    tracing::warn!(error = %e, "cannot announce provider record");
+                }
             }
         }
-        Command::FindProviders(key, reply) => {
-            let id = b.kad.get_providers(kad::RecordKey::new(&key));
-            provider_queries.insert(id, (reply, Vec::new()));
-        }
+        Command::FindProviders(key, reply) => match b.kad.as_mut() {
+            Some(kad) => {
+                let id = kad.get_providers(kad::RecordKey::new(&key));
+                provider_queries.insert(id, (reply, Vec::new()));
+            }
+            None => {
+                let _ = reply.send(Vec::new());
+            }
+        },
         Command::Report(id, source, valid) => {
             let verdict = if valid {
                 gossipsub::MessageAcceptance::Accept
@@ -367,14 +382,18 @@ async fn handle_event(
             info,
             ..
         })) => {
-            for addr in info.listen_addrs {
-                swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                for addr in info.listen_addrs {
+                    kad.add_address(&peer_id, addr);
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
             for (peer, addr) in found {
                 tracing::info!(%peer, %addr, "peer discovered on the LAN");
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                    kad.add_address(&peer, addr.clone());
+                }
                 let _ = swarm.dial(addr);
             }
         }

@@ -1,0 +1,338 @@
+//! Replication between real node processes on loopback, checked with stock
+//! git: a line of nodes, catch-up after downtime, seeding from a far peer,
+//! and concurrent pushes that must converge.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tempfile::TempDir;
+
+/// Start a node that replicates, optionally bootstrapping from `peer`.
+/// Without the DHT, a node connects only to the peers it is given, so the
+/// topology is exactly the one a test builds.
+fn peer_node(dir: &Path, bootstrap: Option<&str>) -> Node {
+    peer_node_with(dir, bootstrap, false)
+}
+
+fn peer_node_with(dir: &Path, bootstrap: Option<&str>, dht: bool) -> Node {
+    let mut args = vec!["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    if !dht {
+        args.push("--no-dht");
+    }
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b]);
+    }
+    Node::start_with(dir, &args)
+}
+
+fn p2p_addr(node: &Node) -> String {
+    let text = std::fs::read_to_string(node.data_dir().join("p2p.addr")).expect("p2p.addr");
+    text.lines().next().expect("an address").trim().to_owned()
+}
+
+fn peer_id(node: &Node) -> String {
+    node.get("/api/v1/node").json()["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned()
+}
+
+fn connected(node: &Node) -> Vec<String> {
+    node.get("/api/v1/node").json()["connected_peers"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn seed(node: &Node, owner: &str, name: &str) {
+    let resp = node.post_json(
+        &format!("/api/v1/repos/{owner}/{name}/seed"),
+        &serde_json::json!({}),
+    );
+    assert_eq!(resp.status, 200, "seed: {}", resp.text());
+}
+
+fn log_len(node: &Node, owner: &str, name: &str) -> usize {
+    node.get(&format!("/api/v1/repos/{owner}/{name}/updates"))
+        .json()
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// Poll until `f` holds, or fail after `secs` with `what`.
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_connected(node: &Node, n: usize) {
+    eventually(20, "peer connections", || connected(node).len() >= n);
+}
+
+fn same_refs(a: &Node, b: &Node, owner: &str, name: &str) -> bool {
+    let x = a.server_refs(owner, name);
+    !x.is_empty() && x == b.server_refs(owner, name)
+}
+
+fn clone_refs(node: &Node, owner: &str, name: &str, dest: &Path) -> BTreeMap<String, String> {
+    git_ok(
+        dest.parent().expect("parent"),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &node.repo_url(owner, name),
+            dest.to_str().expect("utf-8"),
+        ],
+    );
+    assert_fsck(dest);
+    refs_of(dest)
+}
+
+struct Line {
+    _tmp: TempDir,
+    dirs: Vec<PathBuf>,
+    a: Node,
+    b: Node,
+    c: Node,
+    work: PathBuf,
+    owner: String,
+}
+
+/// A–B–C in a line, a repository created on A with two commits and a tag,
+/// seeded by B and then C.
+fn line() -> Line {
+    let tmp = TempDir::new().expect("tmp");
+    let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|d| tmp.path().join(d)).collect();
+    let a = peer_node(&dirs[0], None);
+    let b = peer_node(&dirs[1], Some(&p2p_addr(&a)));
+    let c = peer_node(&dirs[2], Some(&p2p_addr(&b)));
+    wait_connected(&b, 2);
+    a.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    commit_file(&work, "src/lib.rs", "pub fn x() {}\n", "second");
+    git_ok(&work, &["tag", "-a", "v1", "-m", "v1"]);
+    git_ok(
+        &work,
+        &["push", "-q", "--tags", &a.repo_url("alice", "demo"), "main"],
+    );
+    let owner = test_identity().owner_id();
+    seed(&b, &owner, "demo");
+    seed(&c, &owner, "demo");
+    Line {
+        _tmp: tmp,
+        dirs,
+        a,
+        b,
+        c,
+        work,
+        owner,
+    }
+}
+
+#[test]
+fn a_push_to_one_end_of_a_line_reaches_the_other_end() {
+    let l = line();
+    // C is not connected to A: everything reaches C through B.
+    let a_id = peer_id(&l.a);
+    assert!(
+        !connected(&l.c).contains(&a_id),
+        "C connected to A directly"
+    );
+    assert!(
+        same_refs(&l.a, &l.c, &l.owner, "demo"),
+        "seeding copied the refs"
+    );
+
+    let c2 = commit_file(&l.work, "README.md", "v2\n", "third");
+    git_ok(
+        &l.work,
+        &["push", "-q", &l.a.repo_url("alice", "demo"), "main"],
+    );
+    eventually(30, "C has the new commit", || {
+        l.c.server_refs(&l.owner, "demo").get("refs/heads/main") == Some(&c2)
+    });
+    // A stock git clone from C (alias URL) holds exactly what A holds.
+    let tmp = TempDir::new().expect("tmp");
+    let from_a = clone_refs(&l.a, "alice", "demo", &tmp.path().join("a.git"));
+    let from_c = clone_refs(&l.c, "alice", "demo", &tmp.path().join("c.git"));
+    assert_eq!(from_a, from_c);
+    let objects = |d: &str| {
+        git_ok(
+            &tmp.path().join(d),
+            &["cat-file", "--batch-all-objects", "--batch-check"],
+        )
+    };
+    assert_eq!(objects("a.git"), objects("c.git"));
+    // The signed updates travelled too, and verify on C.
+    assert_eq!(
+        log_len(&l.c, &l.owner, "demo"),
+        log_len(&l.a, &l.owner, "demo")
+    );
+    let log =
+        l.c.get(&format!("/api/v1/repos/{}/demo/updates", l.owner))
+            .json();
+    assert!(
+        log.as_array()
+            .expect("array")
+            .iter()
+            .all(|u| u["signer"].is_string()),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
+    let mut l = line();
+    l.c.stop();
+    let c1 = commit_file(&l.work, "one.txt", "1\n", "while C is down 1");
+    git_ok(
+        &l.work,
+        &["push", "-q", &l.a.repo_url("alice", "demo"), "main"],
+    );
+    let c2 = commit_file(&l.work, "two.txt", "2\n", "while C is down 2");
+    git_ok(
+        &l.work,
+        &["push", "-q", &l.a.repo_url("alice", "demo"), "main"],
+    );
+    assert_ne!(c1, c2);
+    eventually(30, "B has both pushes", || {
+        l.b.server_refs(&l.owner, "demo").get("refs/heads/main") == Some(&c2)
+    });
+    let c = peer_node(&l.dirs[2], Some(&p2p_addr(&l.b)));
+    eventually(30, "C caught up", || same_refs(&l.a, &c, &l.owner, "demo"));
+    assert_eq!(
+        log_len(&c, &l.owner, "demo"),
+        log_len(&l.a, &l.owner, "demo")
+    );
+
+    // D knows only B, and seeds the repository by its canonical name.
+    let d_dir = l._tmp.path().join("d");
+    let d = peer_node(&d_dir, Some(&p2p_addr(&l.b)));
+    wait_connected(&d, 1);
+    seed(&d, &l.owner, "demo");
+    assert!(same_refs(&l.a, &d, &l.owner, "demo"));
+    let tmp = TempDir::new().expect("tmp");
+    let refs = clone_refs(&d, &l.owner, "demo", &tmp.path().join("d.git"));
+    assert_eq!(refs.get("refs/heads/main"), Some(&c2));
+    // Seeding something nobody has fails clearly.
+    let resp = d.post_json(
+        &format!("/api/v1/repos/{}/nope/seed", l.owner),
+        &serde_json::json!({}),
+    );
+    assert_eq!(resp.status, 502, "{}", resp.text());
+}
+
+#[test]
+fn concurrent_pushes_to_two_nodes_converge_everywhere() {
+    let l = line();
+    let base = l.a.server_refs(&l.owner, "demo")["refs/heads/main"].clone();
+    let expected_log = log_len(&l.a, &l.owner, "demo") + 2;
+    let tmp = TempDir::new().expect("tmp");
+    let (wa, wc) = (tmp.path().join("wa"), tmp.path().join("wc"));
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &l.a.repo_url("alice", "demo"),
+            wa.to_str().expect("utf-8"),
+        ],
+    );
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &l.c.repo_url("alice", "demo"),
+            wc.to_str().expect("utf-8"),
+        ],
+    );
+    let xa = commit_file(&wa, "a.txt", "from A\n", "on A");
+    let xc = commit_file(&wc, "c.txt", "from C\n", "on C");
+    let url_a = l.a.repo_url("alice", "demo");
+    let url_c = l.c.repo_url("alice", "demo");
+    std::thread::scope(|s| {
+        s.spawn(|| git_ok(&wa, &["push", "-q", &url_a, "main"]));
+        s.spawn(|| git_ok(&wc, &["push", "-q", &url_c, "main"]));
+    });
+    // Both pushes were accepted locally; after the network quiets, every node
+    // holds both signed updates and the same value for main.
+    eventually(45, "all nodes converge", || {
+        let nodes = [&l.a, &l.b, &l.c];
+        let values: Vec<Option<String>> = nodes
+            .iter()
+            .map(|n| {
+                n.server_refs(&l.owner, "demo")
+                    .get("refs/heads/main")
+                    .cloned()
+            })
+            .collect();
+        nodes
+            .iter()
+            .all(|n| log_len(n, &l.owner, "demo") == expected_log)
+            && values.windows(2).all(|w| w[0] == w[1])
+    });
+    let winner = l.a.server_refs(&l.owner, "demo")["refs/heads/main"].clone();
+    assert!(
+        winner == xa || winner == xc,
+        "main is {winner}, expected {xa} or {xc} (base {base})"
+    );
+    // The losing update is kept in every log.
+    for n in [&l.a, &l.b, &l.c] {
+        let log = n
+            .get(&format!("/api/v1/repos/{}/demo/updates", l.owner))
+            .json();
+        let text = log.to_string();
+        assert!(
+            text.contains(&xa) && text.contains(&xc),
+            "both updates logged: {text}"
+        );
+    }
+    // A clone from B is consistent.
+    let refs = clone_refs(&l.b, "alice", "demo", &tmp.path().join("b.git"));
+    assert_eq!(refs["refs/heads/main"], winner);
+}
+
+#[test]
+fn seeding_finds_a_provider_through_the_dht() {
+    let tmp = TempDir::new().expect("tmp");
+    // A has the repository; B only routes; C knows only B.
+    let a = peer_node_with(&tmp.path().join("a"), None, true);
+    let b = peer_node_with(&tmp.path().join("b"), Some(&p2p_addr(&a)), true);
+    wait_connected(&b, 1);
+    a.create_repo("alice", "dht");
+    let work = tmp.path().join("w");
+    let head = init_work_repo(&work);
+    git_ok(&work, &["push", "-q", &a.repo_url("alice", "dht"), "main"]);
+    let c = peer_node_with(&tmp.path().join("c"), Some(&p2p_addr(&b)), true);
+    wait_connected(&c, 1);
+    let owner = test_identity().owner_id();
+    // A's provider record reaches the DHT shortly after creation.
+    eventually(30, "C finds A as a provider and seeds", || {
+        c.post_json(
+            &format!("/api/v1/repos/{owner}/dht/seed"),
+            &serde_json::json!({}),
+        )
+        .status
+            == 200
+    });
+    assert_eq!(
+        c.server_refs(&owner, "dht").get("refs/heads/main"),
+        Some(&head)
+    );
+    assert!(
+        b.get(&format!("/api/v1/repos/{owner}/dht")).status == 404,
+        "B never held it"
+    );
+}
