@@ -205,6 +205,13 @@ impl Replica for NodeReplica {
             return Err(format!("the identity document is not the one of {name}"));
         }
         if let Some(existing) = self.identities.current(&name).map_err(err)? {
+            if genesis.genesis_id() != Some(existing.id) {
+                return Err(format!("the peer's {name} has another repository id"));
+            }
+            for bytes in versions.iter().skip(existing.versions.len()) {
+                self.identities.update(&name, bytes).map_err(err)?;
+                tracing::info!(repo = %name, "took a newer identity document from a peer");
+            }
             return Ok(existing.id.to_string());
         }
         let id = self.identities.create(&name, genesis).map_err(err)?;
@@ -233,6 +240,9 @@ impl Replica for NodeReplica {
         let (name, repo, identity) = self.repo(repo)?;
         let update =
             SignedRefUpdate::decode(update).map_err(|e| format!("undecodable update: {e}"))?;
+        if usize::try_from(update.doc_version).map_err(err)? > identity.docs.len() {
+            return Ok(Plan::NeedIdentity);
+        }
         let cert = self.verify(&identity, &update)?;
         if self
             .logged(&name)?

@@ -336,3 +336,55 @@ fn seeding_finds_a_provider_through_the_dht() {
         "B never held it"
     );
 }
+
+#[test]
+fn a_new_delegate_is_recognized_downstream() {
+    use base64::Engine;
+    let l = line();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // Alice adds Bob as a delegate on A (version 2 of the document).
+    let ident =
+        l.a.get(&format!("/api/v1/repos/{}/demo/identity", l.owner))
+            .json();
+    let v1 = b64
+        .decode(ident["versions"][0].as_str().expect("v1"))
+        .expect("base64");
+    let v1 = guts_identity::Doc::from_bytes(&v1)
+        .and_then(guts_identity::Doc::verify_genesis)
+        .expect("v1 verifies");
+    let bob = TestIdentity::from_seed("bob", 0xb0);
+    let mut next = v1.successor();
+    next.delegates.push(bob.key.did().to_string());
+    let signed = next.sign(&[&test_identity().key]);
+    let doc = b64.encode(prost::Message::encode_to_vec(&signed));
+    let resp = http_request(
+        l.a.addr(),
+        "PUT",
+        &format!("/api/v1/repos/{}/demo/identity", l.owner),
+        &[("Content-Type", "application/json")],
+        serde_json::json!({ "document": doc })
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    // Bob pushes to A; B and C only learn of version 2 through that update.
+    let as_bob = format!("user.signingkey={}", bob.key_path.display());
+    let c3 = commit_file(&l.work, "bob.txt", "bob\n", "by bob");
+    git_ok(
+        &l.work,
+        &[
+            "-c",
+            &as_bob,
+            "push",
+            "-q",
+            &l.a.repo_url("alice", "demo"),
+            "main",
+        ],
+    );
+    eventually(30, "C applies Bob's update", || {
+        l.c.server_refs(&l.owner, "demo").get("refs/heads/main") == Some(&c3)
+    });
+    assert_eq!(l.c.repo_info(&l.owner, "demo")["doc_version"], 2);
+    assert_eq!(l.b.repo_info(&l.owner, "demo")["doc_version"], 2);
+}

@@ -12,3 +12,5 @@ pub const MAX_LOG_ENTRIES: usize = 10_000;
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a stream exchange may take before it is abandoned.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(600);
+/// Invalid announcements after which a peer is disconnected and blocked.
+pub const MAX_INVALID_MESSAGES: u32 = 3;

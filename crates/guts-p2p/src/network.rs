@@ -44,6 +44,7 @@ pub struct NetworkConfig {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: Toggle<kad::Behaviour<MemoryStore>>,
@@ -226,6 +227,7 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
                 None
             };
             Ok(Behaviour {
+                blocked: Default::default(),
                 identify: identify::Behaviour::new(
                     identify::Config::new(format!("{PROTOCOL_PREFIX}/id/1.0.0"), key.public())
                         .with_agent_version(AGENT.into()),
@@ -269,6 +271,10 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
     ))
 }
 
+/// Per-peer count of invalid messages; a peer reaching
+/// [`MAX_INVALID_MESSAGES`](crate::limits::MAX_INVALID_MESSAGES) is blocked.
+type Strikes = HashMap<PeerId, u32>;
+
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
@@ -276,11 +282,12 @@ async fn run(
 ) {
     let mut provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)> =
         HashMap::new();
+    let mut strikes = Strikes::new();
     loop {
         tokio::select! {
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return };
-                handle_command(&mut swarm, cmd, &mut provider_queries);
+                handle_command(&mut swarm, cmd, &mut provider_queries, &mut strikes);
             }
             event = swarm.select_next_some() => {
                 handle_event(&mut swarm, event, &events, &mut provider_queries).await;
@@ -293,6 +300,7 @@ fn handle_command(
     swarm: &mut Swarm<Behaviour>,
     cmd: Command,
     provider_queries: &mut HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
+    strikes: &mut Strikes,
 ) {
     let b = swarm.behaviour_mut();
     match cmd {
@@ -337,6 +345,14 @@ fn handle_command(
             };
             b.gossipsub
                 .report_message_validation_result(&id, &source, verdict);
+            if !valid {
+                let n = strikes.entry(source).or_default();
+                *n += 1;
+                if *n >= crate::limits::MAX_INVALID_MESSAGES {
+                    tracing::warn!(peer = %source, invalid = *n, "blocking a misbehaving peer");
+                    b.blocked.block_peer(source);
+                }
+            }
         }
         Command::Status(reply) => {
             let _ = reply.send(Status {

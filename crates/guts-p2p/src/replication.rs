@@ -46,6 +46,9 @@ pub struct Seeded {
 pub enum Plan {
     /// Already in the log: nothing to do.
     Known,
+    /// The update was accepted under a newer identity document than this
+    /// node holds: fetch the document chain from the peer first.
+    NeedIdentity,
     /// Valid; these objects must be fetched first (a v2 fetch request body),
     /// or none if all are present.
     Apply {
@@ -62,8 +65,9 @@ pub trait Replica: Send + Sync + 'static {
     fn seeded(&self) -> Vec<Seeded>;
     /// Identity document versions of `repo`, oldest first.
     fn identity(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
-    /// Verify document versions fetched from a peer and start following the
-    /// repository (created empty). Returns its id.
+    /// Verify document versions fetched from a peer; start following the
+    /// repository (created empty) if it is new here, or take the versions
+    /// beyond the ones held. Returns its id.
     fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> std::result::Result<String, String>;
     /// The signed-update log of `repo`.
     fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
@@ -214,13 +218,23 @@ impl<R: Replica> Replicator<R> {
 
     /// Check, fetch what is missing from `peer`, and apply one update.
     async fn apply_from(&self, peer: PeerId, repo: &str, update: Vec<u8>) -> Result<bool> {
-        let replica = Arc::clone(&self.replica);
-        let (r, u) = (repo.to_owned(), update.clone());
-        let plan = blocking(move || replica.plan(&r, &u))
-            .await?
-            .map_err(Error::Peer)?;
+        let mut plan = self.plan(repo, &update).await?;
+        if let Plan::NeedIdentity = plan {
+            let versions = self.request_items(peer, Kind::Identity, repo).await?;
+            let replica = Arc::clone(&self.replica);
+            let r = repo.to_owned();
+            blocking(move || replica.adopt(&r, &versions))
+                .await?
+                .map_err(Error::Peer)?;
+            plan = self.plan(repo, &update).await?;
+        }
         let fetch = match plan {
             Plan::Known => return Ok(false),
+            Plan::NeedIdentity => {
+                return Err(Error::Peer(
+                    "the update needs an identity document the peer does not have".into(),
+                ))
+            }
             Plan::Apply { fetch } => fetch,
         };
         let replica = Arc::clone(&self.replica);
@@ -244,6 +258,14 @@ impl<R: Replica> Replicator<R> {
             }
         };
         changed.map_err(Error::Replica)
+    }
+
+    async fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan> {
+        let replica = Arc::clone(&self.replica);
+        let (r, u) = (repo.to_owned(), update.to_vec());
+        blocking(move || replica.plan(&r, &u))
+            .await?
+            .map_err(Error::Peer)
     }
 
     /// Exchange logs with `peer` for every followed repository.
