@@ -252,56 +252,74 @@ impl Replica for NodeReplica {
             return Ok(Plan::Known);
         }
         let odb = repo.objects().map_err(err)?;
-        let mut wants = Vec::new();
+        let mut missing = Vec::new();
         for c in cert.commands() {
             if let Some(new) = maybe_oid(&c.new)? {
-                if !odb.contains(&new) && !wants.contains(&new) {
-                    wants.push(new);
+                if !odb.contains(&new) && !missing.contains(&c.new) {
+                    missing.push(c.new.clone());
                 }
             }
         }
-        if wants.is_empty() {
-            return Ok(Plan::Apply { fetch: None });
-        }
-        let haves: Vec<ObjectId> = repo
+        Ok(Plan::Apply { missing })
+    }
+
+    fn fetch_request(
+        &self,
+        repo: &str,
+        wants: &[String],
+        extra_haves: &[String],
+    ) -> Result<Vec<u8>, String> {
+        let (_, repo, _) = self.repo(repo)?;
+        let parse =
+            |hex: &String| maybe_oid(hex).and_then(|o| o.ok_or_else(|| "null id".to_owned()));
+        let wants: Vec<ObjectId> = wants.iter().map(parse).collect::<Result<_, _>>()?;
+        let mut haves: Vec<ObjectId> = repo
             .refs()
             .map_err(err)?
             .into_iter()
             .map(|r| r.id)
             .collect();
-        let req = fetch_request(&wants, &haves);
-        Ok(Plan::Apply { fetch: Some(req) })
+        for h in extra_haves {
+            haves.push(parse(h)?);
+        }
+        Ok(fetch_request(&wants, &haves))
     }
 
-    fn apply(
+    fn receive(
         &self,
         repo_name: &str,
-        update: &[u8],
-        pack: Option<&mut dyn BufRead>,
-    ) -> Result<bool, String> {
+        tips: &[String],
+        pack: &mut dyn BufRead,
+    ) -> Result<(), String> {
+        let (_, repo, _) = self.repo(repo_name)?;
+        let odb = repo.objects().map_err(err)?;
+        let tips: Vec<ObjectId> = tips
+            .iter()
+            .filter_map(|t| maybe_oid(t).transpose())
+            .collect::<Result<_, _>>()?;
+        let mut reader = std::io::BufReader::new(guts_git::pktline::PackfileReader::new(pack));
+        let q = guts_git::pack_in::receive(
+            &repo.objects_dir(),
+            &odb,
+            &mut reader,
+            self.max_pack_bytes,
+            &mut |_| {},
+        )
+        .map_err(err)?;
+        q.check_connectivity(&odb, &tips).map_err(err)?;
+        q.publish(&repo.objects_dir()).map_err(err)
+    }
+
+    fn apply(&self, repo_name: &str, update: &[u8]) -> Result<bool, String> {
         let (name, repo, identity) = self.repo(repo_name)?;
         let update =
             SignedRefUpdate::decode(update).map_err(|e| format!("undecodable update: {e}"))?;
         let cert = self.verify(&identity, &update)?;
-        let odb = repo.objects().map_err(err)?;
         let tips: Vec<ObjectId> = cert
             .commands()
             .iter()
             .filter_map(|c| maybe_oid(&c.new).transpose())
             .collect::<Result<_, _>>()?;
-        if let Some(pack) = pack {
-            let mut reader = std::io::BufReader::new(guts_git::pktline::PackfileReader::new(pack));
-            let q = guts_git::pack_in::receive(
-                &repo.objects_dir(),
-                &odb,
-                &mut reader,
-                self.max_pack_bytes,
-                &mut |_| {},
-            )
-            .map_err(err)?;
-            q.check_connectivity(&odb, &tips).map_err(err)?;
-            q.publish(&repo.objects_dir()).map_err(err)?;
-        }
         let odb = repo.objects().map_err(err)?;
         if let Some(missing) = tips.iter().find(|t| !odb.contains(t)) {
             return Err(format!("object {missing} is missing after the fetch"));

@@ -26,7 +26,7 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 use tokio_util::io::SyncIoBridge;
 
 use crate::error::{Error, Result};
-use crate::limits::{MAX_LOG_ENTRIES, STREAM_TIMEOUT};
+use crate::limits::{FETCH_TIPS_PER_ROUND, MAX_LOG_ENTRIES, STREAM_TIMEOUT};
 use crate::network::{Event, Handle};
 use crate::wire::{
     read_frame, topic, write_frame, Announce, Items, Kind, Request, REPLICATION_PROTOCOL,
@@ -49,11 +49,10 @@ pub enum Plan {
     /// The update was accepted under a newer identity document than this
     /// node holds: fetch the document chain from the peer first.
     NeedIdentity,
-    /// Valid; these objects must be fetched first (a v2 fetch request body),
-    /// or none if all are present.
+    /// Valid; these new tips (hex ids) must be fetched first, if any.
     Apply {
-        /// The fetch request, if objects are missing.
-        fetch: Option<Vec<u8>>,
+        /// Tips whose objects are missing.
+        missing: Vec<String>,
     },
 }
 
@@ -73,14 +72,25 @@ pub trait Replica: Send + Sync + 'static {
     fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
     /// Check an update (signature, delegate, repository) and say what applying it needs.
     fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, String>;
-    /// Apply a checked update; `pack` is the peer's fetch response when
-    /// objects were missing. Returns whether anything changed.
-    fn apply(
+    /// A v2 fetch request for `wants`, with the local tips and `extra_haves`
+    /// (tips fetched in earlier rounds) as haves.
+    fn fetch_request(
         &self,
         repo: &str,
-        update: &[u8],
-        pack: Option<&mut dyn BufRead>,
-    ) -> std::result::Result<bool, String>;
+        wants: &[String],
+        extra_haves: &[String],
+    ) -> std::result::Result<Vec<u8>, String>;
+    /// Receive a peer's fetch response for `tips` through the quarantine
+    /// (hashes, connectivity) and keep its objects.
+    fn receive(
+        &self,
+        repo: &str,
+        tips: &[String],
+        pack: &mut dyn BufRead,
+    ) -> std::result::Result<(), String>;
+    /// Apply a checked update whose objects are all present. Returns whether
+    /// anything changed.
+    fn apply(&self, repo: &str, update: &[u8]) -> std::result::Result<bool, String>;
     /// Answer a peer's v2 fetch request with upload-pack's output.
     fn serve_fetch(
         &self,
@@ -228,36 +238,47 @@ impl<R: Replica> Replicator<R> {
                 .map_err(Error::Peer)?;
             plan = self.plan(repo, &update).await?;
         }
-        let fetch = match plan {
+        let missing = match plan {
             Plan::Known => return Ok(false),
             Plan::NeedIdentity => {
                 return Err(Error::Peer(
                     "the update needs an identity document the peer does not have".into(),
                 ))
             }
-            Plan::Apply { fetch } => fetch,
+            Plan::Apply { missing } => missing,
         };
+        // A few tips per round: what arrived stays if the connection drops,
+        // and the next attempt asks only for the rest.
+        let mut fetched: Vec<String> = Vec::new();
+        for chunk in missing.chunks(FETCH_TIPS_PER_ROUND) {
+            let replica = Arc::clone(&self.replica);
+            let (r, wants, haves) = (repo.to_owned(), chunk.to_vec(), fetched.clone());
+            let body = blocking(move || replica.fetch_request(&r, &wants, &haves))
+                .await?
+                .map_err(Error::Replica)?;
+            let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
+            let req = Request {
+                kind: Kind::Fetch as i32,
+                repo: repo.to_owned(),
+                body,
+            };
+            write_frame(&mut stream, &req).await?;
+            let reader = SyncIoBridge::new(stream.compat());
+            let replica = Arc::clone(&self.replica);
+            let (r, tips) = (repo.to_owned(), chunk.to_vec());
+            blocking(move || {
+                let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+                replica.receive(&r, &tips, &mut reader)
+            })
+            .await?
+            .map_err(Error::Peer)?;
+            fetched.extend_from_slice(chunk);
+        }
         let replica = Arc::clone(&self.replica);
         let r = repo.to_owned();
-        let changed = match fetch {
-            None => blocking(move || replica.apply(&r, &update, None)).await?,
-            Some(body) => {
-                let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
-                let req = Request {
-                    kind: Kind::Fetch as i32,
-                    repo: repo.to_owned(),
-                    body,
-                };
-                write_frame(&mut stream, &req).await?;
-                let reader = SyncIoBridge::new(stream.compat());
-                blocking(move || {
-                    let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
-                    replica.apply(&r, &update, Some(&mut reader))
-                })
-                .await?
-            }
-        };
-        changed.map_err(Error::Replica)
+        blocking(move || replica.apply(&r, &update))
+            .await?
+            .map_err(Error::Replica)
     }
 
     async fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan> {
