@@ -4,98 +4,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
+use common::p2p::*;
 use common::*;
 use tempfile::TempDir;
 
-/// Start a node that replicates, optionally bootstrapping from `peer`.
-/// Without the DHT, a node connects only to the peers it is given, so the
-/// topology is exactly the one a test builds.
-fn peer_node(dir: &Path, bootstrap: Option<&str>) -> Node {
-    peer_node_with(dir, bootstrap, false)
-}
-
-fn peer_node_with(dir: &Path, bootstrap: Option<&str>, dht: bool) -> Node {
-    let mut args = vec!["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
-    if !dht {
-        args.push("--no-dht");
-    }
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    Node::start_with(dir, &args)
-}
-
-fn p2p_addr(node: &Node) -> String {
-    let text = std::fs::read_to_string(node.data_dir().join("p2p.addr")).expect("p2p.addr");
-    text.lines().next().expect("an address").trim().to_owned()
-}
-
-fn peer_id(node: &Node) -> String {
-    node.get("/api/v1/node").json()["peer_id"]
-        .as_str()
-        .expect("peer id")
-        .to_owned()
-}
-
-fn connected(node: &Node) -> Vec<String> {
-    node.get("/api/v1/node").json()["connected_peers"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
-fn seed(node: &Node, owner: &str, name: &str) {
-    let resp = node.post_json(
-        &format!("/api/v1/repos/{owner}/{name}/seed"),
-        &serde_json::json!({}),
-    );
-    assert_eq!(resp.status, 200, "seed: {}", resp.text());
+/// A replicating node without the DHT: it connects only to the peers it is
+/// given, so the topology is exactly the one a test builds.
+fn line_node(dir: &Path, bootstrap: Option<&str>) -> Node {
+    peer_node(dir, bootstrap, false)
 }
 
 fn log_len(node: &Node, owner: &str, name: &str) -> usize {
-    node.get(&format!("/api/v1/repos/{owner}/{name}/updates"))
-        .json()
-        .as_array()
-        .map_or(0, Vec::len)
-}
-
-/// Poll until `f` holds, or fail after `secs` with `what`.
-fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn wait_connected(node: &Node, n: usize) {
-    eventually(20, "peer connections", || connected(node).len() >= n);
-}
-
-fn same_refs(a: &Node, b: &Node, owner: &str, name: &str) -> bool {
-    let x = a.server_refs(owner, name);
-    !x.is_empty() && x == b.server_refs(owner, name)
-}
-
-fn clone_refs(node: &Node, owner: &str, name: &str, dest: &Path) -> BTreeMap<String, String> {
-    git_ok(
-        dest.parent().expect("parent"),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &node.repo_url(owner, name),
-            dest.to_str().expect("utf-8"),
-        ],
-    );
-    assert_fsck(dest);
-    refs_of(dest)
+    updates(node, owner, name).len()
 }
 
 struct Line {
@@ -113,9 +35,9 @@ struct Line {
 fn line() -> Line {
     let tmp = TempDir::new().expect("tmp");
     let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|d| tmp.path().join(d)).collect();
-    let a = peer_node(&dirs[0], None);
-    let b = peer_node(&dirs[1], Some(&p2p_addr(&a)));
-    let c = peer_node(&dirs[2], Some(&p2p_addr(&b)));
+    let a = line_node(&dirs[0], None);
+    let b = line_node(&dirs[1], Some(&p2p_addr(&a)));
+    let c = line_node(&dirs[2], Some(&p2p_addr(&b)));
     wait_connected(&b, 2);
     a.create_repo("alice", "demo");
     let work = tmp.path().join("work");
@@ -209,7 +131,7 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
     eventually(30, "B has both pushes", || {
         l.b.server_refs(&l.owner, "demo").get("refs/heads/main") == Some(&c2)
     });
-    let c = peer_node(&l.dirs[2], Some(&p2p_addr(&l.b)));
+    let c = line_node(&l.dirs[2], Some(&p2p_addr(&l.b)));
     eventually(30, "C caught up", || same_refs(&l.a, &c, &l.owner, "demo"));
     assert_eq!(
         log_len(&c, &l.owner, "demo"),
@@ -218,7 +140,7 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
 
     // D knows only B, and seeds the repository by its canonical name.
     let d_dir = l._tmp.path().join("d");
-    let d = peer_node(&d_dir, Some(&p2p_addr(&l.b)));
+    let d = line_node(&d_dir, Some(&p2p_addr(&l.b)));
     wait_connected(&d, 1);
     seed(&d, &l.owner, "demo");
     assert!(same_refs(&l.a, &d, &l.owner, "demo"));
@@ -308,14 +230,14 @@ fn concurrent_pushes_to_two_nodes_converge_everywhere() {
 fn seeding_finds_a_provider_through_the_dht() {
     let tmp = TempDir::new().expect("tmp");
     // A has the repository; B only routes; C knows only B.
-    let a = peer_node_with(&tmp.path().join("a"), None, true);
-    let b = peer_node_with(&tmp.path().join("b"), Some(&p2p_addr(&a)), true);
+    let a = peer_node(&tmp.path().join("a"), None, true);
+    let b = peer_node(&tmp.path().join("b"), Some(&p2p_addr(&a)), true);
     wait_connected(&b, 1);
     a.create_repo("alice", "dht");
     let work = tmp.path().join("w");
     let head = init_work_repo(&work);
     git_ok(&work, &["push", "-q", &a.repo_url("alice", "dht"), "main"]);
-    let c = peer_node_with(&tmp.path().join("c"), Some(&p2p_addr(&b)), true);
+    let c = peer_node(&tmp.path().join("c"), Some(&p2p_addr(&b)), true);
     wait_connected(&c, 1);
     let owner = test_identity().owner_id();
     // A's provider record reaches the DHT shortly after creation.

@@ -198,11 +198,14 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .message_id_fn(|m: &gossipsub::Message| {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    m.source.hash(&mut h);
-                    m.data.hash(&mut h);
-                    gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+                    // Same id on every node and version: SHA-256 of author and payload.
+                    use sha2::{Digest, Sha256};
+                    let mut h = Sha256::new();
+                    if let Some(src) = &m.source {
+                        h.update(src.to_bytes());
+                    }
+                    h.update(&m.data);
+                    gossipsub::MessageId::from(h.finalize().to_vec())
                 })
                 .build()
                 .map_err(|e| e.to_string())?;

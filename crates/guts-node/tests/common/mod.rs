@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod p2p;
 
 use std::collections::BTreeMap;
 use std::fs;

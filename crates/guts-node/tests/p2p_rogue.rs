@@ -1,0 +1,820 @@
+//! Rogue peers against real node processes. An in-process libp2p peer (the
+//! node's own `guts_p2p::network`, driven by the test) joins a repository's
+//! gossip topic and replication protocol and lies: it announces updates
+//! nobody authorized, and serves packs that are not what was asked for. The
+//! nodes must refuse all of it, leave nothing behind, and keep working with
+//! honest peers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::p2p::*;
+use common::*;
+use futures_util::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use guts_identity::{Doc, PushCert, SignedRefUpdate};
+use guts_p2p::network::{self, Handle, NetworkConfig};
+use guts_p2p::wire::{self, Announce, Items, Kind, Request};
+use guts_p2p::{Multiaddr, NodeKeypair, PeerId};
+use prost::Message;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+
+// ---------------------------------------------------------------------------
+// Nodes
+// ---------------------------------------------------------------------------
+
+fn peer_id_of(node: &Node) -> PeerId {
+    let addr = p2p_addr(node);
+    let (_, id) = addr
+        .rsplit_once("/p2p/")
+        .expect("address ends with /p2p/<id>");
+    id.parse().expect("peer id")
+}
+
+fn connected(node: &Node) -> Vec<String> {
+    node.get("/api/v1/node").json()["connected_peers"]
+        .as_array()
+        .expect("connected_peers array")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn certificates(node: &Node, owner: &str, name: &str) -> Vec<String> {
+    updates(node, owner, name)
+        .iter()
+        .map(|u| u["certificate"].as_str().expect("certificate").to_owned())
+        .collect()
+}
+
+/// The repository id (raw bytes and text) from the node's identity documents.
+fn repo_id(node: &Node, owner: &str, name: &str) -> (Vec<u8>, String) {
+    let view = node
+        .get(&format!("/api/v1/repos/{owner}/{name}/identity"))
+        .json();
+    let genesis = base64::engine::general_purpose::STANDARD
+        .decode(view["versions"][0].as_str().expect("first version"))
+        .expect("base64 document");
+    let id = Doc::from_bytes(&genesis)
+        .and_then(Doc::verify_genesis)
+        .expect("valid genesis document")
+        .genesis_id()
+        .expect("genesis has an id");
+    assert_eq!(view["id"].as_str(), Some(id.to_string().as_str()));
+    (id.0.to_vec(), id.to_string())
+}
+
+/// The node's log without ANSI colour sequences.
+fn plain_log(node: &Node) -> String {
+    let log = node.log();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Log lines containing every one of `needles`.
+fn log_lines(node: &Node, needles: &[&str]) -> Vec<String> {
+    plain_log(node)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The node's object directory of a repository (its refs live in the node's
+/// database, so this is not a git repository by itself).
+fn objects_dir(node: &Node, owner: &str, name: &str) -> PathBuf {
+    node.data_dir()
+        .join("repos")
+        .join(owner)
+        .join(format!("{name}.git"))
+        .join("objects")
+}
+
+/// Whether `objects` holds object `id`, asked of stock git through a scratch
+/// repository borrowing that object directory.
+fn has_object(objects: &Path, id: &str) -> bool {
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guts-rogue-lookup.git");
+    if !scratch.join("HEAD").exists() {
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        git_ok(&scratch, &["init", "-q", "--bare"]);
+    }
+    let objects = objects.to_str().expect("utf-8 path");
+    git_env(
+        &scratch,
+        &["cat-file", "-e", id],
+        &[("GIT_OBJECT_DIRECTORY", objects)],
+    )
+    .status
+    .success()
+}
+
+/// Every path under `dir`, relative to it.
+fn listing(dir: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            let rel = path.strip_prefix(root).expect("under root");
+            out.insert(rel.display().to_string());
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The rogue peer
+// ---------------------------------------------------------------------------
+
+/// What the rogue answers on replication streams, whatever is asked.
+#[derive(Clone)]
+struct Answers {
+    /// Entries sent for `Kind::Log` (the node asks on every new connection).
+    log: Vec<Vec<u8>>,
+    /// Raw bytes sent for `Kind::Fetch`.
+    fetch: Vec<u8>,
+}
+
+struct Rogue {
+    net: Handle,
+    /// Bodies of the `Fetch` requests the node sent to the rogue.
+    fetches: Arc<Mutex<Vec<String>>>,
+}
+
+impl Rogue {
+    /// Start a libp2p peer in `rt` that dials `bootstrap` and answers
+    /// replication streams with `answers`.
+    fn start(rt: &Runtime, bootstrap: &[&str], answers: Answers) -> Rogue {
+        let bootstrap: Vec<Multiaddr> = bootstrap
+            .iter()
+            .map(|a| a.parse().expect("bootstrap address"))
+            .collect();
+        rt.block_on(async move {
+            let (net, mut events) = network::start(NetworkConfig {
+                keypair: NodeKeypair::generate_ed25519(),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("listen address")],
+                bootstrap,
+                mdns: false,
+                dht: false,
+            })
+            .await
+            .expect("start the rogue's network");
+            // Registered before the dial can complete, so the node's log
+            // request right after connecting is answered too.
+            let mut incoming = net
+                .accept(wire::REPLICATION_PROTOCOL)
+                .expect("accept replication streams");
+            // Keep the swarm's event channel flowing; gossip the rogue
+            // receives is never validated, hence never forwarded by it.
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            let fetches = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&fetches);
+            tokio::spawn(async move {
+                while let Some((_peer, stream)) = incoming.next().await {
+                    tokio::spawn(serve(stream, answers.clone(), Arc::clone(&seen)));
+                }
+            });
+            Rogue { net, fetches }
+        })
+    }
+
+    fn peer_id(&self) -> PeerId {
+        self.net.peer_id()
+    }
+
+    fn connected(&self, rt: &Runtime) -> Vec<PeerId> {
+        rt.block_on(self.net.status())
+            .expect("rogue status")
+            .connected
+    }
+
+    fn wait_connected_to(&self, rt: &Runtime, peer: PeerId) {
+        eventually(20, "the rogue connects to the node", || {
+            self.connected(rt).contains(&peer)
+        });
+    }
+
+    fn subscribe(&self, rt: &Runtime, topic: &str) {
+        rt.block_on(self.net.subscribe(topic)).expect("subscribe");
+    }
+
+    /// Publish (fire and forget; a message already published once is
+    /// dropped by gossipsub itself, so repeating is harmless).
+    fn publish(&self, rt: &Runtime, topic: &str, data: &[u8]) {
+        rt.block_on(self.net.publish(topic, data.to_vec()))
+            .expect("publish");
+    }
+
+    fn fetches(&self) -> Vec<String> {
+        self.fetches.lock().expect("fetch list").clone()
+    }
+}
+
+async fn serve<S>(mut stream: S, answers: Answers, fetches: Arc<Mutex<Vec<String>>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(req) = wire::read_frame::<_, Request>(&mut stream).await else {
+        return;
+    };
+    let _ = match Kind::try_from(req.kind) {
+        Ok(Kind::Log) => {
+            let items = Items {
+                items: answers.log.clone(),
+                error: String::new(),
+            };
+            wire::write_frame(&mut stream, &items).await
+        }
+        Ok(Kind::Identity) | Err(_) => {
+            let items = Items {
+                items: Vec::new(),
+                error: "not telling".into(),
+            };
+            wire::write_frame(&mut stream, &items).await
+        }
+        Ok(Kind::Fetch) => {
+            fetches
+                .lock()
+                .expect("fetch list")
+                .push(String::from_utf8_lossy(&req.body).into_owned());
+            stream.write_all(&answers.fetch).await.map_err(Into::into)
+        }
+    };
+    let _ = stream.close().await;
+}
+
+/// A protocol v2 fetch response carrying `pack` on side-band 1.
+fn fetch_response(pack: &[u8]) -> Vec<u8> {
+    let mut out = pkt(b"packfile\n");
+    for chunk in pack.chunks(65515) {
+        let mut data = vec![1u8];
+        data.extend_from_slice(chunk);
+        out.extend(pkt(&data));
+    }
+    out.extend_from_slice(b"0000");
+    out
+}
+
+fn announce(repo: &str, update: &[u8]) -> Vec<u8> {
+    Announce {
+        repo: repo.to_owned(),
+        update: update.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+// ---------------------------------------------------------------------------
+// Packs by hand
+// ---------------------------------------------------------------------------
+
+/// SHA-1 (for pack trailers and object ids of hand-made objects).
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h = gix_hash::hasher(gix_hash::Kind::Sha1);
+    h.update(data);
+    let id = h.try_finalize().expect("sha1 without collision");
+    id.as_bytes().try_into().expect("20 bytes")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const KIND_NAMES: [&str; 5] = ["", "commit", "tree", "blob", "tag"];
+
+/// The git object id of a `kind` (pack type number) object with `data`.
+fn object_id(kind: u8, data: &[u8]) -> String {
+    let mut raw = format!("{} {}\0", KIND_NAMES[kind as usize], data.len()).into_bytes();
+    raw.extend_from_slice(data);
+    hex(&sha1(&raw))
+}
+
+/// One undeltified object of a pack.
+struct PackEntry {
+    kind: u8,
+    data: Vec<u8>,
+    /// Where its zlib stream lies in the pack.
+    zlib: std::ops::Range<usize>,
+}
+
+/// The objects of a pack without deltas.
+fn parse_pack(pack: &[u8]) -> Vec<PackEntry> {
+    let mut pos = 12;
+    let mut entries = Vec::new();
+    for _ in 0..pack_object_count(pack) {
+        let mut c = pack[pos];
+        pos += 1;
+        let kind = (c >> 4) & 7;
+        let mut size = usize::from(c & 15);
+        let mut shift = 4;
+        while c & 0x80 != 0 {
+            c = pack[pos];
+            pos += 1;
+            size |= usize::from(c & 0x7f) << shift;
+            shift += 7;
+        }
+        assert!((1..=4).contains(&kind), "unexpected delta in the test pack");
+        let mut z = flate2::bufread::ZlibDecoder::new(&pack[pos..]);
+        let mut data = Vec::new();
+        z.read_to_end(&mut data).expect("inflate pack entry");
+        assert_eq!(data.len(), size, "pack entry size");
+        let used = usize::try_from(z.total_in()).expect("size");
+        entries.push(PackEntry {
+            kind,
+            data,
+            zlib: pos..pos + used,
+        });
+        pos += used;
+    }
+    assert_eq!(pos + 20, pack.len(), "pack parsed to its trailer");
+    entries
+}
+
+/// A pack of undeltified objects, with a correct trailer.
+fn build_pack(objects: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut pack = b"PACK".to_vec();
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&u32::try_from(objects.len()).expect("count").to_be_bytes());
+    for (kind, data) in objects {
+        let mut size = data.len();
+        let mut c = (kind << 4) | (size & 15) as u8;
+        size >>= 4;
+        while size > 0 {
+            pack.push(c | 0x80);
+            c = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        pack.push(c);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(data).expect("deflate");
+        pack.extend(z.finish().expect("deflate"));
+    }
+    let trailer = sha1(&pack);
+    pack.extend_from_slice(&trailer);
+    pack
+}
+
+/// Recompute a pack's trailer after editing it.
+fn fix_trailer(pack: &mut [u8]) {
+    let body = pack.len() - 20;
+    let trailer = sha1(&pack[..body]);
+    pack[body..].copy_from_slice(&trailer);
+}
+
+/// Whether stock git accepts `pack` (`index-pack --fsck-objects`) in a scratch repository.
+fn git_accepts_pack(scratch: &Path, pack: &[u8]) -> bool {
+    if !scratch.join("HEAD").exists() {
+        std::fs::create_dir_all(scratch).expect("scratch dir");
+        git_ok(scratch, &["init", "-q", "--bare"]);
+    }
+    git_stdin(scratch, &["index-pack", "--stdin", "--fsck-objects"], pack)
+        .status
+        .success()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// A and B replicate a repository; a rogue peer connected to A announces
+/// updates that no delegate authorized (signed by a stranger, tampered with
+/// after a delegate signed, signed by the delegate for another repository),
+/// over gossip and in its log when A catches up with it. Neither node moves
+/// a ref or logs anything, A never even asks the rogue for objects, A tells
+/// gossipsub the messages are invalid (so they go no further), and honest
+/// replication A → B still works afterwards with the rogue still connected.
+#[test]
+fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
+    let tmp = TempDir::new().expect("tmp");
+    let a = peer_node(&tmp.path().join("a"), None, true);
+    let a_addr = p2p_addr(&a);
+    let a_peer = peer_id_of(&a);
+    let b = peer_node(&tmp.path().join("b"), Some(&a_addr), true);
+    let owner = test_identity().owner_id();
+    let repo = format!("{owner}/demo");
+
+    a.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c1 = init_work_repo(&work);
+    git_ok(&work, &["push", "-q", &a.repo_url("alice", "demo"), "main"]);
+    eventually(20, "B connects to A", || !connected(&b).is_empty());
+    seed(&b, &owner, "demo");
+    eventually(20, "B has A's refs", || {
+        b.server_refs(&owner, "demo") == a.server_refs(&owner, "demo")
+    });
+    let refs_before = a.server_refs(&owner, "demo");
+    assert_eq!(refs_before.get("refs/heads/main"), Some(&c1));
+    let log_before = certificates(&a, &owner, "demo");
+    assert_eq!(log_before.len(), 1, "one push, one log entry");
+    assert_eq!(certificates(&b, &owner, "demo"), log_before);
+
+    // The rogue's commit: on top of c1, never pushed anywhere. The rogue
+    // would serve it, so only verification can keep it out.
+    let tree = rev_parse(&work, "HEAD^{tree}");
+    let evil = git_ok(&work, &["commit-tree", &tree, "-p", &c1, "-m", "evil"]);
+    let evil_pack = pack_objects(&work, &[&evil, &format!("^{c1}")], false);
+
+    let (id_bytes, id_text) = repo_id(&a, &owner, "demo");
+    let topic = wire::topic(&id_text);
+    let mallory = TestIdentity::from_seed("mallory", 0x66);
+    let nonce = "1700000000-0123456789abcdef";
+    let by_stranger = push_certificate(
+        &mallory,
+        &a.repo_url(&owner, "demo"),
+        nonce,
+        &[
+            format!("{c1} {evil} refs/heads/main"),
+            format!("{ZERO_ID} {c1} refs/heads/evil"),
+        ],
+    );
+    let signer = PushCert::parse(&by_stranger)
+        .and_then(PushCert::verify)
+        .expect("mallory's signature itself is valid")
+        .signer();
+    assert_eq!(signer, mallory.key.did());
+    let genuine = &log_before[0];
+    let tampered = genuine.replacen(
+        &format!("{ZERO_ID} {c1} refs/heads/main"),
+        &format!("{ZERO_ID} {evil} refs/heads/main"),
+        1,
+    );
+    assert_ne!(&tampered, genuine, "the certificate was tampered with");
+    assert!(PushCert::parse(&tampered)
+        .and_then(PushCert::verify)
+        .is_err());
+    let for_other_repo = push_certificate(
+        test_identity(),
+        &a.repo_url(&owner, "other"),
+        nonce,
+        &[format!("{c1} {evil} refs/heads/main")],
+    );
+    let forged: Vec<(&str, Vec<u8>, &str)> = [
+        ("signed by a non-delegate", by_stranger, "is not a delegate"),
+        (
+            "tampered after a delegate signed",
+            tampered,
+            "signature does not match",
+        ),
+        (
+            "signed by the delegate for another repository",
+            for_other_repo,
+            "not for this repository",
+        ),
+    ]
+    .into_iter()
+    .map(|(what, certificate, reason)| {
+        let update = SignedRefUpdate {
+            repo_id: id_bytes.clone(),
+            certificate,
+            doc_version: 1,
+        };
+        (what, update.encode_to_vec(), reason)
+    })
+    .collect();
+
+    let rt = runtime();
+    let b_addr = p2p_addr(&b);
+    let b_peer = peer_id_of(&b);
+    let rogue = Rogue::start(
+        &rt,
+        &[&a_addr, &b_addr],
+        Answers {
+            log: forged.iter().map(|(_, u, _)| u.clone()).collect(),
+            fetch: fetch_response(&evil_pack),
+        },
+    );
+    let rogue_id = rogue.peer_id().to_string();
+    rogue.wait_connected_to(&rt, a_peer);
+    rogue.wait_connected_to(&rt, b_peer);
+    rogue.subscribe(&rt, &topic);
+
+    // Publishing fails quietly until the nodes' subscriptions reached the
+    // rogue: keep publishing until both have judged all three (each
+    // message is delivered once; repeats are dropped as duplicates).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (_, update, _) in &forged {
+            rogue.publish(&rt, &topic, &announce(&repo, update));
+        }
+        let rejected: Vec<usize> = [&a, &b]
+            .iter()
+            .map(|n| log_lines(n, &["rejecting an invalid announcement", &rogue_id]).len())
+            .collect();
+        if rejected.iter().all(|&r| r >= forged.len()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A and B rejected {rejected:?} of {} announcements from the rogue",
+            forged.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Catch-up on connection: each node asked the rogue for its log and
+    // refused every entry.
+    eventually(10, "A and B refuse the rogue's log entries", || {
+        [&a, &b]
+            .iter()
+            .all(|n| log_lines(n, &["log entry refused", &rogue_id]).len() >= forged.len())
+    });
+    // Give gossip time to go anywhere it (wrongly) could.
+    std::thread::sleep(Duration::from_secs(2));
+
+    for (node, label) in [(&a, "A"), (&b, "B")] {
+        for (what, _, reason) in &forged {
+            let lines = log_lines(node, &["announcement not applied", &rogue_id, reason]);
+            assert!(
+                !lines.is_empty(),
+                "{label} gave no reason ({reason:?}) for refusing the update {what}"
+            );
+            println!("{label}, update {what}: {}", lines[0].trim());
+        }
+    }
+    for node in [&a, &b] {
+        assert_eq!(node.server_refs(&owner, "demo"), refs_before);
+        assert_eq!(certificates(node, &owner, "demo"), log_before);
+        let objects = objects_dir(node, &owner, "demo");
+        assert!(has_object(&objects, &c1), "the object lookup works");
+        assert!(!has_object(&objects, &evil), "the rogue's commit got in");
+    }
+    assert!(
+        rogue.fetches().is_empty(),
+        "a node asked the rogue for objects of an unverified update: {:?}",
+        rogue.fetches()
+    );
+    // Nothing was applied anywhere: A never replicated an update, B only the
+    // one it seeded (and A forwarded nothing to B: B's only rejections are
+    // of what the rogue sent it directly).
+    assert!(log_lines(&b, &["rejecting an invalid announcement"])
+        .iter()
+        .all(|l| l.contains(&rogue_id)));
+    assert_eq!(log_lines(&a, &["replicated a signed update"]).len(), 0);
+    assert_eq!(log_lines(&b, &["replicated a signed update"]).len(), 1);
+
+    // Harmless whether A keeps the rogue connected or cuts it off: an honest
+    // push to A reaches B as usual, and the rogue is asked for nothing.
+    let still = rogue.connected(&rt);
+    println!(
+        "rogue still connected after the attack: to A {}, to B {}",
+        still.contains(&a_peer),
+        still.contains(&b_peer)
+    );
+    let c2 = commit_file(&work, "NEWS.md", "still fine\n", "after the attack");
+    git_ok(&work, &["push", "-q", &a.repo_url("alice", "demo"), "main"]);
+    eventually(20, "B follows the honest push", || {
+        b.server_refs(&owner, "demo").get("refs/heads/main") == Some(&c2)
+    });
+    assert_eq!(b.server_refs(&owner, "demo"), a.server_refs(&owner, "demo"));
+    assert_eq!(certificates(&b, &owner, "demo").len(), 2);
+    assert_eq!(
+        certificates(&b, &owner, "demo"),
+        certificates(&a, &owner, "demo")
+    );
+    assert!(rogue.fetches().is_empty());
+    drop(rogue);
+    rt.shutdown_background();
+}
+
+/// A valid signed update whose objects A lacks (pushed to A2 while A2 was
+/// cut off) is replayed by rogue peers that then answer A's object fetch
+/// with the wrong data: another commit, the wanted commit rewritten (so its
+/// id differs), the commit without its tree, a flipped byte inside
+/// compressed data (trailer recomputed), a truncated pack. A refuses each:
+/// refs and log unchanged, no quarantine left, no object kept. When A later
+/// meets A2, it applies the very same update with A2's objects.
+#[test]
+fn objects_with_a_wrong_hash_are_rejected() {
+    let tmp = TempDir::new().expect("tmp");
+    let a = peer_node(&tmp.path().join("a"), None, true);
+    let a_addr = p2p_addr(&a);
+    let a_peer = peer_id_of(&a);
+    let owner = test_identity().owner_id();
+    let repo = format!("{owner}/demo");
+    a.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c1 = init_work_repo(&work);
+    git_ok(&work, &["push", "-q", &a.repo_url("alice", "demo"), "main"]);
+
+    // A2 seeds from A, then is restarted on its own.
+    let a2_dir = tmp.path().join("a2");
+    let mut a2 = peer_node(&a2_dir, Some(&a_addr), true);
+    eventually(20, "A2 connects to A", || !connected(&a2).is_empty());
+    seed(&a2, &owner, "demo");
+    eventually(20, "A2 has A's refs", || {
+        a2.server_refs(&owner, "demo") == a.server_refs(&owner, "demo")
+    });
+    a2.stop();
+    let mut a2 = peer_node(&a2_dir, None, true);
+    assert!(connected(&a2).is_empty(), "A2 is isolated");
+
+    let big: String = (0..200)
+        .map(|i| format!("line {i} of a bigger file\n"))
+        .collect();
+    let c2 = commit_file(&work, "big.txt", &big, "add big.txt");
+    git_ok(&work, &["push", "-q", &a2.repo_url(&owner, "demo"), "main"]);
+    assert_eq!(
+        a2.server_refs(&owner, "demo").get("refs/heads/main"),
+        Some(&c2)
+    );
+    assert_eq!(
+        a.server_refs(&owner, "demo").get("refs/heads/main"),
+        Some(&c1)
+    );
+    let a2_log = updates(&a2, &owner, "demo");
+    assert_eq!(a2_log.len(), 2);
+    let logged = a2_log.last().expect("A2's update");
+    assert_eq!(
+        logged["updates"][0].as_str(),
+        Some(format!("{c1} {c2} refs/heads/main").as_str())
+    );
+    let (id_bytes, id_text) = repo_id(&a, &owner, "demo");
+    let topic = wire::topic(&id_text);
+    let certificate = logged["certificate"].as_str().expect("certificate");
+    let update = SignedRefUpdate {
+        repo_id: id_bytes,
+        certificate: certificate.to_owned(),
+        doc_version: logged["doc_version"].as_u64().expect("doc_version"),
+    }
+    .encode_to_vec();
+
+    // The right objects, and wrong ones.
+    let good = pack_objects(&work, &[&c2, &format!("^{c1}")], false);
+    let entries = parse_pack(&good);
+    let kinds: Vec<u8> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [1, 2, 3], "commit, tree, blob");
+    assert_eq!(object_id(1, &entries[0].data), c2);
+    let (tree, blob) = (
+        object_id(2, &entries[1].data),
+        object_id(3, &entries[2].data),
+    );
+    assert_eq!(rev_parse(&work, "HEAD^{tree}"), tree);
+    assert_eq!(rev_parse(&work, "HEAD:big.txt"), blob);
+
+    let other = git_ok(
+        &work,
+        &[
+            "commit-tree",
+            &tree,
+            "-p",
+            &c1,
+            "-m",
+            "not what you asked for",
+        ],
+    );
+    let other_pack = pack_objects(&work, &[&other, &format!("^{c1}")], false);
+
+    let rewritten_commit = String::from_utf8(entries[0].data.clone())
+        .expect("commit text")
+        .replace("add big.txt", "add BIG.txt")
+        .into_bytes();
+    let rewritten = object_id(1, &rewritten_commit);
+    assert_ne!(rewritten, c2);
+    let rewritten_pack = build_pack(&[
+        (1, &rewritten_commit),
+        (2, &entries[1].data),
+        (3, &entries[2].data),
+    ]);
+    let commit_only = build_pack(&[(1, &entries[0].data)]);
+
+    let mut flipped = good.clone();
+    let z = &entries[2].zlib;
+    flipped[z.start + z.len() / 2] ^= 0x40;
+    fix_trailer(&mut flipped);
+
+    let scratch = tmp.path().join("scratch.git");
+    assert!(git_accepts_pack(&scratch, &rewritten_pack));
+    assert!(
+        !git_accepts_pack(&scratch, &flipped),
+        "the flipped byte must corrupt the pack"
+    );
+
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("a pack of another commit", fetch_response(&other_pack)),
+        (
+            "the wanted commit rewritten (another id)",
+            fetch_response(&rewritten_pack),
+        ),
+        (
+            "the commit without its tree and blob",
+            fetch_response(&commit_only),
+        ),
+        (
+            "a flipped byte in compressed data, trailer recomputed",
+            fetch_response(&flipped),
+        ),
+        ("a truncated pack", fetch_response(&good[..good.len() / 2])),
+    ];
+
+    let objects = objects_dir(&a, &owner, "demo");
+    assert!(has_object(&objects, &c1), "the object lookup works");
+    let objects_before = listing(&objects);
+    let refs_before = a.server_refs(&owner, "demo");
+    let log_before = certificates(&a, &owner, "demo");
+    assert_eq!(log_before.len(), 1);
+
+    let rt = runtime();
+    for (what, response) in &variants {
+        let rogue = Rogue::start(
+            &rt,
+            &[&a_addr],
+            Answers {
+                log: vec![update.clone()],
+                fetch: response.clone(),
+            },
+        );
+        let rogue_id = rogue.peer_id().to_string();
+        rogue.wait_connected_to(&rt, a_peer);
+        rogue.subscribe(&rt, &topic);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while log_lines(&a, &["announcement not applied", &rogue_id]).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "A never acted on the rogue's announcement ({what})"
+            );
+            rogue.publish(&rt, &topic, &announce(&repo, &update));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        eventually(10, "A refuses the rogue's log entry", || {
+            !log_lines(&a, &["log entry refused", &rogue_id]).is_empty()
+        });
+        let fetches = rogue.fetches();
+        assert!(
+            fetches.len() >= 2,
+            "A fetched from the rogue after its announcement and its log ({what}): {fetches:?}"
+        );
+        for f in &fetches {
+            assert!(f.contains(&format!("want {c2}")), "A asked for {f:?}");
+        }
+        for line in log_lines(&a, &[&rogue_id, "not applied"])
+            .iter()
+            .chain(&log_lines(&a, &[&rogue_id, "refused"]))
+        {
+            println!("A, rogue serving {what}: {}", line.trim());
+        }
+        assert_eq!(a.server_refs(&owner, "demo"), refs_before, "{what}");
+        assert_eq!(certificates(&a, &owner, "demo"), log_before, "{what}");
+        drop(rogue);
+    }
+
+    assert_eq!(
+        listing(&objects),
+        objects_before,
+        "the bad packs left something under {}",
+        objects.display()
+    );
+    for id in [&c2, &tree, &blob, &other, &rewritten] {
+        assert!(!has_object(&objects, id), "A kept object {id}");
+    }
+    assert_eq!(a.server_refs(&owner, "demo"), refs_before);
+    assert_eq!(certificates(&a, &owner, "demo"), log_before);
+    rt.shutdown_background();
+
+    // The same update from an honest peer is applied.
+    a2.stop();
+    a2 = peer_node(&a2_dir, Some(&a_addr), true);
+    eventually(30, "A applies A2's update", || {
+        a.server_refs(&owner, "demo").get("refs/heads/main") == Some(&c2)
+    });
+    assert_eq!(
+        a.server_refs(&owner, "demo"),
+        a2.server_refs(&owner, "demo")
+    );
+    let log_after = certificates(&a, &owner, "demo");
+    assert_eq!(log_after.len(), 2);
+    assert_eq!(
+        log_after[1], certificate,
+        "the replayed update, now applied"
+    );
+    assert!(!listing(&objects).iter().any(|p| p.contains("incoming-")));
+    assert!(has_object(&objects, &blob));
+    let clone = clone_refs(&a, &owner, "demo", &tmp.path().join("clone.git"));
+    assert_eq!(clone.get("refs/heads/main"), Some(&c2));
+}
