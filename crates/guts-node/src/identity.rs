@@ -369,14 +369,28 @@ impl PushPolicy for SignedPushPolicy {
 
     fn accepted(&self, cert: Option<&str>, updated: &[String]) {
         let Some(cert) = cert else { return };
+        // Refs the certificate names that this push did not update: git told
+        // the pusher they were rejected, so they must not move anywhere.
+        let mut refused: Vec<String> = PushCert::parse(cert)
+            .map(|c| {
+                c.commands()
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .filter(|n| !updated.contains(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        refused.sort();
+        refused.dedup();
         let update = SignedRefUpdate {
             repo_id: self.identity.id.0.to_vec(),
             certificate: cert.to_owned(),
             doc_version: self.identity.doc.body().version,
+            refused,
         };
         match self.store.append_update(&self.repo, &update) {
             Ok(seq) => {
-                tracing::info!(repo = %self.repo, seq, refs = updated.len(), "signed update logged")
+                tracing::info!(repo = %self.repo, seq, refs = updated.len(), refused = update.refused.len(), "signed update logged")
             }
             Err(e) => {
                 tracing::error!(repo = %self.repo, error = %e, "could not log a signed update");
@@ -384,15 +398,11 @@ impl PushPolicy for SignedPushPolicy {
             }
         }
         if let Some(p2p) = &self.p2p {
-            // Every ref the certificate names is settled (some may have been refused here).
-            let refs = PushCert::parse(cert)
-                .map(|c| c.commands().iter().map(|c| c.name.clone()).collect())
-                .unwrap_or_default();
             p2p.accepted(
                 &self.repo,
                 self.identity.id.to_string(),
                 update.encode_to_vec(),
-                refs,
+                updated.iter().cloned().collect(),
             );
         }
     }

@@ -40,10 +40,21 @@ pub struct P2pOptions {
 
 /// Load the node key from `path`, creating it (mode 0600) on first start.
 fn node_key(path: &Path) -> Result<NodeKeypair, NodeError> {
-    if let Ok(bytes) = std::fs::read(path) {
-        return NodeKeypair::from_protobuf_encoding(&bytes).map_err(|e| {
-            NodeError::Config(format!("node key {} is unreadable: {e}", path.display()))
-        });
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            return NodeKeypair::from_protobuf_encoding(&bytes).map_err(|e| {
+                NodeError::Config(format!("node key {} is unreadable: {e}", path.display()))
+            })
+        }
+        // Only a missing key is replaced: any other failure would silently
+        // change the node's peer id.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(NodeError::Config(format!(
+                "cannot read the node key {}: {e}",
+                path.display()
+            )))
+        }
     }
     let key = NodeKeypair::generate_ed25519();
     let bytes = key
@@ -83,6 +94,7 @@ impl P2p {
             bootstrap: opts.bootstrap,
             mdns: opts.mdns,
             dht: opts.dht,
+            accept: vec![guts_p2p::wire::REPLICATION_PROTOCOL],
         })
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;
@@ -140,6 +152,11 @@ impl P2p {
     ) {
         if let Err(e) = self.replica.settle(repo, &refs) {
             tracing::warn!(%repo, error = %e, "settling refs after a push failed");
+        }
+        if !self.replica.is_seeding(repo) {
+            // Peers would ask for objects this node does not serve.
+            tracing::info!(%repo, "update not announced: this node does not seed the repository");
+            return;
         }
         let s = Seeded {
             name: repo.to_string(),

@@ -17,10 +17,9 @@ use guts_git::names::RepoName;
 use guts_git::storage::{RefUpdate, Repo, Storage};
 use guts_git::ObjectId;
 use guts_identity::{PushCert, SignedRefUpdate, Verified};
-use guts_p2p::conflict;
-use guts_p2p::replication::{Plan, Replica, Seeded};
+use guts_p2p::conflict::{self, Resolution};
+use guts_p2p::replication::{Fault, Plan, Replica, Seeded};
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::identity::{Identity, IdentityStore};
 
@@ -38,6 +37,62 @@ pub struct NodeReplica {
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+/// A failure of this node (storage, database): not the peer's fault.
+fn local(e: impl std::fmt::Display) -> Fault {
+    Fault::Local(e.to_string())
+}
+
+/// Something the peer sent is invalid.
+fn peer(e: impl std::fmt::Display) -> Fault {
+    Fault::Peer(e.to_string())
+}
+
+/// Receiving a pack: a malformed, truncated or disconnected pack is the
+/// peer's fault; the node's own storage failing is not.
+fn pack_fault(e: guts_git::Error) -> Fault {
+    match e {
+        guts_git::Error::Metadata(_) | guts_git::Error::RepoNotFound(_) => local(e),
+        _ => peer(e),
+    }
+}
+
+/// The conflict rule per ref over a log: every update's effective lines
+/// (refused ones left out), keyed by the update's key. Only refs in `only`
+/// when given. Entries whose certificate does not parse are skipped (they
+/// were verified when logged).
+pub fn resolve_log(
+    log: &[SignedRefUpdate],
+    only: Option<&HashSet<String>>,
+) -> Result<std::collections::BTreeMap<String, Resolution>, String> {
+    let mut per_ref: std::collections::BTreeMap<String, Vec<conflict::RefUpdate>> =
+        Default::default();
+    for u in log {
+        let Ok(cert) = PushCert::parse(&u.certificate) else {
+            continue;
+        };
+        let key = u.key();
+        for c in cert.commands() {
+            if u.refused.binary_search(&c.name).is_ok()
+                || only.is_some_and(|o| !o.contains(&c.name))
+            {
+                continue;
+            }
+            per_ref
+                .entry(c.name.clone())
+                .or_default()
+                .push(conflict::RefUpdate {
+                    old: oid20(&c.old)?,
+                    new: oid20(&c.new)?,
+                    key,
+                });
+        }
+    }
+    Ok(per_ref
+        .into_iter()
+        .map(|(name, updates)| (name, conflict::resolve(&updates)))
+        .collect())
 }
 
 fn oid20(hex: &str) -> Result<[u8; 20], String> {
@@ -63,15 +118,20 @@ impl NodeReplica {
         })
     }
 
-    fn repo(&self, name: &str) -> Result<(RepoName, Repo, Identity), String> {
-        let name = RepoName::parse(name).map_err(err)?;
-        let repo = self.storage.open_repo(&name).map_err(err)?;
+    fn repo(&self, name: &str) -> Result<(RepoName, Repo, Identity), Fault> {
+        let name = RepoName::parse(name).map_err(local)?;
+        let repo = self.storage.open_repo(&name).map_err(local)?;
         let identity = self
             .identities
             .current(&name)
-            .map_err(err)?
-            .ok_or_else(|| format!("{name} has no identity document"))?;
+            .map_err(local)?
+            .ok_or_else(|| local(format!("{name} has no identity document")))?;
         Ok((name, repo, identity))
+    }
+
+    /// Whether this node follows (and serves) `name`.
+    pub fn is_seeding(&self, name: &RepoName) -> bool {
+        self.identities.is_seeding(name).unwrap_or(false)
     }
 
     /// Verify a signed update as a peer would: repository id, signature,
@@ -80,13 +140,23 @@ impl NodeReplica {
         &self,
         identity: &Identity,
         update: &SignedRefUpdate,
-    ) -> Result<PushCert<Verified>, String> {
-        let version = usize::try_from(update.doc_version).map_err(err)?;
+    ) -> Result<PushCert<Verified>, Fault> {
+        let version = usize::try_from(update.doc_version).map_err(peer)?;
         let doc = version
             .checked_sub(1)
             .and_then(|i| identity.docs.get(i))
-            .ok_or_else(|| format!("the update refers to identity document version {version}, which this node does not have"))?;
-        update.verify(&identity.id, doc).map_err(err)
+            .ok_or_else(|| peer(format!("the update refers to identity document version {version}, which this node does not have")))?;
+        update.verify(&identity.id, doc).map_err(peer)
+    }
+
+    /// Whether the log already holds `update` (same key).
+    fn is_logged(&self, name: &RepoName, update: &SignedRefUpdate) -> Result<bool, Fault> {
+        let key = update.key();
+        Ok(self
+            .logged(name)
+            .map_err(local)?
+            .iter()
+            .any(|u| u.key() == key))
     }
 
     fn logged(&self, name: &RepoName) -> Result<Vec<SignedRefUpdate>, String> {
@@ -108,29 +178,10 @@ impl NodeReplica {
     fn settle_locked(&self, name: &RepoName, refs: &HashSet<String>) -> Result<(), String> {
         let repo = self.storage.open_repo(name).map_err(err)?;
         let odb = repo.objects().map_err(err)?;
-        let mut per_ref: std::collections::HashMap<String, Vec<conflict::RefUpdate>> =
-            Default::default();
-        for u in self.logged(name)? {
-            let Ok(cert) = PushCert::parse(&u.certificate) else {
-                continue;
-            };
-            let key: [u8; 32] = Sha256::digest(u.certificate.as_bytes()).into();
-            for c in cert.commands() {
-                if refs.contains(&c.name) {
-                    per_ref
-                        .entry(c.name.clone())
-                        .or_default()
-                        .push(conflict::RefUpdate {
-                            old: oid20(&c.old)?,
-                            new: oid20(&c.new)?,
-                            key,
-                        });
-                }
-            }
-        }
+        let resolved = resolve_log(&self.logged(name)?, Some(refs))?;
         let mut buf = Vec::new();
-        for (ref_name, updates) in per_ref {
-            let target = conflict::resolve(&updates).value.map(ObjectId::Sha1);
+        for (ref_name, resolution) in resolved {
+            let target = resolution.value.map(ObjectId::Sha1);
             let current = repo.find_ref(&ref_name).map_err(err)?;
             if current == target {
                 continue;
@@ -188,39 +239,41 @@ impl Replica for NodeReplica {
         Some(self.identities.current(&name).ok()??.versions)
     }
 
-    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> Result<String, String> {
-        let name = RepoName::parse(repo).map_err(err)?;
+    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> Result<String, Fault> {
+        let name = RepoName::parse(repo).map_err(local)?;
         let mut chain: Vec<guts_identity::Doc<Verified>> = Vec::new();
         for bytes in versions {
-            let doc = guts_identity::Doc::from_bytes(bytes).map_err(err)?;
+            let doc = guts_identity::Doc::from_bytes(bytes).map_err(peer)?;
             let verified = match chain.last() {
                 None => doc.verify_genesis(),
                 Some(prev) => doc.verify_successor(prev),
             }
-            .map_err(err)?;
+            .map_err(peer)?;
             chain.push(verified);
         }
-        let genesis = chain.first().ok_or("no identity document")?;
+        let genesis = chain.first().ok_or_else(|| peer("no identity document"))?;
         if genesis.owner().method_id() != name.owner() || genesis.body().name != name.name() {
-            return Err(format!("the identity document is not the one of {name}"));
+            return Err(peer(format!(
+                "the identity document is not the one of {name}"
+            )));
         }
-        if let Some(existing) = self.identities.current(&name).map_err(err)? {
+        if let Some(existing) = self.identities.current(&name).map_err(local)? {
             if genesis.genesis_id() != Some(existing.id) {
-                return Err(format!("the peer's {name} has another repository id"));
+                return Err(peer(format!("the peer's {name} has another repository id")));
             }
             for bytes in versions.iter().skip(existing.versions.len()) {
-                self.identities.update(&name, bytes).map_err(err)?;
+                self.identities.update(&name, bytes).map_err(local)?;
                 tracing::info!(repo = %name, "took a newer identity document from a peer");
             }
             return Ok(existing.id.to_string());
         }
-        let id = self.identities.create(&name, genesis).map_err(err)?;
+        let id = self.identities.create(&name, genesis).map_err(local)?;
         let head = format!("refs/heads/{}", genesis.body().default_branch);
-        self.storage.create_with_head(&name, &head).map_err(err)?;
+        self.storage.create_with_head(&name, &head).map_err(local)?;
         for bytes in &versions[1..] {
-            self.identities.update(&name, bytes).map_err(err)?;
+            self.identities.update(&name, bytes).map_err(local)?;
         }
-        self.identities.set_seeding(&name, true).map_err(err)?;
+        self.identities.set_seeding(&name, true).map_err(local)?;
         Ok(id.to_string())
     }
 
@@ -236,25 +289,21 @@ impl Replica for NodeReplica {
         )
     }
 
-    fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, String> {
+    fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, Fault> {
         let (name, repo, identity) = self.repo(repo)?;
-        let update =
-            SignedRefUpdate::decode(update).map_err(|e| format!("undecodable update: {e}"))?;
-        if usize::try_from(update.doc_version).map_err(err)? > identity.docs.len() {
+        let update = SignedRefUpdate::decode(update)
+            .map_err(|e| peer(format!("undecodable update: {e}")))?;
+        if usize::try_from(update.doc_version).map_err(peer)? > identity.docs.len() {
             return Ok(Plan::NeedIdentity);
         }
         let cert = self.verify(&identity, &update)?;
-        if self
-            .logged(&name)?
-            .iter()
-            .any(|u| u.certificate == update.certificate)
-        {
+        if self.is_logged(&name, &update)? {
             return Ok(Plan::Known);
         }
-        let odb = repo.objects().map_err(err)?;
+        let odb = repo.objects().map_err(local)?;
         let mut missing = Vec::new();
-        for c in cert.commands() {
-            if let Some(new) = maybe_oid(&c.new)? {
+        for c in update.effective(&cert) {
+            if let Some(new) = maybe_oid(&c.new).map_err(peer)? {
                 if !odb.contains(&new) && !missing.contains(&c.new) {
                     missing.push(c.new.clone());
                 }
@@ -269,7 +318,7 @@ impl Replica for NodeReplica {
         wants: &[String],
         extra_haves: &[String],
     ) -> Result<Vec<u8>, String> {
-        let (_, repo, _) = self.repo(repo)?;
+        let (_, repo, _) = self.repo(repo).map_err(|f| f.to_string())?;
         let parse =
             |hex: &String| maybe_oid(hex).and_then(|o| o.ok_or_else(|| "null id".to_owned()));
         let wants: Vec<ObjectId> = wants.iter().map(parse).collect::<Result<_, _>>()?;
@@ -290,13 +339,14 @@ impl Replica for NodeReplica {
         repo_name: &str,
         tips: &[String],
         pack: &mut dyn BufRead,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fault> {
         let (_, repo, _) = self.repo(repo_name)?;
-        let odb = repo.objects().map_err(err)?;
+        let odb = repo.objects().map_err(local)?;
         let tips: Vec<ObjectId> = tips
             .iter()
             .filter_map(|t| maybe_oid(t).transpose())
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(local)?;
         let mut reader = std::io::BufReader::new(guts_git::pktline::PackfileReader::new(pack));
         let q = guts_git::pack_in::receive(
             &repo.objects_dir(),
@@ -305,37 +355,35 @@ impl Replica for NodeReplica {
             self.max_pack_bytes,
             &mut |_| {},
         )
-        .map_err(err)?;
-        q.check_connectivity(&odb, &tips).map_err(err)?;
-        q.publish(&repo.objects_dir()).map_err(err)
+        .map_err(pack_fault)?;
+        q.check_connectivity(&odb, &tips).map_err(pack_fault)?;
+        q.publish(&repo.objects_dir()).map_err(local)
     }
 
-    fn apply(&self, repo_name: &str, update: &[u8]) -> Result<bool, String> {
+    fn apply(&self, repo_name: &str, update: &[u8]) -> Result<bool, Fault> {
         let (name, repo, identity) = self.repo(repo_name)?;
-        let update =
-            SignedRefUpdate::decode(update).map_err(|e| format!("undecodable update: {e}"))?;
+        let update = SignedRefUpdate::decode(update)
+            .map_err(|e| peer(format!("undecodable update: {e}")))?;
         let cert = self.verify(&identity, &update)?;
-        let tips: Vec<ObjectId> = cert
-            .commands()
-            .iter()
-            .filter_map(|c| maybe_oid(&c.new).transpose())
-            .collect::<Result<_, _>>()?;
-        let odb = repo.objects().map_err(err)?;
-        if let Some(missing) = tips.iter().find(|t| !odb.contains(t)) {
-            return Err(format!("object {missing} is missing after the fetch"));
+        let mut refs = HashSet::new();
+        let odb = repo.objects().map_err(local)?;
+        for c in update.effective(&cert) {
+            if let Some(tip) = maybe_oid(&c.new).map_err(peer)? {
+                if !odb.contains(&tip) {
+                    return Err(peer(format!("object {tip} is missing after the fetch")));
+                }
+            }
+            refs.insert(c.name.clone());
         }
         let _guard = self.settle_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self
-            .logged(&name)?
-            .iter()
-            .any(|u| u.certificate == update.certificate)
-        {
+        if self.is_logged(&name, &update)? {
             return Ok(false);
         }
-        self.identities.append_update(&name, &update).map_err(err)?;
-        let refs: HashSet<String> = cert.commands().iter().map(|c| c.name.clone()).collect();
-        self.settle_locked(&name, &refs)?;
-        tracing::info!(repo = %name, signer = %cert.signer(), "replicated a signed update");
+        self.identities
+            .append_update(&name, &update)
+            .map_err(local)?;
+        self.settle_locked(&name, &refs).map_err(local)?;
+        tracing::info!(repo = %name, signer = %cert.signer(), refused = update.refused.len(), "replicated a signed update");
         Ok(true)
     }
 

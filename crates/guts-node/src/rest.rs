@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use guts_git::names::RepoName;
-use guts_identity::{Doc, PushCert};
+use guts_identity::{Doc, PushCert, SignedRefUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, NodeError};
@@ -339,6 +339,12 @@ pub struct UpdateView {
     pub signer: Option<String>,
     /// The `old new ref` lines.
     pub updates: Vec<String>,
+    /// Refs of the certificate that the accepting node refused (no effect).
+    pub refused: Vec<String>,
+    /// Refs for which this update lost under the conflict rule (ADR 0008):
+    /// another update of the same ref won, so this line does not give the
+    /// ref's value. Empty when every effective line is on a winning path.
+    pub superseded: Vec<String>,
     /// The push certificate, signature included.
     pub certificate: String,
 }
@@ -351,12 +357,20 @@ async fn list_updates(
         let name = state.identities.resolve(&owner, &name)?;
         state.storage.open_repo(&name)?;
         let updates = state.identities.updates(&name)?;
+        let log: Vec<SignedRefUpdate> = updates.iter().map(|(_, u)| u.clone()).collect();
+        let resolved = crate::replica::resolve_log(&log, None).map_err(NodeError::Internal)?;
         Ok(updates
             .into_iter()
             .map(|(seq, u)| {
                 let cert = PushCert::parse(&u.certificate)
                     .and_then(PushCert::verify)
                     .ok();
+                let key = u.key();
+                let superseded = resolved
+                    .iter()
+                    .filter(|(_, r)| r.superseded.contains(&key))
+                    .map(|(name, _)| name.clone())
+                    .collect();
                 UpdateView {
                     seq,
                     doc_version: u.doc_version,
@@ -369,6 +383,8 @@ async fn list_updates(
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    refused: u.refused,
+                    superseded,
                     certificate: u.certificate,
                 }
             })

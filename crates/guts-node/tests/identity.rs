@@ -97,6 +97,7 @@ fn a_delegates_signed_push_is_accepted_and_logged() {
         repo_id: id.0.to_vec(),
         certificate: entries[0]["certificate"].as_str().expect("cert").to_owned(),
         doc_version: 1,
+        refused: Vec::new(),
     };
     let cert = update.verify(&id, &doc).expect("logged update verifies");
     assert_eq!(cert.commands()[0].new, c);

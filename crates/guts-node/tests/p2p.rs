@@ -210,16 +210,29 @@ fn concurrent_pushes_to_two_nodes_converge_everywhere() {
         winner == xa || winner == xc,
         "main is {winner}, expected {xa} or {xc} (base {base})"
     );
-    // The losing update is kept in every log.
+    let loser = if winner == xa { &xc } else { &xa };
+    // The losing update is kept in every log, marked as superseded for main.
     for n in [&l.a, &l.b, &l.c] {
-        let log = n
-            .get(&format!("/api/v1/repos/{}/demo/updates", l.owner))
-            .json();
-        let text = log.to_string();
+        let log = updates(n, &l.owner, "demo");
+        let text = serde_json::Value::from(log.clone()).to_string();
         assert!(
             text.contains(&xa) && text.contains(&xc),
             "both updates logged: {text}"
         );
+        let status = |tip: &str| {
+            log.iter()
+                .find(|u| {
+                    u["updates"]
+                        .as_array()
+                        .expect("lines")
+                        .iter()
+                        .any(|l| l.as_str().is_some_and(|l| l.contains(tip)))
+                })
+                .map(|u| u["superseded"].clone())
+                .expect("the update is in the log")
+        };
+        assert_eq!(status(loser), serde_json::json!(["refs/heads/main"]));
+        assert_eq!(status(&winner), serde_json::json!([]));
     }
     // A clone from B is consistent.
     let refs = clone_refs(&l.b, "alice", "demo", &tmp.path().join("b.git"));
@@ -309,4 +322,62 @@ fn a_new_delegate_is_recognized_downstream() {
     });
     assert_eq!(l.c.repo_info(&l.owner, "demo")["doc_version"], 2);
     assert_eq!(l.b.repo_info(&l.owner, "demo")["doc_version"], 2);
+}
+
+/// A non-atomic push where the accepting node refuses one ref (a
+/// non-fast-forward its repository denies) and takes another: git tells the
+/// pusher the first was rejected, so no node may move it, while the other
+/// ref replicates. The log entry says which ref was refused, and peers
+/// honour that without trusting A.
+#[test]
+fn a_ref_refused_by_the_accepting_node_moves_nowhere() {
+    let l = line();
+    let main_before = l.a.server_refs(&l.owner, "demo")["refs/heads/main"].clone();
+    let resp = l.a.patch_json(
+        &format!("/api/v1/repos/{}/demo", l.owner),
+        &serde_json::json!({ "deny_non_fast_forwards": true }),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    git_ok(&l.work, &["checkout", "-q", "-b", "feature"]);
+    let feature = commit_file(&l.work, "feature.txt", "f\n", "feature");
+    git_ok(&l.work, &["checkout", "-q", "main"]);
+    git_ok(&l.work, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    let rewritten = rev_parse(&l.work, "main");
+    let out = git(
+        &l.work,
+        &[
+            "push",
+            "--force",
+            &l.a.repo_url("alice", "demo"),
+            "main",
+            "feature",
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "one ref was refused: {stderr}");
+    assert!(
+        stderr.contains("feature -> feature"),
+        "feature accepted: {stderr}"
+    );
+    assert!(stderr.contains("main -> main"), "main reported: {stderr}");
+
+    let log = updates(&l.a, &l.owner, "demo");
+    let last = log.last().expect("the push was logged");
+    assert_eq!(last["refused"], serde_json::json!(["refs/heads/main"]));
+    for node in [&l.b, &l.c] {
+        eventually(30, "the feature branch replicates", || {
+            node.server_refs(&l.owner, "demo").get("refs/heads/feature") == Some(&feature)
+        });
+        let refs = node.server_refs(&l.owner, "demo");
+        assert_eq!(refs["refs/heads/main"], main_before, "main did not move");
+        assert_ne!(refs["refs/heads/main"], rewritten);
+        assert_eq!(refs, l.a.server_refs(&l.owner, "demo"));
+        let theirs = updates(node, &l.owner, "demo");
+        assert_eq!(theirs.last().expect("logged")["refused"], last["refused"]);
+    }
+    assert_eq!(
+        l.a.server_refs(&l.owner, "demo")["refs/heads/main"],
+        main_before
+    );
 }

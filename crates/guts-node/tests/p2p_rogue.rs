@@ -177,11 +177,12 @@ impl Rogue {
                 bootstrap,
                 mdns: false,
                 dht: false,
+                accept: vec![wire::REPLICATION_PROTOCOL],
             })
             .await
             .expect("start the rogue's network");
-            // Registered before the dial can complete, so the node's log
-            // request right after connecting is answered too.
+            // Registered before the dial, so the node's log request right
+            // after connecting is answered too.
             let mut incoming = net
                 .accept(wire::REPLICATION_PROTOCOL)
                 .expect("accept replication streams");
@@ -495,6 +496,7 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
             repo_id: id_bytes.clone(),
             certificate,
             doc_version: 1,
+            refused: Vec::new(),
         };
         (what, update.encode_to_vec(), reason)
     })
@@ -662,6 +664,7 @@ fn objects_with_a_wrong_hash_are_rejected() {
         repo_id: id_bytes,
         certificate: certificate.to_owned(),
         doc_version: logged["doc_version"].as_u64().expect("doc_version"),
+        refused: Vec::new(),
     }
     .encode_to_vec();
 

@@ -17,7 +17,8 @@
 //!
 //! Refs are resolved independently of each other. For one ref, let `U` be
 //! the set of updates touching it, each with its `old` and `new` object ids
-//! and a `key`: the SHA-256 of the update's certificate text, unique per
+//! and a `key`: the SHA-256 of the update's certificate text (extended by
+//! the refs the accepting node refused, if any), unique per
 //! update.
 //!
 //! 1. Start with `v = ZERO` (the ref does not exist).
@@ -97,7 +98,7 @@ pub type Oid = [u8; 20];
 /// `old`, a creation; as `new`, a deletion).
 pub const ZERO: Oid = [0; 20];
 
-/// The identity of a signed ref update: SHA-256 of its certificate text.
+/// The identity of a signed ref update (`guts_identity::update::UpdateKey`).
 pub type UpdateKey = [u8; 32];
 
 /// One signed update of one ref, reduced to what the rule needs.
@@ -110,7 +111,7 @@ pub struct RefUpdate {
     pub old: Oid,
     /// The value the update sets (`ZERO`: the ref is deleted).
     pub new: Oid,
-    /// SHA-256 of the update's certificate text.
+    /// The update's key (`SignedRefUpdate::key`).
     pub key: UpdateKey,
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Largest gossip message (an announcement carries one push certificate).
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
-/// Largest framed message on a stream (requests, identity documents, log pages).
+/// Largest framed message on a stream (requests, identity documents, a whole log).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Most log entries sent in one log response.
 pub const MAX_LOG_ENTRIES: usize = 10_000;

@@ -7,6 +7,7 @@
 //! cloneable [`Handle`] and receives [`Event`]s on a channel.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,6 +41,11 @@ pub struct NetworkConfig {
     /// Join the Kademlia DHT (provider records; its queries connect to
     /// peers beyond the configured ones).
     pub dht: bool,
+    /// Stream protocols accepted from the first connection on, before any
+    /// listen or dial: a peer that connects and at once opens a stream (a
+    /// catch-up request) is never turned away. Take them with
+    /// [`Handle::accept`].
+    pub accept: Vec<StreamProtocol>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -92,11 +98,15 @@ enum Command {
     Report(gossipsub::MessageId, PeerId, bool),
 }
 
+/// Inbound streams of the protocols registered at start, until taken.
+type Registered = Arc<Mutex<HashMap<StreamProtocol, libp2p_stream::IncomingStreams>>>;
+
 /// A handle on the running network.
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
+    registered: Registered,
     peer_id: PeerId,
 }
 
@@ -168,8 +178,17 @@ impl Handle {
             .map_err(|e| Error::Stream(format!("opening a stream to {peer}: {e}")))
     }
 
-    /// Accept inbound streams of `protocol`.
+    /// Accept inbound streams of `protocol`: those queued since start if it
+    /// was in [`NetworkConfig::accept`], else from now on.
     pub fn accept(&self, protocol: StreamProtocol) -> Result<libp2p_stream::IncomingStreams> {
+        let early = self
+            .registered
+            .lock()
+            .map_err(|_| Error::Stream("stream registry poisoned".into()))?
+            .remove(&protocol);
+        if let Some(incoming) = early {
+            return Ok(incoming);
+        }
         self.control
             .clone()
             .accept(protocol)
@@ -245,6 +264,14 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(PEER_IDLE_TIMEOUT))
         .build();
+    let mut control = swarm.behaviour().stream.new_control();
+    let mut registered = HashMap::new();
+    for protocol in config.accept {
+        let incoming = control
+            .accept(protocol.clone())
+            .map_err(|_| Error::Stream(format!("{protocol} registered twice")))?;
+        registered.insert(protocol, incoming);
+    }
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -260,7 +287,6 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
-    let control = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
     tokio::spawn(run(swarm, cmd_rx, event_tx));
@@ -268,6 +294,7 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
         Handle {
             commands: cmd_tx,
             control,
+            registered: Arc::new(Mutex::new(registered)),
             peer_id,
         },
         event_rx,
@@ -395,6 +422,13 @@ async fn handle_event(
             ..
         } => {
             tracing::info!(peer = %peer_id, "peer disconnected");
+        }
+        SwarmEvent::OutgoingConnectionError {
+            peer_id: Some(peer),
+            error,
+            ..
+        } => {
+            tracing::warn!(%peer, %error, "cannot connect to peer");
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
             peer_id,

@@ -4,7 +4,8 @@
 //!   repository's gossip topic. A receiver hands it to its [`Replica`], which
 //!   verifies it (signature, delegate, repository) before anything else;
 //!   invalid announcements are rejected, which stops their propagation and
-//!   lowers the sender's gossip score. Valid ones are forwarded.
+//!   counts against the sender ([`Fault::Peer`] only; a failure of this
+//!   node, [`Fault::Local`], does not). Valid ones are forwarded.
 //! - Missing objects are fetched in one round trip from the peer that
 //!   delivered the announcement: a git protocol v2 `fetch` (wants = the new
 //!   tips, haves = local tips, `done`) answered by the peer's upload-pack,
@@ -56,6 +57,34 @@ pub enum Plan {
     },
 }
 
+/// Why the replica refused or failed an operation: what the peer sent, or
+/// this node. Only peer faults count against the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// What the peer sent is invalid (bad signature, not a delegate, wrong
+    /// repository, corrupt or incomplete pack, ...).
+    Peer(String),
+    /// This node failed (storage, database, a name already taken here).
+    Local(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Peer(m) | Fault::Local(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Fault> for Error {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Peer(m) => Error::Peer(m),
+            Fault::Local(m) => Error::Replica(m),
+        }
+    }
+}
+
 /// The node's storage, as replication sees it. Every method is blocking and
 /// is called from a blocking thread. Nothing a peer sends is stored before
 /// the replica has checked it.
@@ -67,11 +96,11 @@ pub trait Replica: Send + Sync + 'static {
     /// Verify document versions fetched from a peer; start following the
     /// repository (created empty) if it is new here, or take the versions
     /// beyond the ones held. Returns its id.
-    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> std::result::Result<String, String>;
+    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> std::result::Result<String, Fault>;
     /// The signed-update log of `repo`.
     fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
     /// Check an update (signature, delegate, repository) and say what applying it needs.
-    fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, String>;
+    fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, Fault>;
     /// A v2 fetch request for `wants`, with the local tips and `extra_haves`
     /// (tips fetched in earlier rounds) as haves.
     fn fetch_request(
@@ -87,10 +116,10 @@ pub trait Replica: Send + Sync + 'static {
         repo: &str,
         tips: &[String],
         pack: &mut dyn BufRead,
-    ) -> std::result::Result<(), String>;
+    ) -> std::result::Result<(), Fault>;
     /// Apply a checked update whose objects are all present. Returns whether
     /// anything changed.
-    fn apply(&self, repo: &str, update: &[u8]) -> std::result::Result<bool, String>;
+    fn apply(&self, repo: &str, update: &[u8]) -> std::result::Result<bool, Fault>;
     /// Answer a peer's v2 fetch request with upload-pack's output.
     fn serve_fetch(
         &self,
@@ -235,7 +264,7 @@ impl<R: Replica> Replicator<R> {
             let r = repo.to_owned();
             blocking(move || replica.adopt(&r, &versions))
                 .await?
-                .map_err(Error::Peer)?;
+                .map_err(Error::from)?;
             plan = self.plan(repo, &update).await?;
         }
         let missing = match plan {
@@ -271,14 +300,14 @@ impl<R: Replica> Replicator<R> {
                 replica.receive(&r, &tips, &mut reader)
             })
             .await?
-            .map_err(Error::Peer)?;
+            .map_err(Error::from)?;
             fetched.extend_from_slice(chunk);
         }
         let replica = Arc::clone(&self.replica);
         let r = repo.to_owned();
         blocking(move || replica.apply(&r, &update))
             .await?
-            .map_err(Error::Replica)
+            .map_err(Error::from)
     }
 
     async fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan> {
@@ -286,7 +315,7 @@ impl<R: Replica> Replicator<R> {
         let (r, u) = (repo.to_owned(), update.to_vec());
         blocking(move || replica.plan(&r, &u))
             .await?
-            .map_err(Error::Peer)
+            .map_err(Error::from)
     }
 
     /// Exchange logs with `peer` for every followed repository.
@@ -317,13 +346,17 @@ impl<R: Replica> Replicator<R> {
 
     /// Fetch `peer`'s log of `repo` and apply what is missing, in order.
     pub async fn sync_repo(&self, peer: PeerId, repo: &str) -> Result<usize> {
-        let entries = match self.request_items(peer, Kind::Log, repo).await {
-            Ok(e) => e,
+        match self.request_items(peer, Kind::Log, repo).await {
+            Ok(entries) => Ok(self.apply_log(peer, repo, entries).await),
             Err(e) => {
                 tracing::debug!(%peer, %repo, error = %e, "peer has no log for this repository");
-                return Ok(0);
+                Ok(0)
             }
-        };
+        }
+    }
+
+    /// Apply a peer's log entries one by one; returns how many were new.
+    async fn apply_log(&self, peer: PeerId, repo: &str, entries: Vec<Vec<u8>>) -> usize {
         let mut applied = 0;
         for update in entries {
             match self.apply_from(peer, repo, update).await {
@@ -335,7 +368,7 @@ impl<R: Replica> Replicator<R> {
         if applied > 0 {
             tracing::info!(%peer, %repo, applied, "caught up");
         }
-        Ok(applied)
+        applied
     }
 
     /// Start following `repo`: find peers that have it, take its identity
@@ -358,12 +391,13 @@ impl<R: Replica> Replicator<R> {
         }
         // Connected peers first; the DHT's providers only if none of them has it.
         let mut tried = Vec::new();
-        match self.seed_from(repo, &peers, &mut tried).await {
+        let first = match self.seed_from(repo, &peers, &mut tried).await {
             Ok(id) => return Ok(id),
             Err(e) => {
-                tracing::debug!(%repo, error = %e, "no connected peer has it; asking the DHT")
+                tracing::debug!(%repo, error = %e, "no connected peer has it; asking the DHT");
+                e
             }
-        }
+        };
         let providers: Vec<PeerId> = self
             .net
             .find_providers(repo.as_bytes().to_vec())
@@ -371,6 +405,10 @@ impl<R: Replica> Replicator<R> {
             .into_iter()
             .filter(|p| !tried.contains(p) && *p != self.net.peer_id())
             .collect();
+        if providers.is_empty() {
+            // Say why the connected peers failed, not only that the DHT had no one else.
+            return Err(first);
+        }
         self.seed_from(repo, &providers, &mut tried).await
     }
 
@@ -399,13 +437,20 @@ impl<R: Replica> Replicator<R> {
                         id: id.clone(),
                     };
                     self.follow(&s).await?;
-                    self.sync_repo(peer, repo).await?;
+                    // The peer that gave the identity must give its log too:
+                    // seeding must not report success with nothing copied.
+                    let entries = self.request_items(peer, Kind::Log, repo).await?;
+                    self.apply_log(peer, repo, entries).await;
                     tracing::info!(%repo, %peer, "seeding");
                     return Ok(id);
                 }
-                Err(e) => {
+                Err(Fault::Peer(e)) => {
                     tracing::warn!(%peer, %repo, error = %e, "peer sent an invalid identity");
                     last_err = Error::Peer(e);
+                }
+                Err(Fault::Local(e)) => {
+                    tracing::warn!(%peer, %repo, error = %e, "cannot take the repository's identity");
+                    last_err = Error::Replica(e);
                 }
             }
         }
