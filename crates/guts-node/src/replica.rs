@@ -180,6 +180,7 @@ impl NodeReplica {
         let odb = repo.objects().map_err(err)?;
         let resolved = resolve_log(&self.logged(name)?, Some(refs))?;
         let mut buf = Vec::new();
+        let mut moves = Vec::new();
         for (ref_name, resolution) in resolved {
             let target = resolution.value.map(ObjectId::Sha1);
             let current = repo.find_ref(&ref_name).map_err(err)?;
@@ -194,23 +195,34 @@ impl NodeReplica {
                 },
                 None => None,
             };
-            let update = RefUpdate {
-                name: ref_name.clone(),
+            moves.push(RefUpdate {
+                name: ref_name,
                 old: current,
                 new: target,
                 new_peeled,
-            };
-            let result = repo
-                .update_refs(std::slice::from_ref(&update), false)
-                .map_err(err)?;
-            match result.first() {
-                Some(Ok(())) => {
-                    tracing::info!(repo = %name, r#ref = %ref_name, to = ?target, "ref settled by the replication rule")
+            });
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        // One call: each ref is its own compare-and-swap, with one flush.
+        let results = repo.update_refs(&moves, false).map_err(err)?;
+        let mut settled = 0;
+        for (update, result) in moves.iter().zip(&results) {
+            match result {
+                Ok(()) => {
+                    settled += 1;
+                    tracing::debug!(repo = %name, r#ref = %update.name, to = ?update.new, "ref settled by the replication rule")
                 }
-                _ => {
-                    tracing::warn!(repo = %name, r#ref = %ref_name, "ref moved concurrently; will settle on the next update")
+                Err(_) => {
+                    tracing::warn!(repo = %name, r#ref = %update.name, "ref moved concurrently; will settle on the next update")
                 }
             }
+        }
+        if let [one] = &moves[..] {
+            tracing::info!(repo = %name, r#ref = %one.name, to = ?one.new, "ref settled by the replication rule");
+        } else {
+            tracing::info!(repo = %name, refs = settled, "refs settled by the replication rule");
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(600);
 /// Invalid announcements after which a peer is disconnected and blocked.
 pub const MAX_INVALID_MESSAGES: u32 = 3;
-/// New tips fetched per round trip when applying an update: objects of
-/// finished rounds are kept if a connection drops.
-pub const FETCH_TIPS_PER_ROUND: usize = 32;
+/// New tips fetched in the first round trip when applying an update; each
+/// later round asks for twice as many. Objects of finished rounds are kept
+/// if a connection drops.
+pub const FETCH_TIPS_FIRST_ROUND: usize = 32;

@@ -27,7 +27,7 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 use tokio_util::io::SyncIoBridge;
 
 use crate::error::{Error, Result};
-use crate::limits::{FETCH_TIPS_PER_ROUND, MAX_LOG_ENTRIES, STREAM_TIMEOUT};
+use crate::limits::{FETCH_TIPS_FIRST_ROUND, MAX_LOG_ENTRIES, STREAM_TIMEOUT};
 use crate::network::{Event, Handle};
 use crate::wire::{
     read_frame, topic, write_frame, Announce, Items, Kind, Request, REPLICATION_PROTOCOL,
@@ -142,6 +142,21 @@ impl<R: Replica> Clone for Replicator<R> {
             replica: Arc::clone(&self.replica),
         }
     }
+}
+
+/// How the new tips of one update are split into fetch requests: the first
+/// round takes [`FETCH_TIPS_FIRST_ROUND`] tips, each later one twice as many
+/// as the one before.
+pub fn fetch_rounds(tips: usize) -> Vec<std::ops::Range<usize>> {
+    let mut rounds = Vec::new();
+    let (mut start, mut size) = (0, FETCH_TIPS_FIRST_ROUND.max(1));
+    while start < tips {
+        let end = tips.min(start.saturating_add(size));
+        rounds.push(start..end);
+        start = end;
+        size = size.saturating_mul(2);
+    }
+    rounds
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -276,10 +291,12 @@ impl<R: Replica> Replicator<R> {
             }
             Plan::Apply { missing } => missing,
         };
-        // A few tips per round: what arrived stays if the connection drops,
-        // and the next attempt asks only for the rest.
+        // Rounds of growing size: what arrived stays if the connection
+        // drops, and the next attempt asks only for the rest; the number of
+        // round trips grows with the logarithm of the number of new tips.
         let mut fetched: Vec<String> = Vec::new();
-        for chunk in missing.chunks(FETCH_TIPS_PER_ROUND) {
+        for range in fetch_rounds(missing.len()) {
+            let chunk = &missing[range];
             let replica = Arc::clone(&self.replica);
             let (r, wants, haves) = (repo.to_owned(), chunk.to_vec(), fetched.clone());
             let body = blocking(move || replica.fetch_request(&r, &wants, &haves))
@@ -487,11 +504,16 @@ impl<R: Replica> Replicator<R> {
             }
             Kind::Fetch => {
                 tracing::debug!(%peer, repo = %req.repo, "serving objects");
-                let mut writer = SyncIoBridge::new(stream.compat_write());
+                // Buffered: upload-pack writes pkt-lines, often small; each
+                // unbuffered write would be its own yamux frame.
+                let mut writer = std::io::BufWriter::with_capacity(
+                    64 * 1024,
+                    SyncIoBridge::new(stream.compat_write()),
+                );
                 blocking(move || {
                     let result = replica.serve_fetch(&repo, &req.body, &mut writer);
                     let _ = writer.flush();
-                    let _ = writer.shutdown();
+                    let _ = writer.get_mut().shutdown();
                     result
                 })
                 .await?
@@ -499,5 +521,33 @@ impl<R: Replica> Replicator<R> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_rounds_double_and_cover_every_tip_once() {
+        assert!(fetch_rounds(0).is_empty());
+        assert_eq!(fetch_rounds(1), vec![std::ops::Range { start: 0, end: 1 }]);
+        let first = FETCH_TIPS_FIRST_ROUND;
+        assert_eq!(
+            fetch_rounds(9 * first),
+            [
+                0..first,
+                first..3 * first,
+                3 * first..7 * first,
+                7 * first..9 * first
+            ]
+        );
+        for n in [1, 31, 32, 33, 288, 10_000] {
+            let r = fetch_rounds(n);
+            assert_eq!(r.first().map(|r| r.start), Some(0));
+            assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+            assert_eq!(r.last().map(|r| r.end), Some(n));
+            assert!(r.len() <= 2 + (n / first).max(1).ilog2() as usize);
+        }
     }
 }
