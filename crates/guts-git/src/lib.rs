@@ -24,6 +24,7 @@ pub mod pack_out;
 pub mod pktline;
 pub mod protocol;
 pub mod receive_pack;
+pub mod resume;
 pub mod shallow;
 pub mod storage;
 pub mod upload_pack;

@@ -544,3 +544,73 @@ fn push_certificates_carry_the_commands() {
     assert!(f.repo.find_ref("refs/heads/signed").expect("ref").is_none());
     assert!(f.repo.find_ref("refs/heads/sneaky").expect("ref").is_none());
 }
+
+/// Resuming between nodes relies on upload-pack answering the same request
+/// over the same stored packs with the same bytes; through `SkipPrefix` the
+/// answer is then exactly the pack minus the bytes already held, and the
+/// result indexes as a valid pack.
+#[test]
+fn a_resumed_v2_fetch_sends_only_the_rest_of_the_same_pack() {
+    use guts_git::resume::{Partial, ResumePoint, SkipPrefix};
+    use std::io::Read;
+
+    let f = pushed_fixture();
+    let args = vec![
+        "ofs-delta".to_owned(),
+        "no-progress".to_owned(),
+        format!("want {}", f.c2),
+        "done".to_owned(),
+    ];
+    let (_, first) = v2(&f.repo, "fetch", &args);
+    let (_, second) = v2(&f.repo, "fetch", &args);
+    assert_eq!(first, second, "the same request gives the same pack");
+
+    let mut req = pkt("command=fetch\n");
+    req.extend(pkt("object-format=sha1\n"));
+    req.extend(b"0001");
+    for a in &args {
+        req.extend(pkt(&format!("{a}\n")));
+    }
+    req.extend(b"0000");
+    let held = first.len() / 2;
+    let mut h = gix_hash::hasher(gix_hash::Kind::Sha1);
+    h.update(&first[..held]);
+    let sha1: [u8; 20] = h
+        .try_finalize()
+        .expect("digest")
+        .as_bytes()
+        .try_into()
+        .expect("20 bytes");
+    let mut out = SkipPrefix::new(
+        Vec::new(),
+        ResumePoint {
+            offset: held as u64,
+            sha1,
+        },
+    );
+    upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out).expect("resumed fetch");
+    let response = out.into_inner();
+
+    // The receiver glues the kept bytes and the rest back together.
+    let tmp = tempfile::TempDir::new().expect("tmp");
+    let partial = Partial::for_request(tmp.path(), &req);
+    std::fs::create_dir_all(partial.path().parent().expect("dir")).expect("mkdir");
+    std::fs::write(partial.path(), &first[..held]).expect("write partial");
+    let rest = guts_git::pktline::PackfileReader::new(&response[..]);
+    let mut reader = partial.reader(held as u64, rest).expect("reader");
+    let mut whole = Vec::new();
+    reader.read_to_end(&mut whole).expect("read");
+    assert_eq!(whole, first);
+    assert!(
+        response.len() < first.len() - held + 1000,
+        "only the rest was sent"
+    );
+    partial.settle(reader, true);
+    let idx = tempfile::TempDir::new().expect("tmp");
+    git(idx.path(), &["init", "-q", "--bare"], None);
+    git(
+        idx.path(),
+        &["index-pack", "--stdin", "--fix-thin"],
+        Some(&whole),
+    );
+}

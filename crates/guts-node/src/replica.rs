@@ -14,6 +14,7 @@ use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
 
 use guts_git::names::RepoName;
+use guts_git::resume::{Partial, ResumePoint, SkipPrefix};
 use guts_git::storage::{RefUpdate, Repo, Storage};
 use guts_git::ObjectId;
 use guts_identity::{PushCert, SignedRefUpdate, Verified};
@@ -346,10 +347,20 @@ impl Replica for NodeReplica {
         Ok(fetch_request(&wants, &haves))
     }
 
+    fn resume_point(&self, repo: &str, request: &[u8]) -> Option<(u64, [u8; 20])> {
+        let (_, repo, _) = self.repo(repo).ok()?;
+        let point = Partial::for_request(&repo.objects_dir(), request)
+            .point()
+            .ok()??;
+        Some((point.offset, point.sha1))
+    }
+
     fn receive(
         &self,
         repo_name: &str,
         tips: &[String],
+        request: &[u8],
+        resume_from: u64,
         pack: &mut dyn BufRead,
     ) -> Result<(), Fault> {
         let (_, repo, _) = self.repo(repo_name)?;
@@ -359,15 +370,27 @@ impl Replica for NodeReplica {
             .filter_map(|t| maybe_oid(t).transpose())
             .collect::<Result<_, _>>()
             .map_err(local)?;
-        let mut reader = std::io::BufReader::new(guts_git::pktline::PackfileReader::new(pack));
-        let q = guts_git::pack_in::receive(
+        // The pack: bytes kept from an interrupted attempt, then the
+        // network's, which are kept in turn until the pack is complete.
+        let partial = Partial::for_request(&repo.objects_dir(), request);
+        let network = guts_git::pktline::PackfileReader::new(pack);
+        let mut reader =
+            std::io::BufReader::new(partial.reader(resume_from, network).map_err(local)?);
+        let received = guts_git::pack_in::receive(
             &repo.objects_dir(),
             &odb,
             &mut reader,
             self.max_pack_bytes,
             &mut |_| {},
-        )
-        .map_err(pack_fault)?;
+        );
+        let kept = partial.settle(reader.into_inner(), received.is_ok());
+        let q = received.map_err(|e| {
+            if kept {
+                Fault::Interrupted(e.to_string())
+            } else {
+                pack_fault(e)
+            }
+        })?;
         q.check_connectivity(&odb, &tips).map_err(pack_fault)?;
         q.publish(&repo.objects_dir()).map_err(local)
     }
@@ -399,19 +422,35 @@ impl Replica for NodeReplica {
         Ok(true)
     }
 
-    fn serve_fetch(&self, repo: &str, request: &[u8], out: &mut dyn Write) -> Result<(), String> {
+    fn serve_fetch(
+        &self,
+        repo: &str,
+        request: &[u8],
+        resume: Option<(u64, [u8; 20])>,
+        out: &mut dyn Write,
+    ) -> Result<(), String> {
         let name = RepoName::parse(repo).map_err(err)?;
         if !self.identities.is_seeding(&name).map_err(err)? {
             return Err(format!("this node does not serve {name}"));
         }
         let repo = self.storage.open_repo(&name).map_err(err)?;
-        guts_git::upload_pack::upload_pack(
-            &repo,
-            guts_git::protocol::Version::V2,
-            &mut &request[..],
-            out,
-        )
-        .map_err(err)
+        let serve = |out: &mut dyn Write| {
+            guts_git::upload_pack::upload_pack(
+                &repo,
+                guts_git::protocol::Version::V2,
+                &mut &request[..],
+                out,
+            )
+            .map_err(err)
+        };
+        match resume {
+            None => serve(out),
+            Some((offset, sha1)) => {
+                tracing::info!(repo = %name, bytes = offset, "resuming a transfer for a peer");
+                let mut skipping = SkipPrefix::new(out, ResumePoint { offset, sha1 });
+                serve(&mut skipping)
+            }
+        }
     }
 }
 

@@ -154,6 +154,9 @@ struct Answers {
     log: Vec<Vec<u8>>,
     /// Raw bytes sent for `Kind::Fetch`.
     fetch: Vec<u8>,
+    /// Instead of `fetch`: a pack whose first answer breaks off after
+    /// `.1` bytes; a request resuming from there gets the rest.
+    resumable: Option<(Vec<u8>, usize)>,
 }
 
 struct Rogue {
@@ -255,11 +258,27 @@ where
             wire::write_frame(&mut stream, &items).await
         }
         Ok(Kind::Fetch) => {
-            fetches
-                .lock()
-                .expect("fetch list")
-                .push(String::from_utf8_lossy(&req.body).into_owned());
-            stream.write_all(&answers.fetch).await.map_err(Into::into)
+            fetches.lock().expect("fetch list").push(format!(
+                "resume_offset={} {}",
+                req.resume_offset,
+                String::from_utf8_lossy(&req.body)
+            ));
+            let answer = match &answers.resumable {
+                None => answers.fetch.clone(),
+                Some((pack, cut)) if req.resume_offset == 0 => {
+                    // The pack section and `cut` bytes of the pack; then the
+                    // stream closes without the final flush.
+                    let mut out = fetch_response(&pack[..*cut]);
+                    out.truncate(out.len() - 4);
+                    out
+                }
+                Some((pack, cut)) => {
+                    assert_eq!(req.resume_offset, *cut as u64, "resumed where it broke off");
+                    assert_eq!(req.resume_sha1, sha1(&pack[..*cut]), "prefix hash");
+                    fetch_response(&pack[*cut..])
+                }
+            };
+            stream.write_all(&answer).await.map_err(Into::into)
         }
     };
     let _ = stream.close().await;
@@ -511,6 +530,7 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
         Answers {
             log: forged.iter().map(|(_, u, _)| u.clone()).collect(),
             fetch: fetch_response(&evil_pack),
+            resumable: None,
         },
     );
     let rogue_id = rogue.peer_id().to_string();
@@ -605,15 +625,26 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
     rt.shutdown_background();
 }
 
-/// A valid signed update whose objects A lacks (pushed to A2 while A2 was
-/// cut off) is replayed by rogue peers that then answer A's object fetch
-/// with the wrong data: another commit, the wanted commit rewritten (so its
-/// id differs), the commit without its tree, a flipped byte inside
-/// compressed data (trailer recomputed), a truncated pack. A refuses each:
-/// refs and log unchanged, no quarantine left, no object kept. When A later
-/// meets A2, it applies the very same update with A2's objects.
-#[test]
-fn objects_with_a_wrong_hash_are_rejected() {
+/// A and A2 share a repository; A2, cut off from A, accepted a push (c1 →
+/// c2 on main) that A has not seen. `update` is A2's signed update for it.
+struct Diverged {
+    tmp: TempDir,
+    a: Node,
+    a_addr: String,
+    a_peer: PeerId,
+    a2: Node,
+    a2_dir: PathBuf,
+    owner: String,
+    repo: String,
+    work: PathBuf,
+    c1: String,
+    c2: String,
+    certificate: String,
+    update: Vec<u8>,
+    topic: String,
+}
+
+fn diverged() -> Diverged {
     let tmp = TempDir::new().expect("tmp");
     let a = peer_node(&tmp.path().join("a"), None, true);
     let a_addr = p2p_addr(&a);
@@ -634,11 +665,11 @@ fn objects_with_a_wrong_hash_are_rejected() {
         a2.server_refs(&owner, "demo") == a.server_refs(&owner, "demo")
     });
     a2.stop();
-    let mut a2 = peer_node(&a2_dir, None, true);
+    let a2 = peer_node(&a2_dir, None, true);
     assert!(connected(&a2).is_empty(), "A2 is isolated");
 
-    let big: String = (0..200)
-        .map(|i| format!("line {i} of a bigger file\n"))
+    let big: String = (0..2000)
+        .map(|i| format!("line {i} of a bigger file, {}\n", i * 7919 % 1000))
         .collect();
     let c2 = commit_file(&work, "big.txt", &big, "add big.txt");
     git_ok(&work, &["push", "-q", &a2.repo_url(&owner, "demo"), "main"]);
@@ -659,47 +690,100 @@ fn objects_with_a_wrong_hash_are_rejected() {
     );
     let (id_bytes, id_text) = repo_id(&a, &owner, "demo");
     let topic = wire::topic(&id_text);
-    let certificate = logged["certificate"].as_str().expect("certificate");
+    let certificate = logged["certificate"]
+        .as_str()
+        .expect("certificate")
+        .to_owned();
     let update = SignedRefUpdate {
         repo_id: id_bytes,
-        certificate: certificate.to_owned(),
+        certificate: certificate.clone(),
         doc_version: logged["doc_version"].as_u64().expect("doc_version"),
         refused: Vec::new(),
     }
     .encode_to_vec();
+    Diverged {
+        tmp,
+        a,
+        a_addr,
+        a_peer,
+        a2,
+        a2_dir,
+        owner,
+        repo,
+        work,
+        c1,
+        c2,
+        certificate,
+        update,
+        topic,
+    }
+}
 
+/// Have a rogue with `answers` announce `d.update` to A until A has acted
+/// on it; returns the rogue.
+fn rogue_announces(rt: &Runtime, d: &Diverged, answers: Answers, what: &str) -> Rogue {
+    let rogue = Rogue::start(rt, &[&d.a_addr], answers);
+    let rogue_id = rogue.peer_id().to_string();
+    rogue.wait_connected_to(rt, d.a_peer);
+    rogue.subscribe(rt, &d.topic);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rogue.fetches().is_empty()
+        || (log_lines(&d.a, &["announcement not applied", &rogue_id]).is_empty()
+            && log_lines(&d.a, &["replicated a signed update"]).is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A never acted on the rogue's announcement ({what})"
+        );
+        rogue.publish(rt, &d.topic, &announce(&d.repo, &d.update));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    rogue
+}
+
+/// A valid signed update whose objects A lacks (pushed to A2 while A2 was
+/// cut off) is replayed by rogue peers that then answer A's object fetch
+/// with the wrong data: another commit, the wanted commit rewritten (so its
+/// id differs), the commit without its tree, a flipped byte inside
+/// compressed data (trailer recomputed), a truncated pack. A refuses each:
+/// refs and log unchanged, no quarantine left, no object kept. When A later
+/// meets A2, it applies the very same update with A2's objects.
+#[test]
+fn objects_with_a_wrong_hash_are_rejected() {
+    let mut d = diverged();
+    let (a, owner, work, c1, c2) = (&d.a, &d.owner, &d.work, &d.c1, &d.c2);
     // The right objects, and wrong ones.
-    let good = pack_objects(&work, &[&c2, &format!("^{c1}")], false);
+    let good = pack_objects(work, &[c2, &format!("^{c1}")], false);
     let entries = parse_pack(&good);
     let kinds: Vec<u8> = entries.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [1, 2, 3], "commit, tree, blob");
-    assert_eq!(object_id(1, &entries[0].data), c2);
+    assert_eq!(&object_id(1, &entries[0].data), c2);
     let (tree, blob) = (
         object_id(2, &entries[1].data),
         object_id(3, &entries[2].data),
     );
-    assert_eq!(rev_parse(&work, "HEAD^{tree}"), tree);
-    assert_eq!(rev_parse(&work, "HEAD:big.txt"), blob);
+    assert_eq!(rev_parse(work, "HEAD^{tree}"), tree);
+    assert_eq!(rev_parse(work, "HEAD:big.txt"), blob);
 
     let other = git_ok(
-        &work,
+        work,
         &[
             "commit-tree",
             &tree,
             "-p",
-            &c1,
+            c1,
             "-m",
             "not what you asked for",
         ],
     );
-    let other_pack = pack_objects(&work, &[&other, &format!("^{c1}")], false);
+    let other_pack = pack_objects(work, &[&other, &format!("^{c1}")], false);
 
     let rewritten_commit = String::from_utf8(entries[0].data.clone())
         .expect("commit text")
         .replace("add big.txt", "add BIG.txt")
         .into_bytes();
     let rewritten = object_id(1, &rewritten_commit);
-    assert_ne!(rewritten, c2);
+    assert_ne!(&rewritten, c2);
     let rewritten_pack = build_pack(&[
         (1, &rewritten_commit),
         (2, &entries[1].data),
@@ -712,7 +796,7 @@ fn objects_with_a_wrong_hash_are_rejected() {
     flipped[z.start + z.len() / 2] ^= 0x40;
     fix_trailer(&mut flipped);
 
-    let scratch = tmp.path().join("scratch.git");
+    let scratch = d.tmp.path().join("scratch.git");
     assert!(git_accepts_pack(&scratch, &rewritten_pack));
     assert!(
         !git_accepts_pack(&scratch, &flipped),
@@ -736,37 +820,24 @@ fn objects_with_a_wrong_hash_are_rejected() {
         ("a truncated pack", fetch_response(&good[..good.len() / 2])),
     ];
 
-    let objects = objects_dir(&a, &owner, "demo");
-    assert!(has_object(&objects, &c1), "the object lookup works");
+    let objects = objects_dir(a, owner, "demo");
+    assert!(has_object(&objects, c1), "the object lookup works");
     let objects_before = listing(&objects);
-    let refs_before = a.server_refs(&owner, "demo");
-    let log_before = certificates(&a, &owner, "demo");
+    let refs_before = a.server_refs(owner, "demo");
+    let log_before = certificates(a, owner, "demo");
     assert_eq!(log_before.len(), 1);
 
     let rt = runtime();
     for (what, response) in &variants {
-        let rogue = Rogue::start(
-            &rt,
-            &[&a_addr],
-            Answers {
-                log: vec![update.clone()],
-                fetch: response.clone(),
-            },
-        );
+        let answers = Answers {
+            log: vec![d.update.clone()],
+            fetch: response.clone(),
+            resumable: None,
+        };
+        let rogue = rogue_announces(&rt, &d, answers, what);
         let rogue_id = rogue.peer_id().to_string();
-        rogue.wait_connected_to(&rt, a_peer);
-        rogue.subscribe(&rt, &topic);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while log_lines(&a, &["announcement not applied", &rogue_id]).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "A never acted on the rogue's announcement ({what})"
-            );
-            rogue.publish(&rt, &topic, &announce(&repo, &update));
-            std::thread::sleep(Duration::from_millis(300));
-        }
         eventually(10, "A refuses the rogue's log entry", || {
-            !log_lines(&a, &["log entry refused", &rogue_id]).is_empty()
+            !log_lines(a, &["log entry refused", &rogue_id]).is_empty()
         });
         let fetches = rogue.fetches();
         assert!(
@@ -776,14 +847,14 @@ fn objects_with_a_wrong_hash_are_rejected() {
         for f in &fetches {
             assert!(f.contains(&format!("want {c2}")), "A asked for {f:?}");
         }
-        for line in log_lines(&a, &[&rogue_id, "not applied"])
+        for line in log_lines(a, &[&rogue_id, "not applied"])
             .iter()
-            .chain(&log_lines(&a, &[&rogue_id, "refused"]))
+            .chain(&log_lines(a, &[&rogue_id, "refused"]))
         {
             println!("A, rogue serving {what}: {}", line.trim());
         }
-        assert_eq!(a.server_refs(&owner, "demo"), refs_before, "{what}");
-        assert_eq!(certificates(&a, &owner, "demo"), log_before, "{what}");
+        assert_eq!(a.server_refs(owner, "demo"), refs_before, "{what}");
+        assert_eq!(certificates(a, owner, "demo"), log_before, "{what}");
         drop(rogue);
     }
 
@@ -793,31 +864,80 @@ fn objects_with_a_wrong_hash_are_rejected() {
         "the bad packs left something under {}",
         objects.display()
     );
-    for id in [&c2, &tree, &blob, &other, &rewritten] {
+    for id in [c2, &tree, &blob, &other, &rewritten] {
         assert!(!has_object(&objects, id), "A kept object {id}");
     }
-    assert_eq!(a.server_refs(&owner, "demo"), refs_before);
-    assert_eq!(certificates(&a, &owner, "demo"), log_before);
+    assert_eq!(a.server_refs(owner, "demo"), refs_before);
+    assert_eq!(certificates(a, owner, "demo"), log_before);
     rt.shutdown_background();
 
     // The same update from an honest peer is applied.
-    a2.stop();
-    a2 = peer_node(&a2_dir, Some(&a_addr), true);
+    d.a2.stop();
+    d.a2 = peer_node(&d.a2_dir, Some(&d.a_addr), true);
     eventually(30, "A applies A2's update", || {
-        a.server_refs(&owner, "demo").get("refs/heads/main") == Some(&c2)
+        a.server_refs(owner, "demo").get("refs/heads/main") == Some(c2)
     });
     assert_eq!(
-        a.server_refs(&owner, "demo"),
-        a2.server_refs(&owner, "demo")
+        a.server_refs(owner, "demo"),
+        d.a2.server_refs(owner, "demo")
     );
-    let log_after = certificates(&a, &owner, "demo");
+    let log_after = certificates(a, owner, "demo");
     assert_eq!(log_after.len(), 2);
     assert_eq!(
-        log_after[1], certificate,
+        log_after[1], d.certificate,
         "the replayed update, now applied"
     );
     assert!(!listing(&objects).iter().any(|p| p.contains("incoming-")));
     assert!(has_object(&objects, &blob));
-    let clone = clone_refs(&a, &owner, "demo", &tmp.path().join("clone.git"));
-    assert_eq!(clone.get("refs/heads/main"), Some(&c2));
+    let clone = clone_refs(a, owner, "demo", &d.tmp.path().join("clone.git"));
+    assert_eq!(clone.get("refs/heads/main"), Some(c2));
+}
+
+/// A2's objects reach A through a peer whose first answer breaks off in the
+/// middle of the pack. A keeps the bytes that arrived and asks again with
+/// their count and hash; the peer sends only the rest, and the update
+/// applies. No byte crosses twice, and nothing partial is left behind.
+#[test]
+fn an_interrupted_transfer_resumes_where_it_broke_off() {
+    let d = diverged();
+    let (a, owner) = (&d.a, &d.owner);
+    let pack = pack_objects(&d.work, &[&d.c2, &format!("^{}", d.c1)], false);
+    let cut = pack.len() * 2 / 3;
+    assert!(cut > 1000, "a pack worth resuming ({} bytes)", pack.len());
+    let rt = runtime();
+    let answers = Answers {
+        log: vec![d.update.clone()],
+        fetch: Vec::new(),
+        resumable: Some((pack.clone(), cut)),
+    };
+    let rogue = rogue_announces(&rt, &d, answers, "a broken-off pack");
+    eventually(30, "A applies the update", || {
+        a.server_refs(owner, "demo").get("refs/heads/main") == Some(&d.c2)
+    });
+    let offsets: Vec<String> = rogue
+        .fetches()
+        .iter()
+        .map(|f| f.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        offsets[..2],
+        ["resume_offset=0".to_owned(), format!("resume_offset={cut}")],
+        "a full request, then one resuming after {cut} bytes"
+    );
+    assert!(
+        !log_lines(a, &["object transfer broke off; resuming"]).is_empty(),
+        "A says the transfer broke off"
+    );
+    assert!(!log_lines(a, &["resuming an interrupted transfer", &cut.to_string()]).is_empty());
+    let objects = objects_dir(a, owner, "demo");
+    let left: Vec<String> = listing(&objects)
+        .into_iter()
+        .filter(|p| p.contains("incoming-") || p.starts_with("resume"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(certificates(a, owner, "demo").len(), 2);
+    let clone = clone_refs(a, owner, "demo", &d.tmp.path().join("clone.git"));
+    assert_eq!(clone.get("refs/heads/main"), Some(&d.c2));
+    drop(rogue);
+    rt.shutdown_background();
 }

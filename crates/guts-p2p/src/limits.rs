@@ -14,7 +14,9 @@ pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(600);
 /// Invalid announcements after which a peer is disconnected and blocked.
 pub const MAX_INVALID_MESSAGES: u32 = 3;
-/// New tips fetched in the first round trip when applying an update; each
-/// later round asks for twice as many. Objects of finished rounds are kept
-/// if a connection drops.
-pub const FETCH_TIPS_FIRST_ROUND: usize = 32;
+/// Attempts at one object transfer before giving up until the next
+/// announcement or catch-up; each later attempt resumes after the bytes
+/// that arrived.
+pub const FETCH_ATTEMPTS: u32 = 3;
+/// Pause before the second attempt (twice as long before the third).
+pub const FETCH_RETRY_DELAY: Duration = Duration::from_millis(500);

@@ -27,7 +27,7 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 use tokio_util::io::SyncIoBridge;
 
 use crate::error::{Error, Result};
-use crate::limits::{FETCH_TIPS_FIRST_ROUND, MAX_LOG_ENTRIES, STREAM_TIMEOUT};
+use crate::limits::{FETCH_ATTEMPTS, FETCH_RETRY_DELAY, MAX_LOG_ENTRIES, STREAM_TIMEOUT};
 use crate::network::{Event, Handle};
 use crate::wire::{
     read_frame, topic, write_frame, Announce, Items, Kind, Request, REPLICATION_PROTOCOL,
@@ -66,12 +66,16 @@ pub enum Fault {
     Peer(String),
     /// This node failed (storage, database, a name already taken here).
     Local(String),
+    /// The peer's answer broke off (closed or reset mid-pack); what arrived
+    /// is kept, and the next attempt resumes after it. Only if that keeps
+    /// happening does it count against the peer.
+    Interrupted(String),
 }
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Fault::Peer(m) | Fault::Local(m) => f.write_str(m),
+            Fault::Peer(m) | Fault::Local(m) | Fault::Interrupted(m) => f.write_str(m),
         }
     }
 }
@@ -81,6 +85,7 @@ impl From<Fault> for Error {
         match f {
             Fault::Peer(m) => Error::Peer(m),
             Fault::Local(m) => Error::Replica(m),
+            Fault::Interrupted(m) => Error::Peer(format!("the transfer broke off: {m}")),
         }
     }
 }
@@ -102,31 +107,47 @@ pub trait Replica: Send + Sync + 'static {
     /// Check an update (signature, delegate, repository) and say what applying it needs.
     fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, Fault>;
     /// A v2 fetch request for `wants`, with the local tips and `extra_haves`
-    /// (tips fetched in earlier rounds) as haves.
+    /// as haves.
     fn fetch_request(
         &self,
         repo: &str,
         wants: &[String],
         extra_haves: &[String],
     ) -> std::result::Result<Vec<u8>, String>;
-    /// Receive a peer's fetch response for `tips` through the quarantine
-    /// (hashes, connectivity) and keep its objects.
+    /// Pack bytes kept from an interrupted answer to `request` (the exact
+    /// fetch request body): how many, and their SHA-1.
+    fn resume_point(&self, repo: &str, request: &[u8]) -> Option<(u64, [u8; 20])>;
+    /// Receive a peer's fetch response to `request` for `tips` through the
+    /// quarantine (hashes, connectivity) and keep its objects. The first
+    /// `resume_from` pack bytes are the ones kept from an earlier attempt
+    /// (the response leaves them out); if the response breaks off, what
+    /// arrived is kept for the next attempt.
     fn receive(
         &self,
         repo: &str,
         tips: &[String],
+        request: &[u8],
+        resume_from: u64,
         pack: &mut dyn BufRead,
     ) -> std::result::Result<(), Fault>;
     /// Apply a checked update whose objects are all present. Returns whether
     /// anything changed.
     fn apply(&self, repo: &str, update: &[u8]) -> std::result::Result<bool, Fault>;
-    /// Answer a peer's v2 fetch request with upload-pack's output.
+    /// Answer a peer's v2 fetch request with upload-pack's output, leaving
+    /// out the first pack bytes if `resume` (their count and SHA-1) matches.
     fn serve_fetch(
         &self,
         repo: &str,
         request: &[u8],
+        resume: Option<(u64, [u8; 20])>,
         out: &mut dyn Write,
     ) -> std::result::Result<(), String>;
+}
+
+/// How one transfer attempt failed: broken off (worth resuming) or not.
+enum Attempt {
+    Interrupted(Error),
+    Failed(Error),
 }
 
 /// Drives replication for one node.
@@ -142,21 +163,6 @@ impl<R: Replica> Clone for Replicator<R> {
             replica: Arc::clone(&self.replica),
         }
     }
-}
-
-/// How the new tips of one update are split into fetch requests: the first
-/// round takes [`FETCH_TIPS_FIRST_ROUND`] tips, each later one twice as many
-/// as the one before.
-pub fn fetch_rounds(tips: usize) -> Vec<std::ops::Range<usize>> {
-    let mut rounds = Vec::new();
-    let (mut start, mut size) = (0, FETCH_TIPS_FIRST_ROUND.max(1));
-    while start < tips {
-        let end = tips.min(start.saturating_add(size));
-        rounds.push(start..end);
-        start = end;
-        size = size.saturating_mul(2);
-    }
-    rounds
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -291,40 +297,86 @@ impl<R: Replica> Replicator<R> {
             }
             Plan::Apply { missing } => missing,
         };
-        // Rounds of growing size: what arrived stays if the connection
-        // drops, and the next attempt asks only for the rest; the number of
-        // round trips grows with the logarithm of the number of new tips.
-        let mut fetched: Vec<String> = Vec::new();
-        for range in fetch_rounds(missing.len()) {
-            let chunk = &missing[range];
-            let replica = Arc::clone(&self.replica);
-            let (r, wants, haves) = (repo.to_owned(), chunk.to_vec(), fetched.clone());
-            let body = blocking(move || replica.fetch_request(&r, &wants, &haves))
-                .await?
-                .map_err(Error::Replica)?;
-            let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
-            let req = Request {
-                kind: Kind::Fetch as i32,
-                repo: repo.to_owned(),
-                body,
-            };
-            write_frame(&mut stream, &req).await?;
-            let reader = SyncIoBridge::new(stream.compat());
-            let replica = Arc::clone(&self.replica);
-            let (r, tips) = (repo.to_owned(), chunk.to_vec());
-            blocking(move || {
-                let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
-                replica.receive(&r, &tips, &mut reader)
-            })
-            .await?
-            .map_err(Error::from)?;
-            fetched.extend_from_slice(chunk);
+        if !missing.is_empty() {
+            self.fetch_tips(peer, repo, &missing).await?;
         }
         let replica = Arc::clone(&self.replica);
         let r = repo.to_owned();
         blocking(move || replica.apply(&r, &update))
             .await?
             .map_err(Error::from)
+    }
+
+    /// Fetch the objects of `tips` from `peer` in one v2 fetch (wants: the
+    /// tips, haves: the local refs). If the transfer breaks off, the bytes
+    /// that arrived are kept and the next attempt (up to [`FETCH_ATTEMPTS`],
+    /// and any later one for the same request) resumes after them.
+    async fn fetch_tips(&self, peer: PeerId, repo: &str, tips: &[String]) -> Result<()> {
+        let replica = Arc::clone(&self.replica);
+        let (r, wants) = (repo.to_owned(), tips.to_vec());
+        let body = blocking(move || replica.fetch_request(&r, &wants, &[]))
+            .await?
+            .map_err(Error::Replica)?;
+        let mut attempt = 1;
+        loop {
+            match self.fetch_once(peer, repo, tips, &body).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Interrupted(e)) if attempt < FETCH_ATTEMPTS => {
+                    tracing::warn!(%peer, %repo, attempt, error = %e, "object transfer broke off; resuming");
+                    tokio::time::sleep(FETCH_RETRY_DELAY * attempt).await;
+                    attempt += 1;
+                }
+                Err(Attempt::Interrupted(e)) | Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn fetch_once(
+        &self,
+        peer: PeerId,
+        repo: &str,
+        tips: &[String],
+        body: &[u8],
+    ) -> std::result::Result<(), Attempt> {
+        let replica = Arc::clone(&self.replica);
+        let (r, b) = (repo.to_owned(), body.to_vec());
+        let resume = blocking(move || replica.resume_point(&r, &b))
+            .await
+            .map_err(Attempt::Failed)?;
+        let (resume_offset, resume_sha1) = resume.map_or((0, Vec::new()), |(o, h)| (o, h.to_vec()));
+        if resume_offset > 0 {
+            tracing::info!(%peer, %repo, bytes = resume_offset, "resuming an interrupted transfer");
+        }
+        // A stream that cannot be opened or written is a broken transfer too.
+        let mut stream = self
+            .net
+            .open_stream(peer, REPLICATION_PROTOCOL)
+            .await
+            .map_err(Attempt::Interrupted)?;
+        let req = Request {
+            kind: Kind::Fetch as i32,
+            repo: repo.to_owned(),
+            body: body.to_vec(),
+            resume_offset,
+            resume_sha1,
+        };
+        write_frame(&mut stream, &req)
+            .await
+            .map_err(Attempt::Interrupted)?;
+        let reader = SyncIoBridge::new(stream.compat());
+        let replica = Arc::clone(&self.replica);
+        let (r, tips, b) = (repo.to_owned(), tips.to_vec(), body.to_vec());
+        let received = blocking(move || {
+            let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+            replica.receive(&r, &tips, &b, resume_offset, &mut reader)
+        })
+        .await
+        .map_err(Attempt::Failed)?;
+        match received {
+            Ok(()) => Ok(()),
+            Err(f @ Fault::Interrupted(_)) => Err(Attempt::Interrupted(f.into())),
+            Err(f) => Err(Attempt::Failed(f.into())),
+        }
     }
 
     async fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan> {
@@ -350,7 +402,7 @@ impl<R: Replica> Replicator<R> {
             &Request {
                 kind: kind as i32,
                 repo: repo.to_owned(),
-                body: Vec::new(),
+                ..Default::default()
             },
         )
         .await?;
@@ -438,7 +490,12 @@ impl<R: Replica> Replicator<R> {
         let mut last_err = Error::Replica(format!("no peer has {repo}"));
         for &peer in peers {
             tried.push(peer);
-            let versions = match self.request_items(peer, Kind::Identity, repo).await {
+            // Both asked at once: one round trip instead of two.
+            let (versions, log) = tokio::join!(
+                self.request_items(peer, Kind::Identity, repo),
+                self.request_items(peer, Kind::Log, repo)
+            );
+            let versions = match versions {
                 Ok(v) => v,
                 Err(e) => {
                     last_err = e;
@@ -456,12 +513,11 @@ impl<R: Replica> Replicator<R> {
                     self.follow(&s).await?;
                     // The peer that gave the identity must give its log too:
                     // seeding must not report success with nothing copied.
-                    let entries = self.request_items(peer, Kind::Log, repo).await?;
-                    self.apply_log(peer, repo, entries).await;
+                    self.apply_log(peer, repo, log?).await;
                     tracing::info!(%repo, %peer, "seeding");
                     return Ok(id);
                 }
-                Err(Fault::Peer(e)) => {
+                Err(Fault::Peer(e) | Fault::Interrupted(e)) => {
                     tracing::warn!(%peer, %repo, error = %e, "peer sent an invalid identity");
                     last_err = Error::Peer(e);
                 }
@@ -511,7 +567,11 @@ impl<R: Replica> Replicator<R> {
                     SyncIoBridge::new(stream.compat_write()),
                 );
                 blocking(move || {
-                    let result = replica.serve_fetch(&repo, &req.body, &mut writer);
+                    let resume = <[u8; 20]>::try_from(req.resume_sha1.as_slice())
+                        .ok()
+                        .filter(|_| req.resume_offset > 0)
+                        .map(|sha1| (req.resume_offset, sha1));
+                    let result = replica.serve_fetch(&repo, &req.body, resume, &mut writer);
                     let _ = writer.flush();
                     let _ = writer.get_mut().shutdown();
                     result
@@ -521,33 +581,5 @@ impl<R: Replica> Replicator<R> {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fetch_rounds_double_and_cover_every_tip_once() {
-        assert!(fetch_rounds(0).is_empty());
-        assert_eq!(fetch_rounds(1), vec![std::ops::Range { start: 0, end: 1 }]);
-        let first = FETCH_TIPS_FIRST_ROUND;
-        assert_eq!(
-            fetch_rounds(9 * first),
-            [
-                0..first,
-                first..3 * first,
-                3 * first..7 * first,
-                7 * first..9 * first
-            ]
-        );
-        for n in [1, 31, 32, 33, 288, 10_000] {
-            let r = fetch_rounds(n);
-            assert_eq!(r.first().map(|r| r.start), Some(0));
-            assert!(r.windows(2).all(|w| w[0].end == w[1].start));
-            assert_eq!(r.last().map(|r| r.end), Some(n));
-            assert!(r.len() <= 2 + (n / first).max(1).ilog2() as usize);
-        }
     }
 }

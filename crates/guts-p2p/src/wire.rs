@@ -53,6 +53,14 @@ pub struct Request {
     /// For `Fetch`: the pkt-line request.
     #[prost(bytes = "vec", tag = "3")]
     pub body: Vec<u8>,
+    /// For `Fetch`: pack bytes the requester already holds from an
+    /// interrupted answer to the same request (0: none). The answer then
+    /// leaves them out, if they are the prefix of the pack it produces.
+    #[prost(uint64, tag = "4")]
+    pub resume_offset: u64,
+    /// SHA-1 of those bytes.
+    #[prost(bytes = "vec", tag = "5")]
+    pub resume_sha1: Vec<u8>,
 }
 
 /// Answer to `Identity` and `Log` requests.
