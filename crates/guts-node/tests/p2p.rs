@@ -16,6 +16,21 @@ fn line_node(dir: &Path, bootstrap: Option<&str>) -> Node {
     peer_node(dir, bootstrap, false)
 }
 
+/// Pack files of `OWNER/demo` in a node's data dir (each fetch from a peer adds one).
+fn packs(data_dir: &Path, owner: &str) -> usize {
+    let dir = data_dir
+        .join("repos")
+        .join(owner)
+        .join("demo.git/objects/pack");
+    std::fs::read_dir(&dir)
+        .expect("pack dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        })
+        .count()
+}
+
 fn log_len(node: &Node, owner: &str, name: &str) -> usize {
     updates(node, owner, name).len()
 }
@@ -117,6 +132,7 @@ fn a_push_to_one_end_of_a_line_reaches_the_other_end() {
 fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
     let mut l = line();
     l.c.stop();
+    let c_packs = packs(&l.dirs[2], &l.owner);
     let c1 = commit_file(&l.work, "one.txt", "1\n", "while C is down 1");
     git_ok(
         &l.work,
@@ -137,6 +153,8 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
         log_len(&c, &l.owner, "demo"),
         log_len(&l.a, &l.owner, "demo")
     );
+    // Both missed updates' objects came in one fetch (one new pack).
+    assert_eq!(packs(&l.dirs[2], &l.owner), c_packs + 1);
 
     // D knows only B, and seeds the repository by its canonical name.
     let d_dir = l._tmp.path().join("d");

@@ -20,3 +20,8 @@ pub const MAX_INVALID_MESSAGES: u32 = 3;
 pub const FETCH_ATTEMPTS: u32 = 3;
 /// Pause before the second attempt (twice as long before the third).
 pub const FETCH_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Replication requests (identity, log, fetch) served to one peer at once;
+/// more are refused.
+pub const MAX_SERVED_PER_PEER: usize = 4;
+/// Replication requests served at once to all peers together.
+pub const MAX_SERVED_TOTAL: usize = 32;

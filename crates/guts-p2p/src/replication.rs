@@ -27,7 +27,10 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 use tokio_util::io::SyncIoBridge;
 
 use crate::error::{Error, Result};
-use crate::limits::{FETCH_ATTEMPTS, FETCH_RETRY_DELAY, MAX_LOG_ENTRIES, STREAM_TIMEOUT};
+use crate::limits::{
+    FETCH_ATTEMPTS, FETCH_RETRY_DELAY, MAX_LOG_ENTRIES, MAX_SERVED_PER_PEER, MAX_SERVED_TOTAL,
+    STREAM_TIMEOUT,
+};
 use crate::network::{Event, Handle};
 use crate::wire::{
     read_frame, topic, write_frame, Announce, Items, Kind, Request, REPLICATION_PROTOCOL,
@@ -144,6 +147,62 @@ pub trait Replica: Send + Sync + 'static {
     ) -> std::result::Result<(), String>;
 }
 
+/// Bounds on the replication requests served at once
+/// ([`MAX_SERVED_PER_PEER`] per peer, [`MAX_SERVED_TOTAL`] in all).
+#[derive(Default)]
+struct ServeLimits {
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+    total: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One admitted request; released when dropped.
+struct ServePermit {
+    peer: PeerId,
+    limits: ServeLimits,
+}
+
+impl ServeLimits {
+    fn admit(&mut self, peer: PeerId) -> Option<ServePermit> {
+        use std::sync::atomic::Ordering;
+        let mut map = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(peer).or_default();
+        if *n >= MAX_SERVED_PER_PEER || self.total.load(Ordering::SeqCst) >= MAX_SERVED_TOTAL {
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        Some(ServePermit {
+            peer,
+            limits: ServeLimits {
+                per_peer: Arc::clone(&self.per_peer),
+                total: Arc::clone(&self.total),
+            },
+        })
+    }
+}
+
+impl Drop for ServePermit {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let mut map = self
+            .limits
+            .per_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn needs_identity() -> Error {
+    Error::Peer("the update needs an identity document the peer does not have".into())
+}
+
 /// How one transfer attempt failed: broken off (worth resuming) or not.
 enum Attempt {
     Interrupted(Error),
@@ -182,9 +241,17 @@ impl<R: Replica> Replicator<R> {
         let mut incoming = this.net.accept(REPLICATION_PROTOCOL)?;
         let server = this.clone();
         tokio::spawn(async move {
+            let mut limits = ServeLimits::default();
             while let Some((peer, stream)) = incoming.next().await {
+                // A flood of requests is refused, not queued: the stream is
+                // dropped (the peer sees it closed).
+                let Some(permit) = limits.admit(peer) else {
+                    tracing::warn!(%peer, "too many concurrent replication requests; one refused");
+                    continue;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(STREAM_TIMEOUT, server.serve(peer, stream)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -278,28 +345,34 @@ impl<R: Replica> Replicator<R> {
 
     /// Check, fetch what is missing from `peer`, and apply one update.
     async fn apply_from(&self, peer: PeerId, repo: &str, update: Vec<u8>) -> Result<bool> {
-        let mut plan = self.plan(repo, &update).await?;
-        if let Plan::NeedIdentity = plan {
-            let versions = self.request_items(peer, Kind::Identity, repo).await?;
-            let replica = Arc::clone(&self.replica);
-            let r = repo.to_owned();
-            blocking(move || replica.adopt(&r, &versions))
-                .await?
-                .map_err(Error::from)?;
-            plan = self.plan(repo, &update).await?;
-        }
-        let missing = match plan {
+        let missing = match self.plan_from(peer, repo, &update).await? {
             Plan::Known => return Ok(false),
-            Plan::NeedIdentity => {
-                return Err(Error::Peer(
-                    "the update needs an identity document the peer does not have".into(),
-                ))
-            }
+            Plan::NeedIdentity => return Err(needs_identity()),
             Plan::Apply { missing } => missing,
         };
         if !missing.is_empty() {
             self.fetch_tips(peer, repo, &missing).await?;
         }
+        self.apply(repo, update).await
+    }
+
+    /// Plan an update; if it needs a newer identity document, take the
+    /// peer's document chain (verified) and plan again.
+    async fn plan_from(&self, peer: PeerId, repo: &str, update: &[u8]) -> Result<Plan> {
+        let plan = self.plan(repo, update).await?;
+        if !matches!(plan, Plan::NeedIdentity) {
+            return Ok(plan);
+        }
+        let versions = self.request_items(peer, Kind::Identity, repo).await?;
+        let replica = Arc::clone(&self.replica);
+        let r = repo.to_owned();
+        blocking(move || replica.adopt(&r, &versions))
+            .await?
+            .map_err(Error::from)?;
+        self.plan(repo, update).await
+    }
+
+    async fn apply(&self, repo: &str, update: Vec<u8>) -> Result<bool> {
         let replica = Arc::clone(&self.replica);
         let r = repo.to_owned();
         blocking(move || replica.apply(&r, &update))
@@ -426,9 +499,41 @@ impl<R: Replica> Replicator<R> {
 
     /// Apply a peer's log entries one by one; returns how many were new.
     async fn apply_log(&self, peer: PeerId, repo: &str, entries: Vec<Vec<u8>>) -> usize {
-        let mut applied = 0;
+        // Check every entry first, so that the objects of all the new ones
+        // come in one fetch: a node that missed many updates still makes
+        // one round trip for their objects.
+        let mut ready = Vec::new();
+        let mut wants = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
         for update in entries {
-            match self.apply_from(peer, repo, update).await {
+            match self.plan_from(peer, repo, &update).await {
+                Ok(Plan::Known) => {}
+                Ok(Plan::Apply { missing }) => {
+                    for tip in missing {
+                        if wanted.insert(tip.clone()) {
+                            wants.push(tip);
+                        }
+                    }
+                    ready.push(update);
+                }
+                Ok(Plan::NeedIdentity) => {
+                    let e = needs_identity();
+                    tracing::warn!(%peer, %repo, error = %e, "log entry refused");
+                }
+                Err(e) => tracing::warn!(%peer, %repo, error = %e, "log entry refused"),
+            }
+        }
+        if !wants.is_empty() {
+            if let Err(e) = self.fetch_tips(peer, repo, &wants).await {
+                for _ in &ready {
+                    tracing::warn!(%peer, %repo, error = %e, "log entry refused");
+                }
+                return 0;
+            }
+        }
+        let mut applied = 0;
+        for update in ready {
+            match self.apply(repo, update).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%peer, %repo, error = %e, "log entry refused"),
@@ -581,5 +686,34 @@ impl<R: Replica> Replicator<R> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_is_bounded_per_peer_and_in_all() {
+        let mut limits = ServeLimits::default();
+        let a = PeerId::random();
+        let mut held: Vec<ServePermit> = (0..MAX_SERVED_PER_PEER)
+            .map(|_| limits.admit(a).expect("within the per-peer bound"))
+            .collect();
+        assert!(limits.admit(a).is_none(), "one more from the same peer");
+        held.pop();
+        assert!(
+            limits.admit(a).is_some(),
+            "a slot freed by a finished request"
+        );
+        drop(held);
+        let mut others = Vec::new();
+        while let Some(p) = limits.admit(PeerId::random()) {
+            others.push(p);
+            assert!(others.len() <= MAX_SERVED_TOTAL);
+        }
+        assert_eq!(others.len(), MAX_SERVED_TOTAL);
+        drop(others);
+        assert!(limits.admit(a).is_some(), "all released");
     }
 }
