@@ -137,6 +137,9 @@ struct RunArgs {
     /// Do not join the Kademlia DHT: connect only to --bootstrap peers (and mDNS ones), and find repositories only among them.
     #[arg(long, env = "GUTS_NO_DHT")]
     no_dht: bool,
+    /// Every this many seconds, compare signed-update logs with connected peers and fetch what is missing (updates whose announcement was lost); 0 turns it off.
+    #[arg(long, env = "GUTS_SYNC_INTERVAL", default_value_t = 60)]
+    sync_interval: u64,
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
@@ -288,6 +291,8 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
                 bootstrap: args.bootstrap.clone(),
                 mdns: !args.no_mdns,
                 dht: !args.no_dht,
+                sync_interval: (args.sync_interval > 0)
+                    .then(|| std::time::Duration::from_secs(args.sync_interval)),
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };

@@ -36,6 +36,8 @@ pub struct P2pOptions {
     pub mdns: bool,
     /// Kademlia DHT.
     pub dht: bool,
+    /// How often logs are compared with connected peers (None: never).
+    pub sync_interval: Option<Duration>,
 }
 
 /// Load the node key from `path`, creating it (mode 0600) on first start.
@@ -98,9 +100,14 @@ impl P2p {
         })
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let replicator = Replicator::start(net.clone(), events, Arc::clone(&replica))
-            .await
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let replicator = Replicator::start(
+            net.clone(),
+            events,
+            Arc::clone(&replica),
+            opts.sync_interval,
+        )
+        .await
+        .map_err(|e| NodeError::Config(e.to_string()))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<(Seeded, Vec<u8>)>();
         let announcer = replicator.clone();
         tokio::spawn(async move {

@@ -302,6 +302,15 @@ impl Replica for NodeReplica {
         )
     }
 
+    fn log_summary(&self, repo: &str) -> Option<Vec<u8>> {
+        let name = RepoName::parse(repo).ok()?;
+        self.storage.open_repo(&name).ok()?;
+        let mut keys: Vec<[u8; 32]> = self.logged(&name).ok()?.iter().map(|u| u.key()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Some(log_summary(&keys))
+    }
+
     fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, Fault> {
         let (name, repo, identity) = self.repo(repo)?;
         let update = SignedRefUpdate::decode(update)
@@ -452,6 +461,19 @@ impl Replica for NodeReplica {
             }
         }
     }
+}
+
+/// The log summary peers compare: the number of distinct updates (8 bytes,
+/// big-endian) and the SHA-256 of their sorted keys.
+fn log_summary(sorted_keys: &[[u8; 32]]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for k in sorted_keys {
+        h.update(k);
+    }
+    let mut out = (sorted_keys.len() as u64).to_be_bytes().to_vec();
+    out.extend_from_slice(&h.finalize());
+    out
 }
 
 /// A protocol v2 `fetch` request for `wants`, telling the peer about `haves`

@@ -22,6 +22,7 @@ use guts_p2p::network::{self, Handle, NetworkConfig};
 use guts_p2p::wire::{self, Announce, Items, Kind, Request};
 use guts_p2p::{Multiaddr, NodeKeypair, PeerId};
 use prost::Message;
+use sha2::Digest;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
@@ -163,6 +164,8 @@ struct Rogue {
     net: Handle,
     /// Bodies of the `Fetch` requests the node sent to the rogue.
     fetches: Arc<Mutex<Vec<String>>>,
+    /// What it answers now.
+    answers: Arc<Mutex<Answers>>,
 }
 
 impl Rogue {
@@ -192,14 +195,21 @@ impl Rogue {
             // Keep the swarm's event channel flowing; gossip the rogue
             // receives is never validated, hence never forwarded by it.
             tokio::spawn(async move { while events.recv().await.is_some() {} });
+            let answers = Arc::new(Mutex::new(answers));
+            let current = Arc::clone(&answers);
             let fetches = Arc::new(Mutex::new(Vec::new()));
             let seen = Arc::clone(&fetches);
             tokio::spawn(async move {
                 while let Some((_peer, stream)) = incoming.next().await {
-                    tokio::spawn(serve(stream, answers.clone(), Arc::clone(&seen)));
+                    let now = current.lock().expect("answers").clone();
+                    tokio::spawn(serve(stream, now, Arc::clone(&seen)));
                 }
             });
-            Rogue { net, fetches }
+            Rogue {
+                net,
+                fetches,
+                answers,
+            }
         })
     }
 
@@ -230,6 +240,11 @@ impl Rogue {
             .expect("publish");
     }
 
+    /// Answer differently from now on.
+    fn set_answers(&self, answers: Answers) {
+        *self.answers.lock().expect("answers") = answers;
+    }
+
     fn fetches(&self) -> Vec<String> {
         self.fetches.lock().expect("fetch list").clone()
     }
@@ -246,6 +261,24 @@ where
         Ok(Kind::Log) => {
             let items = Items {
                 items: answers.log.clone(),
+                error: String::new(),
+            };
+            wire::write_frame(&mut stream, &items).await
+        }
+        Ok(Kind::LogSummary) => {
+            // What an honest node would say of this log.
+            let mut keys: Vec<[u8; 32]> = answers
+                .log
+                .iter()
+                .filter_map(|u| SignedRefUpdate::decode(&u[..]).ok())
+                .map(|u| u.key())
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let mut summary = (keys.len() as u64).to_be_bytes().to_vec();
+            summary.extend(sha2::Sha256::digest(keys.concat()));
+            let items = Items {
+                items: vec![summary],
                 error: String::new(),
             };
             wire::write_frame(&mut stream, &items).await
@@ -645,8 +678,13 @@ struct Diverged {
 }
 
 fn diverged() -> Diverged {
+    diverged_with(&["--sync-interval", "0"])
+}
+
+/// [`diverged`], with more flags for A.
+fn diverged_with(a_args: &[&str]) -> Diverged {
     let tmp = TempDir::new().expect("tmp");
-    let a = peer_node(&tmp.path().join("a"), None, true);
+    let a = peer_node_with(&tmp.path().join("a"), None, true, a_args);
     let a_addr = p2p_addr(&a);
     let a_peer = peer_id_of(&a);
     let owner = test_identity().owner_id();
@@ -935,6 +973,46 @@ fn an_interrupted_transfer_resumes_where_it_broke_off() {
         .filter(|p| p.contains("incoming-") || p.starts_with("resume"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(certificates(a, owner, "demo").len(), 2);
+    let clone = clone_refs(a, owner, "demo", &d.tmp.path().join("clone.git"));
+    assert_eq!(clone.get("refs/heads/main"), Some(&d.c2));
+    drop(rogue);
+    rt.shutdown_background();
+}
+
+/// An update that a connected peer holds but never announced (a lost
+/// announcement) reaches A through the periodic log comparison: the peer's
+/// log summary differs from A's, A asks for its log, checks the new entry
+/// and fetches its objects.
+#[test]
+fn a_missed_update_arrives_by_periodic_log_comparison() {
+    let d = diverged_with(&["--sync-interval", "1"]);
+    let (a, owner) = (&d.a, &d.owner);
+    let pack = pack_objects(&d.work, &[&d.c2, &format!("^{}", d.c1)], false);
+    let rt = runtime();
+    let quiet = Answers {
+        log: Vec::new(),
+        fetch: fetch_response(&pack),
+        resumable: None,
+    };
+    let rogue = Rogue::start(&rt, &[&d.a_addr], quiet.clone());
+    rogue.wait_connected_to(&rt, d.a_peer);
+    // Catch-up on connection found nothing; a few comparisons pass.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        a.server_refs(owner, "demo").get("refs/heads/main"),
+        Some(&d.c1)
+    );
+    assert!(rogue.fetches().is_empty());
+    // The peer now holds the update, without announcing it.
+    rogue.set_answers(Answers {
+        log: vec![d.update.clone()],
+        ..quiet
+    });
+    eventually(20, "A finds the update by comparing logs", || {
+        a.server_refs(owner, "demo").get("refs/heads/main") == Some(&d.c2)
+    });
+    assert_eq!(rogue.fetches().len(), 1, "one fetch for the missed update");
     assert_eq!(certificates(a, owner, "demo").len(), 2);
     let clone = clone_refs(a, owner, "demo", &d.tmp.path().join("clone.git"));
     assert_eq!(clone.get("refs/heads/main"), Some(&d.c2));

@@ -25,3 +25,8 @@ pub const FETCH_RETRY_DELAY: Duration = Duration::from_millis(500);
 pub const MAX_SERVED_PER_PEER: usize = 4;
 /// Replication requests served at once to all peers together.
 pub const MAX_SERVED_TOTAL: usize = 32;
+/// Attempts at an identity, log or log-summary request whose stream the
+/// peer dropped before answering.
+pub const REQUEST_ATTEMPTS: u32 = 3;
+/// Pause before asking again (twice as long before the third attempt).
+pub const REQUEST_RETRY_DELAY: Duration = Duration::from_millis(50);

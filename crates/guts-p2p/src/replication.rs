@@ -18,6 +18,7 @@
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use libp2p::PeerId;
@@ -29,7 +30,7 @@ use tokio_util::io::SyncIoBridge;
 use crate::error::{Error, Result};
 use crate::limits::{
     FETCH_ATTEMPTS, FETCH_RETRY_DELAY, MAX_LOG_ENTRIES, MAX_SERVED_PER_PEER, MAX_SERVED_TOTAL,
-    STREAM_TIMEOUT,
+    REQUEST_ATTEMPTS, REQUEST_RETRY_DELAY, STREAM_TIMEOUT,
 };
 use crate::network::{Event, Handle};
 use crate::wire::{
@@ -107,6 +108,9 @@ pub trait Replica: Send + Sync + 'static {
     fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> std::result::Result<String, Fault>;
     /// The signed-update log of `repo`.
     fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>>;
+    /// A summary of the log that two nodes holding the same set of updates
+    /// (in any order) agree on, and that differs otherwise.
+    fn log_summary(&self, repo: &str) -> Option<Vec<u8>>;
     /// Check an update (signature, delegate, repository) and say what applying it needs.
     fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, Fault>;
     /// A v2 fetch request for `wants`, with the local tips and `extra_haves`
@@ -213,13 +217,21 @@ enum Attempt {
 pub struct Replicator<R: Replica> {
     net: Handle,
     replica: Arc<R>,
+    /// One applying task per repository at a time (announcement, catch-up,
+    /// log comparison): a second one waits, then finds the update known
+    /// instead of fetching the same objects again into the same partial
+    /// pack.
+    applying: Arc<std::sync::Mutex<std::collections::HashMap<String, RepoLock>>>,
 }
+
+type RepoLock = Arc<tokio::sync::Mutex<()>>;
 
 impl<R: Replica> Clone for Replicator<R> {
     fn clone(&self) -> Self {
         Replicator {
             net: self.net.clone(),
             replica: Arc::clone(&self.replica),
+            applying: Arc::clone(&self.applying),
         }
     }
 }
@@ -236,8 +248,13 @@ impl<R: Replica> Replicator<R> {
         net: Handle,
         mut events: mpsc::Receiver<Event>,
         replica: Arc<R>,
+        sync_interval: Option<Duration>,
     ) -> Result<Self> {
-        let this = Replicator { net, replica };
+        let this = Replicator {
+            net,
+            replica,
+            applying: Default::default(),
+        };
         let mut incoming = this.net.accept(REPLICATION_PROTOCOL)?;
         let server = this.clone();
         tokio::spawn(async move {
@@ -264,6 +281,18 @@ impl<R: Replica> Replicator<R> {
         });
         for s in this.replica_seeded().await? {
             this.follow(&s).await?;
+        }
+        if let Some(every) = sync_interval {
+            let syncer = this.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    syncer.anti_entropy().await;
+                }
+            });
         }
         let handler = this.clone();
         tokio::spawn(async move {
@@ -344,7 +373,15 @@ impl<R: Replica> Replicator<R> {
     }
 
     /// Check, fetch what is missing from `peer`, and apply one update.
+    /// The lock serializing updates of `repo` on this node.
+    fn repo_lock(&self, repo: &str) -> RepoLock {
+        let mut map = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(repo.to_owned()).or_default())
+    }
+
     async fn apply_from(&self, peer: PeerId, repo: &str, update: Vec<u8>) -> Result<bool> {
+        let lock = self.repo_lock(repo);
+        let _applying = lock.lock().await;
         let missing = match self.plan_from(peer, repo, &update).await? {
             Plan::Known => return Ok(false),
             Plan::NeedIdentity => return Err(needs_identity()),
@@ -460,6 +497,36 @@ impl<R: Replica> Replicator<R> {
             .map_err(Error::from)
     }
 
+    /// Compare log summaries with every connected peer for every followed
+    /// repository, and exchange logs where they differ: updates whose
+    /// announcement was lost, or whose transfer failed, arrive even between
+    /// nodes that stay connected.
+    pub async fn anti_entropy(&self) {
+        let (Ok(seeded), Ok(status)) = (self.replica_seeded().await, self.net.status().await)
+        else {
+            return;
+        };
+        for s in &seeded {
+            let replica = Arc::clone(&self.replica);
+            let r = s.name.clone();
+            let Ok(Some(ours)) = blocking(move || replica.log_summary(&r)).await else {
+                continue;
+            };
+            for &peer in &status.connected {
+                let theirs = match self.request_items(peer, Kind::LogSummary, &s.name).await {
+                    Ok(items) => items.into_iter().next(),
+                    Err(_) => continue,
+                };
+                if theirs.is_some_and(|t| t != ours) {
+                    tracing::debug!(%peer, repo = %s.name, "logs differ; exchanging");
+                    if let Err(e) = self.sync_repo(peer, &s.name).await {
+                        tracing::warn!(%peer, repo = %s.name, error = %e, "log exchange failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Exchange logs with `peer` for every followed repository.
     async fn catch_up_with(&self, peer: PeerId) -> Result<()> {
         for s in self.replica_seeded().await? {
@@ -468,7 +535,29 @@ impl<R: Replica> Replicator<R> {
         Ok(())
     }
 
+    /// Ask `peer` for `kind` of `repo`. A stream the peer drops before
+    /// answering (it was busy accepting another, or over its limits) is
+    /// opened again, up to [`REQUEST_ATTEMPTS`] times.
     async fn request_items(&self, peer: PeerId, kind: Kind, repo: &str) -> Result<Vec<Vec<u8>>> {
+        let mut attempt = 1;
+        loop {
+            match self.request_items_once(peer, kind, repo).await {
+                Err(Error::Io(e)) if attempt < REQUEST_ATTEMPTS => {
+                    tracing::debug!(%peer, %repo, attempt, error = %e, "request dropped; asking again");
+                    tokio::time::sleep(REQUEST_RETRY_DELAY * attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_items_once(
+        &self,
+        peer: PeerId,
+        kind: Kind,
+        repo: &str,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
         write_frame(
             &mut stream,
@@ -499,6 +588,8 @@ impl<R: Replica> Replicator<R> {
 
     /// Apply a peer's log entries one by one; returns how many were new.
     async fn apply_log(&self, peer: PeerId, repo: &str, entries: Vec<Vec<u8>>) -> usize {
+        let lock = self.repo_lock(repo);
+        let _applying = lock.lock().await;
         // Check every entry first, so that the objects of all the new ones
         // come in one fetch: a node that missed many updates still makes
         // one round trip for their objects.
@@ -595,12 +686,10 @@ impl<R: Replica> Replicator<R> {
         let mut last_err = Error::Replica(format!("no peer has {repo}"));
         for &peer in peers {
             tried.push(peer);
-            // Both asked at once: one round trip instead of two.
-            let (versions, log) = tokio::join!(
-                self.request_items(peer, Kind::Identity, repo),
-                self.request_items(peer, Kind::Log, repo)
-            );
-            let versions = match versions {
+            // One request at a time: libp2p-stream drops an inbound stream
+            // that arrives while the peer's accept loop is still taking the
+            // previous one from the same connection.
+            let versions = match self.request_items(peer, Kind::Identity, repo).await {
                 Ok(v) => v,
                 Err(e) => {
                     last_err = e;
@@ -618,7 +707,8 @@ impl<R: Replica> Replicator<R> {
                     self.follow(&s).await?;
                     // The peer that gave the identity must give its log too:
                     // seeding must not report success with nothing copied.
-                    self.apply_log(peer, repo, log?).await;
+                    let log = self.request_items(peer, Kind::Log, repo).await?;
+                    self.apply_log(peer, repo, log).await;
                     tracing::info!(%repo, %peer, "seeding");
                     return Ok(id);
                 }
@@ -642,9 +732,10 @@ impl<R: Replica> Replicator<R> {
         let replica = Arc::clone(&self.replica);
         let repo = req.repo.clone();
         match kind {
-            Kind::Identity | Kind::Log => {
+            Kind::Identity | Kind::Log | Kind::LogSummary => {
                 let items = blocking(move || match kind {
                     Kind::Identity => replica.identity(&repo),
+                    Kind::LogSummary => replica.log_summary(&repo).map(|s| vec![s]),
                     _ => replica.log(&repo),
                 })
                 .await?;

@@ -11,8 +11,18 @@ use super::{assert_fsck, git_ok, refs_of, Node};
 /// Start a node that replicates, optionally bootstrapping from `bootstrap`.
 /// Without the DHT (`dht == false`), a node connects only to the peers it
 /// is given, so the topology is exactly the one a test builds. mDNS is off.
+///
+/// The periodic log comparison is off (`--sync-interval 0`), so updates
+/// travel only by announcement and catch-up on connection, which the tests
+/// check; [`peer_node_with`] can turn it on.
 pub fn peer_node(dir: &Path, bootstrap: Option<&str>, dht: bool) -> Node {
+    peer_node_with(dir, bootstrap, dht, &["--sync-interval", "0"])
+}
+
+/// [`peer_node`] with more flags.
+pub fn peer_node_with(dir: &Path, bootstrap: Option<&str>, dht: bool, extra: &[&str]) -> Node {
     let mut args = vec!["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    args.extend(extra);
     if !dht {
         args.push("--no-dht");
     }
