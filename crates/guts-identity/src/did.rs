@@ -103,9 +103,9 @@ mod tests {
     fn b58(s: &str) -> [u8; 32] {
         bs58::decode(s)
             .into_vec()
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .unwrap_or([0; 32])
+            .expect("base58 vector")
+            .try_into()
+            .expect("32-byte key")
     }
 
     /// Published did:key vectors: (DID, publicKeyBase58).
@@ -131,6 +131,16 @@ mod tests {
             assert!(from_key.method_id().starts_with("z6Mk"));
             assert_eq!(Did::parse_any(&from_key.method_id()).ok(), Some(from_key));
         }
+    }
+
+    /// The spec's Ed25519 vector derived from the all-zero seed: key to DID.
+    #[test]
+    fn the_zero_seed_gives_the_spec_vector() {
+        let key = crate::keys::Keypair::from_seed(&[0; 32]);
+        assert_eq!(
+            key.did().to_string(),
+            "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+        );
     }
 
     #[test]

@@ -99,7 +99,9 @@ impl IdentityStore {
         }
     }
 
-    /// Register a verified first document for `repo` and its aliases.
+    /// Register a verified first document for `repo` and its aliases. The
+    /// repository id is claimed atomically: of two creations racing, one
+    /// gets `RepoExists` and touches nothing.
     pub fn create(&self, repo: &RepoName, doc: &Doc<Verified>) -> Result<RepoId, NodeError> {
         let id = doc.genesis_id().ok_or_else(|| {
             NodeError::BadRequest(
@@ -107,33 +109,50 @@ impl IdentityStore {
                 "not a first document".into(),
             )
         })?;
-        for alias in &doc.body().aliases {
-            let alias_name = RepoName::new(alias, repo.name())?;
-            if self
-                .aliases
-                .contains_key(alias_name.to_string())
-                .map_err(internal)?
-            {
-                return Err(guts_git::Error::RepoExists(alias_name.to_string()).into());
-            }
+        self.check_aliases(repo, &doc.body().aliases)?;
+        let claimed = self
+            .ids
+            .compare_and_swap(repo.to_string(), None as Option<&[u8]>, Some(&id.0[..]))
+            .map_err(internal)?;
+        if claimed.is_err() {
+            return Err(guts_git::Error::RepoExists(repo.to_string()).into());
         }
-        self.docs
+        let stored = self
+            .docs
             .insert(key(repo, 1), doc.to_bytes())
-            .map_err(internal)?;
-        self.ids
-            .insert(repo.to_string(), &id.0[..])
-            .map_err(internal)?;
-        self.set_aliases(repo, &[], &doc.body().aliases)?;
+            .map_err(internal)
+            .and_then(|_| self.set_aliases(repo, &[], &doc.body().aliases));
+        if let Err(e) = stored {
+            let _ = self.docs.remove(key(repo, 1));
+            let _ = self.ids.remove(repo.to_string());
+            return Err(e);
+        }
         self.docs.flush().map_err(internal)?;
         Ok(id)
     }
 
+    /// Refuse if one of `aliases` already names another repository here.
+    fn check_aliases(&self, repo: &RepoName, aliases: &[String]) -> Result<(), NodeError> {
+        for a in aliases {
+            let alias = RepoName::new(a, repo.name())?.to_string();
+            if let Some(t) = self.aliases.get(&alias).map_err(internal)? {
+                if t.as_ref() != repo.to_string().as_bytes() {
+                    return Err(guts_git::Error::RepoExists(alias).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replace `old` aliases by `new` ones (checked first: nothing changes
+    /// if one of `new` is taken).
     fn set_aliases(
         &self,
         repo: &RepoName,
         old: &[String],
         new: &[String],
     ) -> Result<(), NodeError> {
+        self.check_aliases(repo, new)?;
         for a in old.iter().filter(|a| !new.contains(a)) {
             self.aliases
                 .remove(RepoName::new(a, repo.name())?.to_string())
@@ -141,16 +160,9 @@ impl IdentityStore {
         }
         for a in new {
             let alias = RepoName::new(a, repo.name())?.to_string();
-            match self.aliases.get(&alias).map_err(internal)? {
-                Some(t) if t.as_ref() != repo.to_string().as_bytes() => {
-                    return Err(guts_git::Error::RepoExists(alias).into())
-                }
-                _ => {
-                    self.aliases
-                        .insert(alias, repo.to_string().as_bytes())
-                        .map_err(internal)?;
-                }
-            }
+            self.aliases
+                .insert(alias, repo.to_string().as_bytes())
+                .map_err(internal)?;
         }
         Ok(())
     }
@@ -201,7 +213,9 @@ impl IdentityStore {
         let next = Doc::from_bytes(bytes)
             .and_then(|d| d.verify_successor(&current.doc))
             .map_err(id_err)?;
-        self.set_aliases(repo, &current.doc.body().aliases, &next.body().aliases)?;
+        // Aliases change only once the document is in: a lost race or a
+        // taken alias leaves everything as it was.
+        self.check_aliases(repo, &next.body().aliases)?;
         let inserted = self
             .docs
             .compare_and_swap(
@@ -217,6 +231,7 @@ impl IdentityStore {
                     .into(),
             ));
         }
+        self.set_aliases(repo, &current.doc.body().aliases, &next.body().aliases)?;
         self.docs.flush().map_err(internal)?;
         Ok(next)
     }
@@ -255,25 +270,37 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// Append an accepted push to the repository's log; returns its sequence number.
+    /// Append an accepted push to the repository's log; returns its
+    /// sequence number. Appends racing each other (concurrent pushes, a push
+    /// and a replicated update) each get their own number: the slot is
+    /// claimed with a compare-and-swap, never overwritten.
     pub fn append_update(
         &self,
         repo: &RepoName,
         update: &SignedRefUpdate,
     ) -> Result<u64, NodeError> {
-        let seq = match self.log.scan_prefix(prefix(repo)).keys().next_back() {
+        let bytes = update.encode_to_vec();
+        let mut seq = match self.log.scan_prefix(prefix(repo)).keys().next_back() {
             Some(k) => {
                 let k = k.map_err(internal)?;
-                let tail: [u8; 8] = k[k.len() - 8..]
-                    .try_into()
-                    .map_err(|_| NodeError::Internal("corrupt log key".into()))?;
+                let tail: [u8; 8] = k
+                    .get(k.len().saturating_sub(8)..)
+                    .and_then(|t| t.try_into().ok())
+                    .ok_or_else(|| NodeError::Internal("corrupt log key".into()))?;
                 u64::from_be_bytes(tail) + 1
             }
             None => 1,
         };
-        self.log
-            .insert(key(repo, seq), update.encode_to_vec())
-            .map_err(internal)?;
+        loop {
+            let claimed = self
+                .log
+                .compare_and_swap(key(repo, seq), None as Option<&[u8]>, Some(&bytes[..]))
+                .map_err(internal)?;
+            if claimed.is_ok() {
+                break;
+            }
+            seq += 1;
+        }
         self.log.flush().map_err(internal)?;
         Ok(seq)
     }
@@ -417,4 +444,98 @@ fn same_commands(cert: &PushCert<Verified>, commands: &[Command]) -> bool {
             .iter()
             .zip(commands)
             .all(|(a, b)| a.old == hex(&b.old) && a.new == hex(&b.new) && a.name == b.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guts_identity::{DocumentBody, Keypair};
+
+    fn store() -> (tempfile::TempDir, IdentityStore) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = sled::open(dir.path().join("db")).expect("sled");
+        let store = IdentityStore::open(&db).expect("store");
+        (dir, store)
+    }
+
+    fn genesis(owner: &Keypair, aliases: &[&str]) -> Doc<Verified> {
+        let body = DocumentBody::genesis(
+            owner.did(),
+            "demo",
+            "main",
+            aliases.iter().map(|a| (*a).to_owned()).collect(),
+        );
+        Doc::from_signed(body.sign(&[owner]))
+            .and_then(Doc::verify_genesis)
+            .expect("genesis")
+    }
+
+    #[test]
+    fn concurrent_appends_keep_every_entry() {
+        let (_dir, store) = store();
+        let repo = RepoName::new("z6Mkowner", "demo").expect("name");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let (store, repo) = (&store, &repo);
+                s.spawn(move || {
+                    for i in 0..25u8 {
+                        let update = SignedRefUpdate {
+                            repo_id: vec![t, i],
+                            certificate: format!("{t}-{i}"),
+                            doc_version: 1,
+                            refused: Vec::new(),
+                        };
+                        store.append_update(repo, &update).expect("append");
+                    }
+                });
+            }
+        });
+        let log = store.updates(&repo).expect("log");
+        assert_eq!(log.len(), 200, "no entry overwritten");
+        let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn a_second_creation_is_refused_and_leaves_the_first_intact() {
+        let (_dir, store) = store();
+        let owner = Keypair::from_seed(&[4; 32]);
+        let doc = genesis(&owner, &["alice"]);
+        let repo = RepoName::new(&owner.did().method_id(), "demo").expect("name");
+        store.create(&repo, &doc).expect("first");
+        let err = store.create(&repo, &doc).expect_err("second");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let current = store.current(&repo).expect("load").expect("still there");
+        assert_eq!(Some(current.id), doc.genesis_id());
+        assert_eq!(store.resolve("alice", "demo").expect("alias"), repo);
+    }
+
+    #[test]
+    fn a_taken_alias_changes_nothing() {
+        let (_dir, store) = store();
+        let (a, b) = (Keypair::from_seed(&[5; 32]), Keypair::from_seed(&[6; 32]));
+        let repo_a = RepoName::new(&a.did().method_id(), "demo").expect("name");
+        let repo_b = RepoName::new(&b.did().method_id(), "demo").expect("name");
+        store.create(&repo_a, &genesis(&a, &["alice"])).expect("a");
+        store.create(&repo_b, &genesis(&b, &["bob"])).expect("b");
+        // b's next document gives up "bob" for "alice", which a holds.
+        let current = store.current(&repo_b).expect("load").expect("b");
+        let mut next = current.doc.successor();
+        next.aliases = vec!["alice".into()];
+        let err = store
+            .update(&repo_b, &next.sign(&[&b]).encode_to_vec())
+            .expect_err("alias taken");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(store.resolve("bob", "demo").expect("bob kept"), repo_b);
+        assert_eq!(store.resolve("alice", "demo").expect("alice kept"), repo_a);
+        assert_eq!(
+            store
+                .current(&repo_b)
+                .expect("load")
+                .expect("b")
+                .versions
+                .len(),
+            1
+        );
+    }
 }

@@ -153,6 +153,8 @@ async fn create_repo(
         if state.storage.open_repo(&name).is_ok() {
             return Err(guts_git::Error::RepoExists(name.to_string()).into());
         }
+        // Claims the name atomically: a racing creation gets 409 here and
+        // so never reaches the clean-up below, which undoes only our own.
         state.identities.create(&name, &doc)?;
         if let Err(e) = state.storage.create_with_head(&name, &head) {
             state.identities.delete(&name, &doc.body().aliases)?;
