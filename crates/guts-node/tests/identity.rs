@@ -51,6 +51,18 @@ fn work_repo(dir: &Path) -> String {
     init_work_repo(dir)
 }
 
+/// What a refused push must leave as it was: refs, stored objects and the
+/// signed-update log.
+fn state_of(node: &Node, owner: &str, name: &str) -> (serde_json::Value, serde_json::Value, usize) {
+    let info = node.repo_info(owner, name);
+    let log = node
+        .get(&format!("/api/v1/repos/{owner}/{name}/updates"))
+        .json()
+        .as_array()
+        .map_or(0, Vec::len);
+    (info["refs"].clone(), info["object_count"].clone(), log)
+}
+
 fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_owned()
 }
@@ -132,6 +144,7 @@ fn a_push_signed_by_a_non_delegate_is_refused() {
     node.create_repo("alice", "demo");
     let work = tmp.path().join("w");
     work_repo(&work);
+    let before = state_of(&node, "alice", "demo");
     let mallory = mallory();
     let key = format!("user.signingkey={}", key_arg(&mallory));
     let out = git_fail(
@@ -142,6 +155,7 @@ fn a_push_signed_by_a_non_delegate_is_refused() {
     assert!(err.contains("is not a delegate"), "{err}");
     assert!(err.contains(&mallory.key.did().to_string()), "{err}");
     assert!(node.server_refs("alice", "demo").is_empty());
+    assert_eq!(state_of(&node, "alice", "demo"), before, "nothing stored");
 }
 
 #[test]
@@ -262,6 +276,21 @@ fn a_stale_or_foreign_nonce_is_refused() {
     );
     let cmd = [format!("{ZERO} {c} refs/heads/main")];
     let url = node.repo_url("alice", "demo");
+    let before = state_of(&node, "alice", "demo");
+
+    // Stock git whose signing takes longer than the nonce lives: ssh-keygen
+    // behind a wrapper that waits first.
+    let slow = tmp.path().join("slow-ssh-keygen");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 3\nexec ssh-keygen \"$@\"\n").expect("wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let program = format!("gpg.ssh.program={}", path_str(&slow));
+    let out = git_fail(&work, &["-c", &program, "push", &url, "main"]);
+    let err = stderr_of(&out);
+    assert!(err.contains("stale"), "{err}");
+    assert_eq!(state_of(&node, "alice", "demo"), before, "nothing stored");
 
     let nonce = node.push_cert_nonce("alice", "demo").expect("nonce");
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -288,6 +317,7 @@ fn a_stale_or_foreign_nonce_is_refused() {
         node.server_refs("alice", "demo").get("refs/heads/main"),
         None
     );
+    assert_eq!(state_of(&node, "alice", "demo"), before, "nothing stored");
 }
 
 #[test]
