@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 
 /// Most parts of a `combine:` filter.
 pub const MAX_COMBINED_FILTERS: usize = 32;
+/// Deepest nesting of `combine:` inside `combine:` (git itself sends flat
+/// ones); deeper specs are refused before they can exhaust the stack.
+pub const MAX_FILTER_NESTING: usize = 4;
 
 /// A parsed filter specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,10 @@ fn percent_decode(spec: &str, s: &str) -> Result<String> {
 impl Filter {
     /// Parse a filter spec as sent after `filter `.
     pub fn parse(spec: &str) -> Result<Self> {
+        Self::parse_nested(spec, 0)
+    }
+
+    fn parse_nested(spec: &str, nesting: usize) -> Result<Self> {
         if spec == "blob:none" {
             return Ok(Filter::BlobNone);
         }
@@ -81,13 +88,21 @@ impl Filter {
             return Ok(Filter::ObjectType(kind));
         }
         if let Some(v) = spec.strip_prefix("combine:") {
+            if nesting >= MAX_FILTER_NESTING {
+                return Err(Error::Protocol(format!(
+                    "invalid filter-spec: combine: nested more than {MAX_FILTER_NESTING} deep"
+                )));
+            }
             let parts = v.split('+').collect::<Vec<_>>();
             if parts.len() > MAX_COMBINED_FILTERS || parts.iter().any(|p| p.is_empty()) {
                 return Err(invalid(spec));
             }
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
-                out.push(Filter::parse(&percent_decode(spec, p)?)?);
+                out.push(Filter::parse_nested(
+                    &percent_decode(spec, p)?,
+                    nesting + 1,
+                )?);
             }
             return Ok(Filter::Combine(out));
         }
@@ -194,6 +209,25 @@ mod tests {
             let err = Filter::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("invalid filter-spec"), "{err}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_recursed() {
+        // combine:combine:...:blob:none, each level percent-encoded once more.
+        let mut spec = "blob:none".to_owned();
+        for _ in 0..MAX_FILTER_NESTING {
+            spec = format!("combine:{}", spec.replace('%', "%25").replace(':', "%3A"));
+        }
+        assert!(
+            Filter::parse(&spec).is_ok(),
+            "{MAX_FILTER_NESTING} levels are fine"
+        );
+        let deeper = format!("combine:{}", spec.replace('%', "%25").replace(':', "%3A"));
+        let err = Filter::parse(&deeper).expect_err("too deep");
+        assert!(err.to_string().contains("nested"), "{err}");
+        // What crashed an earlier version: thousands of unencoded levels.
+        let flood = format!("{}blob:none", "combine:".repeat(8000));
+        assert!(Filter::parse(&flood).is_err());
     }
 
     #[test]

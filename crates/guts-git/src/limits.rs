@@ -22,3 +22,8 @@ pub const MAX_OBJECT_BYTES: usize = 512 * 1024 * 1024;
 pub const MAX_TAG_CHAIN: usize = 64;
 /// Largest push certificate accepted, in bytes.
 pub const MAX_PUSH_CERT_BYTES: usize = 1024 * 1024;
+/// Most `deepen-not` lines in one fetch request.
+pub const MAX_DEEPEN_NOT: usize = 1_000;
+/// Largest request section read into memory before any work starts: the
+/// arguments of a fetch, or the commands of a push (not its pack).
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;

@@ -88,8 +88,10 @@ pub fn plan(
         Deepen::Depth { depth, relative } => {
             plan.deepened = true;
             let mut depth = *depth;
-            let depths = commit_depths(odb, &heads, None, &mut buf)?;
             if *relative {
+                // Only `deepen-relative` needs the client's current depth,
+                // hence a walk of the whole history.
+                let depths = commit_depths(odb, &heads, None, &mut buf)?;
                 match client.iter().filter_map(|c| depths.get(c)).min() {
                     Some(cur) => depth = depth.saturating_add(*cur),
                     None => return Ok(plan),

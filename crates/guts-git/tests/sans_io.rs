@@ -614,3 +614,71 @@ fn a_resumed_v2_fetch_sends_only_the_rest_of_the_same_pack() {
         Some(&whole),
     );
 }
+
+/// `deny_non_fast_forwards` must not call a real fast-forward a rewrite
+/// because of commit dates: a new commit dated years before its parent (a
+/// skewed clock) still descends from it.
+#[test]
+fn a_fast_forward_with_skewed_dates_is_a_fast_forward() {
+    let f = pushed_fixture();
+    f.repo.set_deny_non_fast_forwards(true).expect("settings");
+    let old_date = "GIT_COMMITTER_DATE=2001-01-01T00:00:00Z";
+    let mut cmd = Command::new("git");
+    cmd.args(["commit", "-q", "--allow-empty", "-m", "from a skewed clock"])
+        .current_dir(&f.work)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", &f.work)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("GIT_AUTHOR_DATE", "2001-01-01T00:00:00Z");
+    let (k, v) = old_date.split_once('=').expect("kv");
+    assert!(cmd.env(k, v).status().expect("git").success());
+    let c3 = text(&f.work, &["rev-parse", "HEAD"]);
+    let pack = pack_of(&f.work, &format!("{c3}\n^{}\n", f.c2));
+    let report = push(
+        &f.repo,
+        &[format!("{} {c3} refs/heads/main", f.c2)],
+        "report-status",
+        &pack,
+    );
+    assert!(report.contains("ok refs/heads/main"), "{report}");
+}
+
+/// Request sections are read into memory only up to a named bound: a v2
+/// request with oversized arguments is refused before anything is done,
+/// and so is a nested filter that would otherwise recurse without end.
+#[test]
+fn oversized_or_pathological_requests_are_refused() {
+    let f = pushed_fixture();
+    let line = format!("have {}\n", "f".repeat(65_000));
+    let mut req = pkt("command=fetch\n");
+    req.extend(pkt("object-format=sha1\n"));
+    req.extend(b"0001");
+    let count = guts_git::limits::MAX_REQUEST_BYTES / 65_000 + 2;
+    for _ in 0..count {
+        req.extend(pkt(&line));
+    }
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    let err = upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out).expect_err("too large");
+    assert!(err.to_string().contains("too large"), "{err}");
+
+    let filter = format!("filter {}blob:none", "combine:".repeat(8_000));
+    let args = [format!("want {}", f.c2), filter, "done".to_owned()];
+    let mut req = pkt("command=fetch\n");
+    req.extend(pkt("object-format=sha1\n"));
+    req.extend(b"0001");
+    for a in &args {
+        req.extend(pkt(&format!("{a}\n")));
+    }
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    let result = upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        result.is_err() || text.contains("filter"),
+        "refused with a clear error: {result:?} {text}"
+    );
+}

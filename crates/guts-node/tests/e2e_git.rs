@@ -533,6 +533,71 @@ fn push_invalid_ref_name() {
     assert_eq!(refs_of(&clone), expected);
 }
 
+/// Refs git itself refuses to create: one that would be both a file and a
+/// directory of refs, and a branch pointing at something else than a
+/// commit. Stock git reports them rejected, and a clone still works.
+#[test]
+fn push_ref_clashes_and_non_commit_branches_are_refused() {
+    let tmp = tmpdir();
+    let node = Node::start();
+    let work = tmp.path().join("work");
+    seeded_repo(&node, "alice", "demo", &work);
+    git_ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/a/b"]);
+    let before = node.server_refs("alice", "demo");
+
+    let out = git_fail(&work, &["push", "origin", "HEAD:refs/heads/a"]);
+    let err = stderr_of(&out);
+    assert!(err.contains("refs/heads/a/b exists"), "{err}");
+    let out = git_fail(&work, &["push", "origin", "HEAD:refs/heads/main/x"]);
+    assert!(
+        stderr_of(&out).contains("refs/heads/main exists"),
+        "{}",
+        stderr_of(&out)
+    );
+    let tree = rev_parse(&work, "HEAD^{tree}");
+    let out = git_fail(
+        &work,
+        &["push", "origin", &format!("{tree}:refs/heads/treebranch")],
+    );
+    let err = stderr_of(&out);
+    assert!(err.contains("must point at a commit, not a tree"), "{err}");
+    // A tree may be tagged, as in git.
+    git_ok(
+        &work,
+        &["push", "-q", "origin", &format!("{tree}:refs/tags/a-tree")],
+    );
+    // Deleting the directory ref and creating the file ref in one push works.
+    git_ok(
+        &work,
+        &[
+            "push",
+            "-q",
+            "origin",
+            ":refs/heads/a/b",
+            "HEAD:refs/heads/a",
+        ],
+    );
+
+    let mut expected = before;
+    expected.remove("refs/heads/a/b");
+    expected.insert("refs/heads/a".into(), rev_parse(&work, "HEAD"));
+    expected.insert("refs/tags/a-tree".into(), tree);
+    assert_eq!(node.server_refs("alice", "demo"), expected);
+    let clone = tmp.path().join("clone.git");
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &node.repo_url("alice", "demo"),
+            &path_str(&clone),
+        ],
+    );
+    assert_fsck(&clone);
+    assert_eq!(refs_of(&clone), expected);
+}
+
 // ---------------------------------------------------------------------------
 // 7
 // ---------------------------------------------------------------------------

@@ -253,8 +253,28 @@ fn process(
     let mut updates = Vec::new();
     let mut update_index = Vec::new();
     let mut seen = HashSet::new();
+    // Ref names as they will be, to refuse a ref that would be both a file
+    // and a directory (`refs/heads/a` beside `refs/heads/a/b`), as git does.
+    let mut names: std::collections::BTreeSet<String> = repo
+        .refs()?
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|n| !commands.iter().any(|c| c.new.is_none() && &c.name == n))
+        .collect();
     for (i, c) in commands.iter().enumerate() {
-        match check_command(&view, c, &settings, repo, &mut seen) {
+        let checked = check_command(&view, c, &settings, repo, &mut seen).and_then(|update| {
+            if update.new.is_some() {
+                if let Some(other) = ref_dir_conflict(&names, &update.name) {
+                    return Err(format!(
+                        "cannot create {}: {other} exists (a ref cannot be both a file and a directory)",
+                        update.name
+                    ));
+                }
+                names.insert(update.name.clone());
+            }
+            Ok(update)
+        });
+        match checked {
             Ok(update) => {
                 update_index.push(i);
                 updates.push(update);
@@ -305,6 +325,21 @@ fn process(
     Ok((Ok(()), results, outcome))
 }
 
+/// A ref among `names` that `name` would clash with: one below it
+/// (`name/...`) or one it would be below (a leading part of `name`).
+fn ref_dir_conflict(names: &std::collections::BTreeSet<String>, name: &str) -> Option<String> {
+    let below = format!("{name}/");
+    if let Some(n) = names.range(below.clone()..).next() {
+        if n.starts_with(&below) {
+            return Some(n.clone());
+        }
+    }
+    name.match_indices('/')
+        .map(|(i, _)| &name[..i])
+        .find(|dir| names.contains(*dir))
+        .map(str::to_owned)
+}
+
 fn check_command(
     odb: &ObjectStore,
     c: &Command,
@@ -343,6 +378,16 @@ fn check_command(
             return Err(RefRejection::Stale.to_string());
         }
     }
+    if let (Some(new), true) = (c.new, c.name.starts_with("refs/heads/")) {
+        match odb.kind(&new, &mut buf) {
+            Ok(Some(gix_object::Kind::Commit)) => {}
+            Ok(Some(kind)) => {
+                return Err(format!("a branch must point at a commit, not a {kind}"));
+            }
+            Ok(None) => return Err(format!("object {new} is missing")),
+            Err(e) => return Err(format!("cannot read new value: {e}")),
+        }
+    }
     let new_peeled = match c.new {
         Some(new) => match odb.peel(&new, &mut buf) {
             Ok((peeled, _)) if peeled != new => Some(peeled),
@@ -357,4 +402,32 @@ fn check_command(
         new: c.new,
         new_peeled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ref_dir_conflict;
+
+    #[test]
+    fn file_directory_clashes_are_found_both_ways() {
+        let names: std::collections::BTreeSet<String> =
+            ["refs/heads/a/b", "refs/heads/c", "refs/heads/a-b"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        assert_eq!(
+            ref_dir_conflict(&names, "refs/heads/a").as_deref(),
+            Some("refs/heads/a/b")
+        );
+        assert_eq!(
+            ref_dir_conflict(&names, "refs/heads/c/d").as_deref(),
+            Some("refs/heads/c")
+        );
+        assert_eq!(
+            ref_dir_conflict(&names, "refs/heads/a-b/x").as_deref(),
+            Some("refs/heads/a-b")
+        );
+        assert_eq!(ref_dir_conflict(&names, "refs/heads/ab"), None);
+        assert_eq!(ref_dir_conflict(&names, "refs/heads/a/c"), None);
+    }
 }

@@ -9,7 +9,7 @@ use gix_hash::ObjectId;
 
 use super::Command;
 use crate::error::{Error, Result};
-use crate::limits::{MAX_PUSH_CERT_BYTES, MAX_PUSH_COMMANDS, MAX_PUSH_OPTIONS};
+use crate::limits::{MAX_PUSH_CERT_BYTES, MAX_PUSH_COMMANDS, MAX_PUSH_OPTIONS, MAX_REQUEST_BYTES};
 use crate::pktline::{Packet, PktReader};
 
 /// Everything before the pack.
@@ -28,6 +28,7 @@ pub(super) struct Request {
 pub(super) fn read_request(reader: &mut PktReader<&mut dyn BufRead>) -> Result<Request> {
     let mut req = Request::default();
     let mut listed = Vec::new();
+    let mut command_bytes = 0usize;
     loop {
         let packet = match reader.read()? {
             None | Some(Packet::Flush) => break,
@@ -68,6 +69,12 @@ pub(super) fn read_request(reader: &mut PktReader<&mut dyn BufRead>) -> Result<R
         if listed.len() >= MAX_PUSH_COMMANDS {
             return Err(Error::TooLarge(format!(
                 "more than {MAX_PUSH_COMMANDS} ref updates"
+            )));
+        }
+        command_bytes += line.len();
+        if command_bytes > MAX_REQUEST_BYTES {
+            return Err(Error::TooLarge(format!(
+                "ref update commands over {MAX_REQUEST_BYTES} bytes"
             )));
         }
         listed.push(parse_command(line)?);

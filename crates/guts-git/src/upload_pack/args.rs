@@ -6,7 +6,7 @@ use gix_hash::ObjectId;
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
-use crate::limits::{MAX_HAVES, MAX_WANTS};
+use crate::limits::{MAX_DEEPEN_NOT, MAX_HAVES, MAX_WANTS};
 use crate::odb::ObjectStore;
 use crate::pktline::SideBandMode;
 use crate::shallow::Deepen;
@@ -87,8 +87,10 @@ impl FetchArgs {
                 .ok_or_else(|| Error::Protocol(format!("Invalid deepen-since: {line}")))?;
             self.deepen_since = Some(t);
         } else if let Some(r) = line.strip_prefix("deepen-not ") {
-            if self.deepen_not.len() >= MAX_WANTS {
-                return Err(Error::TooLarge("too many deepen-not lines".into()));
+            if self.deepen_not.len() >= MAX_DEEPEN_NOT {
+                return Err(Error::TooLarge(format!(
+                    "more than {MAX_DEEPEN_NOT} deepen-not lines"
+                )));
             }
             self.deepen_not.push(r.to_owned());
         } else if let Some(spec) = line.strip_prefix("filter ") {

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use super::args::{check_wants, parse_oid, unsupported, FetchArgs};
 use super::{send_fetch_pack, write_shallow_lines, Session};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_HAVES, MAX_REF_PREFIXES, MAX_WANTS};
+use crate::limits::{MAX_HAVES, MAX_REF_PREFIXES, MAX_REQUEST_BYTES, MAX_WANTS};
 use crate::pktline::{Packet, PktReader, SideBandMode};
 use crate::shallow;
 use crate::storage::Repo;
@@ -52,6 +52,7 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
         }
     }
     let mut args = Vec::new();
+    let mut arg_bytes = 0usize;
     if has_args {
         loop {
             match reader.read_required()? {
@@ -60,7 +61,14 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
                     if args.len() >= MAX_WANTS + MAX_HAVES + 16 {
                         return Err(Error::TooLarge("too many arguments".into()));
                     }
-                    args.push(p.as_text("argument")?.to_owned());
+                    let arg = p.as_text("argument")?.to_owned();
+                    arg_bytes += arg.len();
+                    if arg_bytes > MAX_REQUEST_BYTES {
+                        return Err(Error::TooLarge(format!(
+                            "arguments over {MAX_REQUEST_BYTES} bytes"
+                        )));
+                    }
+                    args.push(arg);
                 }
             }
         }
