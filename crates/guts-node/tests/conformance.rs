@@ -1390,6 +1390,13 @@ fn scenarios() -> Vec<Scenario> {
                 String::from_utf8_lossy(&resp.body).into_owned(),
             );
             c.record("decoded".into(), pkt_lines(&resp.body).join("\n"));
+            // Without `size`: just the ids, known or not.
+            let refs: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            let resp = c.upload_pack_v2(&v2_request("object-info", &refs));
+            c.record(
+                "decoded without size".into(),
+                pkt_lines(&resp.body).join("\n"),
+            );
         }),
         sc("raw-v2-filter-unknown", V2, |c| {
             let want = format!("want {}", c.src_rev("main"));

@@ -863,6 +863,30 @@ fn assert_still_serves(node: &Node, tmp: &Path, label: &str, expected: &BTreeMap
     assert_fsck(&dest);
 }
 
+/// Files under the repository's object directory (packs, indexes, any
+/// quarantine left behind), by path relative to it.
+fn object_files(node: &Node) -> std::collections::BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+        for entry in fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("under root");
+                out.insert(rel.display().to_string());
+            }
+        }
+    }
+    let root = node
+        .data_dir()
+        .join("repos")
+        .join(test_identity().owner_id())
+        .join("demo.git/objects");
+    let mut out = std::collections::BTreeSet::new();
+    walk(&root, &root, &mut out);
+    out
+}
+
 #[test]
 fn malformed_input() {
     let tmp = tmpdir();
@@ -904,6 +928,7 @@ fn malformed_input() {
     let b2 = commit_file(&work, "big.txt", &big_text(200, "changed"), "b2");
 
     // (c) a pack with a corrupted checksum trailer.
+    let files_before = object_files(&node);
     let pack = pack_objects(&work, &[&c1, &format!("^{c0}")], false);
     let mut corrupt = pack.clone();
     *corrupt.last_mut().expect("non-empty pack") ^= 0xff;
@@ -920,6 +945,11 @@ fn malformed_input() {
         node.server_refs("alice", "demo"),
         expected,
         "after corrupt pack"
+    );
+    assert_eq!(
+        object_files(&node),
+        files_before,
+        "the corrupt pack left files"
     );
     assert_still_serves(&node, tmp.path(), "corrupt", &expected);
 
@@ -942,6 +972,7 @@ fn malformed_input() {
         "precondition: the thin pack should need an external base; stderr: {}",
         stderr_of(&out)
     );
+    let files_before = object_files(&node);
     let resp = node.receive_pack(
         "alice",
         "demo",
@@ -963,6 +994,11 @@ fn malformed_input() {
         node.server_refs("alice", "demo"),
         expected,
         "after thin pack"
+    );
+    assert_eq!(
+        object_files(&node),
+        files_before,
+        "the thin pack left files"
     );
     assert_still_serves(&node, tmp.path(), "missing-base", &expected);
 

@@ -262,13 +262,15 @@ fn object_info(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Resu
         if size {
             session.line("size")?;
         }
+        // As git's protocol-caps.c: the id, then " <size>" if asked, or
+        // a lone space when the object is unknown.
         for id in oids {
-            if !odb.contains(&id) {
-                session.line(&format!("{id} "))?;
-            } else if size {
+            if !size {
+                session.line(&id.to_string())?;
+            } else if odb.contains(&id) {
                 session.line(&format!("{id} {}", odb.size(&id)?))?;
             } else {
-                session.line(&id.to_string())?;
+                session.line(&format!("{id} "))?;
             }
         }
     }
