@@ -254,6 +254,23 @@ fn a_certificate_whose_ref_lines_differ_from_the_commands_is_refused() {
     assert!(text.contains("does not match the certificate"), "{text}");
     assert_eq!(node.server_refs("alice", "demo"), before);
 
+    // Push options sent beside a certificate that does not list them (git
+    // signs them too): refused, as git's receive-pack does.
+    let mut body = pkt(b"push-cert\0report-status push-options\n");
+    for line in cert.split_inclusive('\n') {
+        body.extend(pkt(line.as_bytes()));
+    }
+    body.extend(pkt(b"push-cert-end\n"));
+    body.extend(b"0000");
+    body.extend(pkt(b"ci.skip\n"));
+    body.extend(b"0000");
+    body.extend(empty_pack());
+    let text = node
+        .post_service("alice", "demo", "git-receive-pack", &body)
+        .text();
+    assert!(text.contains("inconsistent push options"), "{text}");
+    assert_eq!(node.server_refs("alice", "demo"), before);
+
     // The untampered certificate on its own is accepted.
     let body = signed_receive_pack_body(&cert, "report-status", &empty_pack());
     let text = node

@@ -101,9 +101,23 @@ pub fn receive_pack(
         // The `0000` probe git sends before a large chunked body, or an empty push.
         return Ok(PushOutcome::default());
     }
-    if caps.contains("push-options") {
-        request::read_push_options(&mut reader)?;
-    }
+    let options = if caps.contains("push-options") {
+        match request::read_push_options(&mut reader) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ =
+                    crate::pktline::write_pkt(out, format!("ERR receive-pack: {e}\n").as_bytes());
+                return Err(e);
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    // As git's receive-pack: a signed push must carry, in its certificate,
+    // exactly the push options it sends.
+    let options_mismatch = cert
+        .as_deref()
+        .is_some_and(|c| request::cert_push_options(c) != options);
     let mode = if caps.contains("side-band-64k") {
         SideBandMode::Large
     } else {
@@ -116,6 +130,11 @@ pub fn receive_pack(
     let mut input = reader.into_inner();
     let verdict = if cert_mismatch {
         Err("the push certificate does not match the pushed commands".to_owned())
+    } else if options_mismatch {
+        Err(
+            "the push certificate does not match the push options sent (inconsistent push options)"
+                .to_owned(),
+        )
     } else {
         policy.authorize(cert.as_deref(), &commands)
     };

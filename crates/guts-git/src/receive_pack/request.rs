@@ -134,6 +134,16 @@ fn commands_from_cert(text: &str) -> Result<Vec<Command>> {
     Ok(commands)
 }
 
+/// The `push-option` lines of a certificate's header, in order.
+pub(super) fn cert_push_options(text: &str) -> Vec<String> {
+    let header = text.split_once("\n\n").map_or(text, |(h, _)| h);
+    header
+        .lines()
+        .filter_map(|l| l.strip_prefix("push-option "))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn parse_command(line: &str) -> Result<Command> {
     let mut parts = line.splitn(3, ' ');
     let (Some(old), Some(new), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
