@@ -308,7 +308,8 @@ impl Replica for NodeReplica {
         let mut keys: Vec<[u8; 32]> = self.logged(&name).ok()?.iter().map(|u| u.key()).collect();
         keys.sort_unstable();
         keys.dedup();
-        Some(log_summary(&keys))
+        let versions = self.identities.current(&name).ok()??.versions.len() as u64;
+        Some(log_summary(&keys, versions))
     }
 
     fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, Fault> {
@@ -464,8 +465,9 @@ impl Replica for NodeReplica {
 }
 
 /// The log summary peers compare: the number of distinct updates (8 bytes,
-/// big-endian) and the SHA-256 of their sorted keys.
-fn log_summary(sorted_keys: &[[u8; 32]]) -> Vec<u8> {
+/// big-endian), the SHA-256 of their sorted keys, and the number of
+/// identity document versions held (8 bytes, big-endian).
+fn log_summary(sorted_keys: &[[u8; 32]], doc_versions: u64) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for k in sorted_keys {
@@ -473,6 +475,7 @@ fn log_summary(sorted_keys: &[[u8; 32]]) -> Vec<u8> {
     }
     let mut out = (sorted_keys.len() as u64).to_be_bytes().to_vec();
     out.extend_from_slice(&h.finalize());
+    out.extend_from_slice(&doc_versions.to_be_bytes());
     out
 }
 

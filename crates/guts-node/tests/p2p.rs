@@ -290,36 +290,41 @@ fn seeding_finds_a_provider_through_the_dht() {
     );
 }
 
-#[test]
-fn a_new_delegate_is_recognized_downstream() {
+/// Alice adds `who` as a delegate of `OWNER/demo` on `node` (the
+/// document's version 2).
+fn add_delegate(node: &Node, owner: &str, who: &TestIdentity) {
     use base64::Engine;
-    let l = line();
     let b64 = base64::engine::general_purpose::STANDARD;
-    // Alice adds Bob as a delegate on A (version 2 of the document).
-    let ident =
-        l.a.get(&format!("/api/v1/repos/{}/demo/identity", l.owner))
-            .json();
+    let ident = node
+        .get(&format!("/api/v1/repos/{owner}/demo/identity"))
+        .json();
     let v1 = b64
         .decode(ident["versions"][0].as_str().expect("v1"))
         .expect("base64");
     let v1 = guts_identity::Doc::from_bytes(&v1)
         .and_then(guts_identity::Doc::verify_genesis)
         .expect("v1 verifies");
-    let bob = TestIdentity::from_seed("bob", 0xb0);
     let mut next = v1.successor();
-    next.delegates.push(bob.key.did().to_string());
+    next.delegates.push(who.key.did().to_string());
     let signed = next.sign(&[&test_identity().key]);
     let doc = b64.encode(prost::Message::encode_to_vec(&signed));
     let resp = http_request(
-        l.a.addr(),
+        node.addr(),
         "PUT",
-        &format!("/api/v1/repos/{}/demo/identity", l.owner),
+        &format!("/api/v1/repos/{owner}/demo/identity"),
         &[("Content-Type", "application/json")],
         serde_json::json!({ "document": doc })
             .to_string()
             .as_bytes(),
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[test]
+fn a_new_delegate_is_recognized_downstream() {
+    let l = line();
+    let bob = TestIdentity::from_seed("bob", 0xb0);
+    add_delegate(&l.a, &l.owner, &bob);
 
     // Bob pushes to A; B and C only learn of version 2 through that update.
     let as_bob = format!("user.signingkey={}", bob.key_path.display());
@@ -397,5 +402,34 @@ fn a_ref_refused_by_the_accepting_node_moves_nowhere() {
     assert_eq!(
         l.a.server_refs(&l.owner, "demo")["refs/heads/main"],
         main_before
+    );
+}
+
+/// A document change with no push after it still reaches a connected
+/// follower, through the periodic comparison (which also compares the
+/// number of document versions held).
+#[test]
+fn a_document_change_without_a_push_reaches_followers() {
+    let tmp = TempDir::new().expect("tmp");
+    let sync = ["--sync-interval", "1"];
+    let a = peer_node_with(&tmp.path().join("a"), None, false, &sync);
+    let b = peer_node_with(&tmp.path().join("b"), Some(&p2p_addr(&a)), false, &sync);
+    wait_connected(&b, 1);
+    a.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    git_ok(&work, &["push", "-q", &a.repo_url("alice", "demo"), "main"]);
+    let owner = test_identity().owner_id();
+    seed(&b, &owner, "demo");
+    assert_eq!(b.repo_info(&owner, "demo")["doc_version"], 1);
+    add_delegate(&a, &owner, &TestIdentity::from_seed("bob", 0xb0));
+    eventually(20, "B takes version 2 of the document", || {
+        b.repo_info(&owner, "demo")["doc_version"] == 2
+    });
+    assert_eq!(
+        b.get(&format!("/api/v1/repos/{owner}/demo/identity"))
+            .json()["versions"],
+        a.get(&format!("/api/v1/repos/{owner}/demo/identity"))
+            .json()["versions"]
     );
 }

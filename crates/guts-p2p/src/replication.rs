@@ -400,12 +400,7 @@ impl<R: Replica> Replicator<R> {
         if !matches!(plan, Plan::NeedIdentity) {
             return Ok(plan);
         }
-        let versions = self.request_items(peer, Kind::Identity, repo).await?;
-        let replica = Arc::clone(&self.replica);
-        let r = repo.to_owned();
-        blocking(move || replica.adopt(&r, &versions))
-            .await?
-            .map_err(Error::from)?;
+        self.take_identity(peer, repo).await?;
         self.plan(repo, update).await
     }
 
@@ -517,7 +512,21 @@ impl<R: Replica> Replicator<R> {
                     Ok(items) => items.into_iter().next(),
                     Err(_) => continue,
                 };
-                if theirs.is_some_and(|t| t != ours) {
+                let Some(theirs) = theirs else { continue };
+                // Summary: 8-byte update count, 32-byte digest, 8-byte number
+                // of identity document versions.
+                let versions = |sum: &[u8]| {
+                    sum.get(40..48)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map_or(0, u64::from_be_bytes)
+                };
+                if versions(&theirs) > versions(&ours) {
+                    // A document change with no push after it.
+                    if let Err(e) = self.take_identity(peer, &s.name).await {
+                        tracing::warn!(%peer, repo = %s.name, error = %e, "identity exchange failed");
+                    }
+                }
+                if theirs.get(..40) != ours.get(..40) {
                     tracing::debug!(%peer, repo = %s.name, "logs differ; exchanging");
                     if let Err(e) = self.sync_repo(peer, &s.name).await {
                         tracing::warn!(%peer, repo = %s.name, error = %e, "log exchange failed");
@@ -525,6 +534,18 @@ impl<R: Replica> Replicator<R> {
                 }
             }
         }
+    }
+
+    /// Take `peer`'s newer identity document versions of `repo` (verified
+    /// as a chain from the versions held).
+    async fn take_identity(&self, peer: PeerId, repo: &str) -> Result<()> {
+        let versions = self.request_items(peer, Kind::Identity, repo).await?;
+        let replica = Arc::clone(&self.replica);
+        let r = repo.to_owned();
+        blocking(move || replica.adopt(&r, &versions))
+            .await?
+            .map(|_| ())
+            .map_err(Error::from)
     }
 
     /// Exchange logs with `peer` for every followed repository.

@@ -39,9 +39,10 @@ pub enum Kind {
     /// Objects: `body` is a git protocol v2 `fetch` request; the answer is
     /// upload-pack's response, streamed until the stream closes.
     Fetch = 2,
-    /// A summary of the signed-update log (one item: the number of entries
-    /// and a digest of their keys), compared periodically by peers that
-    /// stay connected; the full `Log` is asked only when they differ.
+    /// A summary of the signed-update log (one item: the number of entries,
+    /// a digest of their keys, the number of identity document versions),
+    /// compared periodically by peers that stay connected; the full `Log`
+    /// or the `Identity` is asked only when they differ.
     LogSummary = 3,
 }
 
