@@ -259,9 +259,17 @@ where
     };
     let _ = match Kind::try_from(req.kind) {
         Ok(Kind::Log) => {
+            // One entry per page, so that every node reading the rogue's
+            // log goes through the paging.
+            let start = usize::try_from(req.start).unwrap_or(usize::MAX);
             let items = Items {
-                items: answers.log.clone(),
+                items: answers.log.iter().skip(start).take(1).cloned().collect(),
                 error: String::new(),
+                next: if start + 1 < answers.log.len() {
+                    start as u64 + 1
+                } else {
+                    0
+                },
             };
             wire::write_frame(&mut stream, &items).await
         }
@@ -280,6 +288,7 @@ where
             let items = Items {
                 items: vec![summary],
                 error: String::new(),
+                next: 0,
             };
             wire::write_frame(&mut stream, &items).await
         }
@@ -287,6 +296,7 @@ where
             let items = Items {
                 items: Vec::new(),
                 error: "not telling".into(),
+                next: 0,
             };
             wire::write_frame(&mut stream, &items).await
         }

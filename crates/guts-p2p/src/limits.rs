@@ -4,10 +4,15 @@ use std::time::Duration;
 
 /// Largest gossip message (an announcement carries one push certificate).
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
-/// Largest framed message on a stream (requests, identity documents, a whole log).
+/// Largest framed message on a stream (requests, identity documents, a log page).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
-/// Most log entries sent in one log response.
+/// Most log entries sent in one log page.
 pub const MAX_LOG_ENTRIES: usize = 10_000;
+/// Bytes of entries in one log page (room is left in the frame for the
+/// message around them).
+pub const LOG_PAGE_BYTES: usize = MAX_FRAME_BYTES - 64 * 1024;
+/// Most pages asked for in one log exchange (10 million entries).
+pub const MAX_LOG_PAGES: usize = 1_000;
 /// Close connections idle for this long.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a stream exchange may take before it is abandoned.

@@ -29,8 +29,8 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::error::{Error, Result};
 use crate::limits::{
-    FETCH_ATTEMPTS, FETCH_RETRY_DELAY, MAX_LOG_ENTRIES, MAX_SERVED_PER_PEER, MAX_SERVED_TOTAL,
-    REQUEST_ATTEMPTS, REQUEST_RETRY_DELAY, STREAM_TIMEOUT,
+    FETCH_ATTEMPTS, FETCH_RETRY_DELAY, LOG_PAGE_BYTES, MAX_LOG_ENTRIES, MAX_LOG_PAGES,
+    MAX_SERVED_PER_PEER, MAX_SERVED_TOTAL, REQUEST_ATTEMPTS, REQUEST_RETRY_DELAY, STREAM_TIMEOUT,
 };
 use crate::network::{Event, Handle};
 use crate::wire::{
@@ -201,6 +201,27 @@ impl Drop for ServePermit {
         }
         self.limits.total.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// One page of a log: entries from `start` on, at most [`MAX_LOG_ENTRIES`]
+/// and [`LOG_PAGE_BYTES`] of them, and where the next page starts (0: none).
+pub fn log_page(mut log: Vec<Vec<u8>>, start: usize) -> (Vec<Vec<u8>>, u64) {
+    let start = start.min(log.len());
+    let mut page: Vec<Vec<u8>> = log.drain(start..).collect();
+    let (mut count, mut bytes) = (0, 0);
+    for entry in &page {
+        // Each entry costs its length plus a few bytes of protobuf framing.
+        let cost = entry.len() + 8;
+        if count == MAX_LOG_ENTRIES || (count > 0 && bytes + cost > LOG_PAGE_BYTES) {
+            break;
+        }
+        count += 1;
+        bytes += cost;
+    }
+    let more = page.len() > count;
+    page.truncate(count);
+    let next = if more { (start + count) as u64 } else { 0 };
+    (page, next)
 }
 
 fn needs_identity() -> Error {
@@ -464,6 +485,7 @@ impl<R: Replica> Replicator<R> {
             body: body.to_vec(),
             resume_offset,
             resume_sha1,
+            start: 0,
         };
         write_frame(&mut stream, &req)
             .await
@@ -560,9 +582,13 @@ impl<R: Replica> Replicator<R> {
     /// answering (it was busy accepting another, or over its limits) is
     /// opened again, up to [`REQUEST_ATTEMPTS`] times.
     async fn request_items(&self, peer: PeerId, kind: Kind, repo: &str) -> Result<Vec<Vec<u8>>> {
+        self.request(peer, kind, repo, 0).await.map(|i| i.items)
+    }
+
+    async fn request(&self, peer: PeerId, kind: Kind, repo: &str, start: u64) -> Result<Items> {
         let mut attempt = 1;
         loop {
-            match self.request_items_once(peer, kind, repo).await {
+            match self.request_once(peer, kind, repo, start).await {
                 Err(Error::Io(e)) if attempt < REQUEST_ATTEMPTS => {
                     tracing::debug!(%peer, %repo, attempt, error = %e, "request dropped; asking again");
                     tokio::time::sleep(REQUEST_RETRY_DELAY * attempt).await;
@@ -573,18 +599,20 @@ impl<R: Replica> Replicator<R> {
         }
     }
 
-    async fn request_items_once(
+    async fn request_once(
         &self,
         peer: PeerId,
         kind: Kind,
         repo: &str,
-    ) -> Result<Vec<Vec<u8>>> {
+        start: u64,
+    ) -> Result<Items> {
         let mut stream = self.net.open_stream(peer, REPLICATION_PROTOCOL).await?;
         write_frame(
             &mut stream,
             &Request {
                 kind: kind as i32,
                 repo: repo.to_owned(),
+                start,
                 ..Default::default()
             },
         )
@@ -593,18 +621,44 @@ impl<R: Replica> Replicator<R> {
         if !items.error.is_empty() {
             return Err(Error::Replica(format!("{peer}: {}", items.error)));
         }
-        Ok(items.items)
+        Ok(items)
     }
 
     /// Fetch `peer`'s log of `repo` and apply what is missing, in order.
     pub async fn sync_repo(&self, peer: PeerId, repo: &str) -> Result<usize> {
-        match self.request_items(peer, Kind::Log, repo).await {
-            Ok(entries) => Ok(self.apply_log(peer, repo, entries).await),
+        match self.pull_log(peer, repo).await {
+            Ok(applied) => Ok(applied),
             Err(e) => {
                 tracing::debug!(%peer, %repo, error = %e, "peer has no log for this repository");
                 Ok(0)
             }
         }
+    }
+
+    /// Ask for `peer`'s log page by page and apply each page; returns how
+    /// many entries were new. Fails only if the first page cannot be had.
+    async fn pull_log(&self, peer: PeerId, repo: &str) -> Result<usize> {
+        let (mut start, mut applied) = (0u64, 0);
+        for page in 0..MAX_LOG_PAGES {
+            let items = match self.request(peer, Kind::Log, repo, start).await {
+                Ok(items) => items,
+                Err(e) if page == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%peer, %repo, start, error = %e, "log page refused");
+                    break;
+                }
+            };
+            applied += self.apply_log(peer, repo, items.items).await;
+            if items.next == 0 {
+                return Ok(applied);
+            }
+            if items.next <= start {
+                tracing::warn!(%peer, %repo, start, next = items.next, "log pages go backwards; stopped");
+                break;
+            }
+            start = items.next;
+        }
+        Ok(applied)
     }
 
     /// Apply a peer's log entries one by one; returns how many were new.
@@ -728,8 +782,7 @@ impl<R: Replica> Replicator<R> {
                     self.follow(&s).await?;
                     // The peer that gave the identity must give its log too:
                     // seeding must not report success with nothing copied.
-                    let log = self.request_items(peer, Kind::Log, repo).await?;
-                    self.apply_log(peer, repo, log).await;
+                    self.pull_log(peer, repo).await?;
                     tracing::info!(%repo, %peer, "seeding");
                     return Ok(id);
                 }
@@ -761,16 +814,22 @@ impl<R: Replica> Replicator<R> {
                 })
                 .await?;
                 let reply = match items {
-                    Some(mut items) => {
-                        items.truncate(MAX_LOG_ENTRIES);
+                    Some(items) if kind == Kind::Log => {
+                        let start = usize::try_from(req.start).unwrap_or(usize::MAX);
+                        let (items, next) = log_page(items, start);
                         Items {
                             items,
                             error: String::new(),
+                            next,
                         }
                     }
+                    Some(items) => Items {
+                        items,
+                        ..Default::default()
+                    },
                     None => Items {
-                        items: Vec::new(),
                         error: format!("this node does not have {}", req.repo),
+                        ..Default::default()
                     },
                 };
                 write_frame(&mut stream, &reply).await?;
@@ -804,6 +863,34 @@ impl<R: Replica> Replicator<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_paged_by_count_and_bytes() {
+        let small: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        assert_eq!(log_page(small.clone(), 0), (small.clone(), 0));
+        assert_eq!(log_page(small.clone(), 3), (small[3..].to_vec(), 0));
+        assert_eq!(log_page(small.clone(), 9), (Vec::new(), 0));
+        // Entries of 1 MiB: a page stops before the frame would overflow.
+        let big: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1 << 20]).collect();
+        let (first, next) = log_page(big.clone(), 0);
+        assert!(!first.is_empty() && first.len() < 10);
+        assert!(first.iter().map(|e| e.len() + 8).sum::<usize>() <= LOG_PAGE_BYTES);
+        let mut all = first;
+        let mut start = next;
+        while start != 0 {
+            let (page, next) = log_page(big.clone(), start as usize);
+            assert!(!page.is_empty(), "every page makes progress");
+            all.extend(page);
+            start = next;
+        }
+        assert_eq!(all, big, "the pages cover the log once, in order");
+        let many: Vec<Vec<u8>> = (0..MAX_LOG_ENTRIES + 3).map(|_| vec![1]).collect();
+        let (page, next) = log_page(many, 0);
+        assert_eq!(
+            (page.len(), next),
+            (MAX_LOG_ENTRIES, MAX_LOG_ENTRIES as u64)
+        );
+    }
 
     #[test]
     fn serving_is_bounded_per_peer_and_in_all() {

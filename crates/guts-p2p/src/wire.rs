@@ -66,6 +66,9 @@ pub struct Request {
     /// SHA-1 of those bytes.
     #[prost(bytes = "vec", tag = "5")]
     pub resume_sha1: Vec<u8>,
+    /// For `Log`: the position (from 0) of the first entry wanted.
+    #[prost(uint64, tag = "6")]
+    pub start: u64,
 }
 
 /// Answer to `Identity` and `Log` requests.
@@ -77,6 +80,10 @@ pub struct Items {
     /// Set when the peer cannot answer (unknown repository, ...).
     #[prost(string, tag = "2")]
     pub error: String,
+    /// For `Log`: the position to ask from for the next page, or 0 when
+    /// this page ends the log.
+    #[prost(uint64, tag = "3")]
+    pub next: u64,
 }
 
 /// Write one length-prefixed message.
