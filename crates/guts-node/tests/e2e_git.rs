@@ -584,18 +584,7 @@ fn push_ref_clashes_and_non_commit_branches_are_refused() {
     expected.insert("refs/tags/a-tree".into(), tree);
     assert_eq!(node.server_refs("alice", "demo"), expected);
     let clone = tmp.path().join("clone.git");
-    git_ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &node.repo_url("alice", "demo"),
-            &path_str(&clone),
-        ],
-    );
-    assert_fsck(&clone);
-    assert_eq!(refs_of(&clone), expected);
+    assert_eq!(clone_refs(&node, "alice", "demo", &clone), expected);
 }
 
 // ---------------------------------------------------------------------------

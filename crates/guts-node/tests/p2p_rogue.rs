@@ -38,15 +38,6 @@ fn peer_id_of(node: &Node) -> PeerId {
     id.parse().expect("peer id")
 }
 
-fn connected(node: &Node) -> Vec<String> {
-    node.get("/api/v1/node").json()["connected_peers"]
-        .as_array()
-        .expect("connected_peers array")
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
 fn certificates(node: &Node, owner: &str, name: &str) -> Vec<String> {
     updates(node, owner, name)
         .iter()

@@ -746,6 +746,23 @@ pub fn commit_file(dir: &Path, name: &str, content: &str, msg: &str) -> String {
 }
 
 /// `git fsck --full` must succeed.
+/// A bare clone of the node's repository with stock git over HTTP, checked
+/// with `git fsck --full`; returns the refs the client ended with.
+pub fn clone_refs(node: &Node, owner: &str, name: &str, dest: &Path) -> BTreeMap<String, String> {
+    git_ok(
+        dest.parent().expect("parent"),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &node.repo_url(owner, name),
+            dest.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_fsck(dest);
+    refs_of(dest)
+}
+
 pub fn assert_fsck(git_dir: &Path) {
     git_ok(git_dir, &["fsck", "--full", "--no-progress"]);
 }

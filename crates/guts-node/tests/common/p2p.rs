@@ -2,11 +2,10 @@
 //! libp2p on loopback, its addresses and peers, seeding, waiting for
 //! convergence.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{assert_fsck, git_ok, refs_of, Node};
+use super::Node;
 
 /// Start a node that replicates, optionally bootstrapping from `bootstrap`.
 /// Without the DHT (`dht == false`), a node connects only to the peers it
@@ -93,21 +92,4 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 pub fn same_refs(a: &Node, b: &Node, owner: &str, name: &str) -> bool {
     let x = a.server_refs(owner, name);
     !x.is_empty() && x == b.server_refs(owner, name)
-}
-
-/// A bare clone of the node's repository with stock git over HTTP, checked
-/// with `git fsck --full`; returns the refs the client ended with.
-pub fn clone_refs(node: &Node, owner: &str, name: &str, dest: &Path) -> BTreeMap<String, String> {
-    git_ok(
-        dest.parent().expect("parent"),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &node.repo_url(owner, name),
-            dest.to_str().expect("utf-8 path"),
-        ],
-    );
-    assert_fsck(dest);
-    refs_of(dest)
 }
