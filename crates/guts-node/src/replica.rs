@@ -335,25 +335,18 @@ impl Replica for NodeReplica {
         Ok(Plan::Apply { missing })
     }
 
-    fn fetch_request(
-        &self,
-        repo: &str,
-        wants: &[String],
-        extra_haves: &[String],
-    ) -> Result<Vec<u8>, String> {
+    fn fetch_request(&self, repo: &str, wants: &[String]) -> Result<Vec<u8>, String> {
         let (_, repo, _) = self.repo(repo).map_err(|f| f.to_string())?;
-        let parse =
-            |hex: &String| maybe_oid(hex).and_then(|o| o.ok_or_else(|| "null id".to_owned()));
-        let wants: Vec<ObjectId> = wants.iter().map(parse).collect::<Result<_, _>>()?;
-        let mut haves: Vec<ObjectId> = repo
+        let wants: Vec<ObjectId> = wants
+            .iter()
+            .map(|hex| maybe_oid(hex).and_then(|o| o.ok_or_else(|| "null id".to_owned())))
+            .collect::<Result<_, _>>()?;
+        let haves: Vec<ObjectId> = repo
             .refs()
             .map_err(err)?
             .into_iter()
             .map(|r| r.id)
             .collect();
-        for h in extra_haves {
-            haves.push(parse(h)?);
-        }
         Ok(fetch_request(&wants, &haves))
     }
 

@@ -113,14 +113,8 @@ pub trait Replica: Send + Sync + 'static {
     fn log_summary(&self, repo: &str) -> Option<Vec<u8>>;
     /// Check an update (signature, delegate, repository) and say what applying it needs.
     fn plan(&self, repo: &str, update: &[u8]) -> std::result::Result<Plan, Fault>;
-    /// A v2 fetch request for `wants`, with the local tips and `extra_haves`
-    /// as haves.
-    fn fetch_request(
-        &self,
-        repo: &str,
-        wants: &[String],
-        extra_haves: &[String],
-    ) -> std::result::Result<Vec<u8>, String>;
+    /// A v2 fetch request for `wants`, with the local ref tips as haves.
+    fn fetch_request(&self, repo: &str, wants: &[String]) -> std::result::Result<Vec<u8>, String>;
     /// Pack bytes kept from an interrupted answer to `request` (the exact
     /// fetch request body): how many, and their SHA-1.
     fn resume_point(&self, repo: &str, request: &[u8]) -> Option<(u64, [u8; 20])>;
@@ -393,13 +387,13 @@ impl<R: Replica> Replicator<R> {
         Ok(())
     }
 
-    /// Check, fetch what is missing from `peer`, and apply one update.
     /// The lock serializing updates of `repo` on this node.
     fn repo_lock(&self, repo: &str) -> RepoLock {
         let mut map = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(map.entry(repo.to_owned()).or_default())
     }
 
+    /// Check, fetch what is missing from `peer`, and apply one update.
     async fn apply_from(&self, peer: PeerId, repo: &str, update: Vec<u8>) -> Result<bool> {
         let lock = self.repo_lock(repo);
         let _applying = lock.lock().await;
@@ -440,7 +434,7 @@ impl<R: Replica> Replicator<R> {
     async fn fetch_tips(&self, peer: PeerId, repo: &str, tips: &[String]) -> Result<()> {
         let replica = Arc::clone(&self.replica);
         let (r, wants) = (repo.to_owned(), tips.to_vec());
-        let body = blocking(move || replica.fetch_request(&r, &wants, &[]))
+        let body = blocking(move || replica.fetch_request(&r, &wants))
             .await?
             .map_err(Error::Replica)?;
         let mut attempt = 1;
