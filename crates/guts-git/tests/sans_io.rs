@@ -341,15 +341,21 @@ fn pack_count(pack: &[u8]) -> u32 {
     u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]])
 }
 
-fn pushed_fixture() -> Fixture {
-    let f = fixture();
-    let pack = pack_of(&f.work, &format!("{}\n", f.c2));
-    let report = push(
+/// Push the work tree's `new` to `main` (from `old`, or creating it),
+/// sending the objects `revs` name; returns the report.
+fn push_main(f: &Fixture, old: Option<&str>, new: &str, revs: &str) -> String {
+    let pack = pack_of(&f.work, revs);
+    push(
         &f.repo,
-        &[format!("{ZERO} {} refs/heads/main", f.c2)],
+        &[format!("{} {new} refs/heads/main", old.unwrap_or(ZERO))],
         "report-status",
         &pack,
-    );
+    )
+}
+
+fn pushed_fixture() -> Fixture {
+    let f = fixture();
+    let report = push_main(&f, None, &f.c2, &format!("{}\n", f.c2));
     assert!(report.contains("ok refs/heads/main"), "{report}");
     f
 }
@@ -636,13 +642,7 @@ fn a_fast_forward_with_skewed_dates_is_a_fast_forward() {
         &[("GIT_COMMITTER_DATE", date), ("GIT_AUTHOR_DATE", date)],
     );
     let c3 = text(&f.work, &["rev-parse", "HEAD"]);
-    let pack = pack_of(&f.work, &format!("{c3}\n^{}\n", f.c2));
-    let report = push(
-        &f.repo,
-        &[format!("{} {c3} refs/heads/main", f.c2)],
-        "report-status",
-        &pack,
-    );
+    let report = push_main(&f, Some(&f.c2), &c3, &format!("{c3}\n^{}\n", f.c2));
     assert!(report.contains("ok refs/heads/main"), "{report}");
 }
 

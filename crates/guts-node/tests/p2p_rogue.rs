@@ -471,7 +471,6 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
     let a = peer_node(&tmp.path().join("a"), None, true);
     let a_addr = p2p_addr(&a);
     let a_peer = peer_id_of(&a);
-    let b = peer_node(&tmp.path().join("b"), Some(&a_addr), true);
     let owner = test_identity().owner_id();
     let repo = format!("{owner}/demo");
 
@@ -479,11 +478,7 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
     let work = tmp.path().join("work");
     let c1 = init_work_repo(&work);
     git_ok(&work, &["push", "-q", &a.repo_url("alice", "demo"), "main"]);
-    eventually(20, "B connects to A", || !connected(&b).is_empty());
-    seed(&b, &owner, "demo");
-    eventually(20, "B has A's refs", || {
-        b.server_refs(&owner, "demo") == a.server_refs(&owner, "demo")
-    });
+    let b = seeded_follower(&a, &tmp.path().join("b"), &owner);
     let refs_before = a.server_refs(&owner, "demo");
     assert_eq!(refs_before.get("refs/heads/main"), Some(&c1));
     let log_before = certificates(&a, &owner, "demo");
@@ -659,6 +654,20 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
     rt.shutdown_background();
 }
 
+/// A node in `dir` that connects to `a`, seeds `OWNER/demo` from it and
+/// holds A's refs.
+fn seeded_follower(a: &Node, dir: &Path, owner: &str) -> Node {
+    let node = peer_node(dir, Some(&p2p_addr(a)), true);
+    eventually(20, "the follower connects to A", || {
+        !connected(&node).is_empty()
+    });
+    seed(&node, owner, "demo");
+    eventually(20, "the follower has A's refs", || {
+        node.server_refs(owner, "demo") == a.server_refs(owner, "demo")
+    });
+    node
+}
+
 /// A and A2 share a repository; A2, cut off from A, accepted a push (c1 →
 /// c2 on main) that A has not seen. `update` is A2's signed update for it.
 struct Diverged {
@@ -697,12 +706,7 @@ fn diverged_with(a_args: &[&str]) -> Diverged {
 
     // A2 seeds from A, then is restarted on its own.
     let a2_dir = tmp.path().join("a2");
-    let mut a2 = peer_node(&a2_dir, Some(&a_addr), true);
-    eventually(20, "A2 connects to A", || !connected(&a2).is_empty());
-    seed(&a2, &owner, "demo");
-    eventually(20, "A2 has A's refs", || {
-        a2.server_refs(&owner, "demo") == a.server_refs(&owner, "demo")
-    });
+    let mut a2 = seeded_follower(&a, &a2_dir, &owner);
     a2.stop();
     let a2 = peer_node(&a2_dir, None, true);
     assert!(connected(&a2).is_empty(), "A2 is isolated");
