@@ -55,6 +55,18 @@ pub enum Error {
     /// The metadata database failed.
     #[error("metadata store error: {0}")]
     Metadata(String),
+    /// The pushed objects do not reach everything the new ref values need.
+    #[error("pack error: the pushed objects are not connected: {missing} object(s) missing, e.g. {example}")]
+    NotConnected {
+        /// How many objects are missing.
+        missing: usize,
+        /// One of them.
+        example: ObjectId,
+    },
+    /// A ref change was refused as a whole by what must be recorded with it
+    /// (the node's signed-update log), e.g. an update already recorded.
+    #[error("{0}")]
+    Rejected(String),
     /// An operation the protocol allows but this node does not implement.
     #[error("not supported by this server: {0}")]
     Unsupported(String),

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fetch;
 pub mod filter;
 pub mod limits;
 pub mod names;

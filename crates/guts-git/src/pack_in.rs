@@ -164,10 +164,10 @@ impl Quarantine {
         missing.sort();
         match missing.first() {
             None => Ok(()),
-            Some(first) => Err(Error::Pack(format!(
-                "the pushed objects are not connected: {} object(s) missing, e.g. {first}",
-                missing.len()
-            ))),
+            Some(first) => Err(Error::NotConnected {
+                missing: missing.len(),
+                example: *first,
+            }),
         }
     }
 

@@ -9,7 +9,7 @@ use guts_git::names::RepoName;
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::{advertise, Service, Version};
 use guts_git::receive_pack::{receive_pack, Command as PushCommand, PushPolicy, ReceiveOptions};
-use guts_git::storage::{Repo, Storage};
+use guts_git::storage::{RefRejection, RefUpdate, Repo, Storage};
 use guts_git::upload_pack::upload_pack;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -17,13 +17,22 @@ const ZERO: &str = "0000000000000000000000000000000000000000";
 struct Open;
 
 impl PushPolicy for Open {
+    type Authorized = ();
     fn cert_nonce(&self) -> Option<String> {
         None
     }
     fn authorize(&self, _: Option<&str>, _: &[PushCommand]) -> Result<(), String> {
         Ok(())
     }
-    fn accepted(&self, _: Option<&str>, _: &[String]) {}
+    fn commit(
+        &self,
+        repo: &Repo,
+        _: (),
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> guts_git::Result<Vec<Result<(), RefRejection>>> {
+        repo.update_refs(updates, atomic)
+    }
 }
 
 const OPTS: ReceiveOptions = ReceiveOptions {
@@ -471,6 +480,7 @@ struct SignedOnly {
 }
 
 impl PushPolicy for SignedOnly {
+    type Authorized = ();
     fn cert_nonce(&self) -> Option<String> {
         Some("1-abc".into())
     }
@@ -482,7 +492,15 @@ impl PushPolicy for SignedOnly {
             .push((cert.to_owned(), commands.to_vec()));
         Ok(())
     }
-    fn accepted(&self, _: Option<&str>, _: &[String]) {}
+    fn commit(
+        &self,
+        repo: &Repo,
+        _: (),
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> guts_git::Result<Vec<Result<(), RefRejection>>> {
+        repo.update_refs(updates, atomic)
+    }
 }
 
 #[test]

@@ -4,62 +4,28 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use guts_git::names::RepoName;
 use guts_git::protocol::{Service, Version};
 use guts_git::receive_pack::PushPolicy;
-use guts_git::receive_pack::ReceiveOptions;
-use guts_git::storage::Storage;
-use guts_identity::NonceIssuer;
 use serde::Deserialize;
 
 use crate::body::{blocking_reader, response_channel};
 use crate::error::{GitHttpError, NodeError};
-use crate::identity::{IdentityStore, SignedPushPolicy};
+use crate::policy::SignedPushPolicy;
+use crate::repos::Repos;
 
 /// Shared state of all handlers.
 pub struct AppState {
-    /// Repository storage.
-    pub storage: Storage,
-    /// Identity documents, aliases and signed-update logs.
-    pub identities: IdentityStore,
-    /// Issues and checks push-certificate nonces.
-    pub nonces: NonceIssuer,
-    /// Maximum age of a push-certificate nonce, seconds.
-    pub nonce_slop: u64,
-    /// Push settings.
-    pub receive: ReceiveOptions,
+    /// The node's repositories (the domain layer).
+    pub repos: Arc<Repos>,
     /// Peer-to-peer replication, if enabled.
     pub p2p: Option<Arc<crate::p2p::P2p>>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
-
-impl AppState {
-    /// The push policy of a repository (identity required).
-    fn push_policy(&self, repo: &RepoName) -> Result<SignedPushPolicy, NodeError> {
-        let identity = self.identities.current(repo)?.ok_or_else(|| {
-            NodeError::BadRequest(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "repository {repo} has no identity document, so nobody may push to it; \
-                     its owner must recreate it with `guts-node repo create`"
-                ),
-            )
-        })?;
-        Ok(SignedPushPolicy {
-            repo: repo.clone(),
-            identity,
-            issuer: self.nonces.clone(),
-            nonce_slop: self.nonce_slop,
-            store: self.identities.clone(),
-            p2p: self.p2p.clone(),
-        })
-    }
-}
 
 /// Build the router.
 pub fn router(state: Shared) -> Router {
@@ -100,10 +66,9 @@ async fn info_refs(
 ) -> Result<Response, GitHttpError> {
     let service = match q.service.as_deref().map(Service::from_name) {
         Some(Some(s)) => s,
-        Some(None) => return Err(NodeError::BadRequest(StatusCode::FORBIDDEN, "unknown service".into()).into()),
+        Some(None) => return Err(NodeError::Forbidden("unknown service".into()).into()),
         None => {
-            return Err(NodeError::BadRequest(
-                StatusCode::FORBIDDEN,
+            return Err(NodeError::Forbidden(
                 "this node speaks git's smart HTTP protocol only (dumb HTTP is not supported); use git 1.6.6 or newer".into(),
             )
             .into())
@@ -111,10 +76,11 @@ async fn info_refs(
     };
     let version = protocol_version(&headers);
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, NodeError> {
-        let name = state.identities.resolve(&owner, &name)?;
-        let repo = state.storage.open_repo(&name)?;
+        let repos = &state.repos;
+        let name = repos.resolve(&owner, &name)?;
+        let repo = repos.open_repo(&name)?;
         let nonce = match service {
-            Service::ReceivePack => state.push_policy(&name)?.cert_nonce(),
+            Service::ReceivePack => SignedPushPolicy::new(repos, &name)?.cert_nonce(),
             Service::UploadPack => None,
         };
         let mut out = Vec::new();
@@ -138,10 +104,10 @@ fn check_request(headers: &HeaderMap, service: Service) -> Result<bool, NodeErro
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if ct != service.request_content_type() {
-        return Err(NodeError::BadRequest(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected Content-Type {}", service.request_content_type()),
-        ));
+        return Err(NodeError::UnsupportedMedia(format!(
+            "expected Content-Type {}",
+            service.request_content_type()
+        )));
     }
     match headers
         .get(header::CONTENT_ENCODING)
@@ -149,10 +115,9 @@ fn check_request(headers: &HeaderMap, service: Service) -> Result<bool, NodeErro
     {
         None | Some("identity") => Ok(false),
         Some("gzip") | Some("x-gzip") => Ok(true),
-        Some(other) => Err(NodeError::BadRequest(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("unsupported Content-Encoding {other}"),
-        )),
+        Some(other) => Err(NodeError::UnsupportedMedia(format!(
+            "unsupported Content-Encoding {other}"
+        ))),
     }
 }
 
@@ -166,6 +131,22 @@ fn streaming_response(service: Service, body: Body) -> Response {
     resp
 }
 
+/// Resolve and open a repository on a blocking thread (sled reads).
+async fn open(
+    state: &Shared,
+    owner: String,
+    name: String,
+) -> Result<(guts_git::names::RepoName, guts_git::storage::Repo), NodeError> {
+    let repos = Arc::clone(&state.repos);
+    tokio::task::spawn_blocking(move || {
+        let name = repos.resolve(&owner, &name)?;
+        let repo = repos.open_repo(&name)?;
+        Ok((name, repo))
+    })
+    .await
+    .map_err(|e| NodeError::Internal(e.to_string()))?
+}
+
 async fn upload_pack(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
@@ -173,8 +154,7 @@ async fn upload_pack(
     body: Body,
 ) -> Result<Response, GitHttpError> {
     let gzip = check_request(&headers, Service::UploadPack)?;
-    let name = state.identities.resolve(&owner, &name)?;
-    let repo = state.storage.open_repo(&name)?;
+    let (name, repo) = open(&state, owner, name).await?;
     let version = protocol_version(&headers);
     let (mut writer, out) = response_channel();
     tokio::task::spawn_blocking(move || {
@@ -197,16 +177,21 @@ async fn receive_pack(
     body: Body,
 ) -> Result<Response, GitHttpError> {
     let gzip = check_request(&headers, Service::ReceivePack)?;
-    let name = state.identities.resolve(&owner, &name)?;
-    let repo = state.storage.open_repo(&name)?;
-    let policy = state.push_policy(&name)?;
-    let opts = state.receive;
+    let (name, repo) = open(&state, owner, name).await?;
+    let repos = Arc::clone(&state.repos);
+    let (r, n) = (Arc::clone(&repos), name.clone());
+    // Refuse repositories nobody may push to before streaming anything.
+    let identity = tokio::task::spawn_blocking(move || r.identity(&n))
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
     let (mut writer, out) = response_channel();
     tokio::task::spawn_blocking(move || {
         let mut input = blocking_reader(body, gzip);
-        if let Err(e) =
-            guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy)
-        {
+        let policy = SignedPushPolicy::with_identity(&repos, &name, identity);
+        let opts = repos.receive_options();
+        let result =
+            guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy);
+        if let Err(e) = result {
             tracing::warn!(repo = %name, error = %e, "receive-pack failed");
         }
     });

@@ -1,7 +1,9 @@
 //! `guts-node`: a Guts peer node serving git smart HTTP.
 //!
-//! This binary wires `guts-git` to an axum HTTP server and offers a CLI
-//! (`run`, `repo ...`). It holds no git logic of its own.
+//! This binary wires `guts-git`, `guts-identity` and `guts-p2p` together:
+//! a domain layer over storage, identities and signed logs (`repos`), an
+//! axum HTTP server around it, replication, and a CLI (`run`, `repo ...`).
+//! It holds no git protocol logic of its own.
 #![deny(clippy::unwrap_used)]
 
 mod body;
@@ -10,8 +12,11 @@ mod config;
 mod error;
 mod http;
 mod identity;
+mod log;
 mod p2p;
+mod policy;
 mod replica;
+mod repos;
 mod rest;
 
 use std::net::SocketAddr;
@@ -258,7 +263,7 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
         push_cert_nonce_slop: args
             .push_cert_nonce_slop
             .or(file.push_cert_nonce_slop)
-            .unwrap_or(identity::DEFAULT_NONCE_SLOP_SECS),
+            .unwrap_or(policy::DEFAULT_NONCE_SLOP_SECS),
         data_dir,
     })
 }
@@ -275,8 +280,13 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let storage = Storage::open(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), repos = storage.list()?.len(), "storage opened");
-    let identities = identity::IdentityStore::open(storage.db())?;
-    let nonces = identities.nonce_issuer()?;
+    let repos = repos::Repos::open(
+        storage,
+        config.push_cert_nonce_slop,
+        ReceiveOptions {
+            max_pack_bytes: config.max_pack_bytes,
+        },
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -285,7 +295,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             tracing::info!("peer-to-peer replication off (no --p2p-listen)");
             None
         } else {
-            let replica = replica::NodeReplica::new(storage.clone(), identities.clone(), config.max_pack_bytes);
+            let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes);
             let opts = p2p::P2pOptions {
                 listen: args.p2p_listen.clone(),
                 bootstrap: args.bootstrap.clone(),
@@ -296,16 +306,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };
-        let state = Arc::new(http::AppState {
-            storage,
-            identities,
-            nonces,
-            nonce_slop: config.push_cert_nonce_slop,
-            receive: ReceiveOptions {
-                max_pack_bytes: config.max_pack_bytes,
-            },
-            p2p,
-        });
+        let state = Arc::new(http::AppState { repos, p2p });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;

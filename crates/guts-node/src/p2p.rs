@@ -1,19 +1,19 @@
 //! Wiring of the peer-to-peer layer into the node: the node key, the
 //! network, the replicator, and the announcements of local pushes.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use guts_git::names::RepoName;
 use guts_p2p::network::{self, Handle, NetworkConfig};
-use guts_p2p::replication::{Replicator, Seeded};
+use guts_p2p::replication::Replicator;
 use guts_p2p::{Multiaddr, NodeKeypair};
-use tokio::sync::mpsc;
+use prost::Message;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::NodeError;
 use crate::replica::NodeReplica;
+use crate::repos::RepoEvent;
 
 /// The running peer-to-peer side of a node.
 pub struct P2p {
@@ -23,7 +23,6 @@ pub struct P2p {
     pub replicator: Replicator<NodeReplica>,
     /// The node's storage as replication sees it.
     pub replica: Arc<NodeReplica>,
-    announcements: mpsc::UnboundedSender<(Seeded, Vec<u8>)>,
 }
 
 /// Options of the p2p layer.
@@ -108,15 +107,12 @@ impl P2p {
         )
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Seeded, Vec<u8>)>();
-        let announcer = replicator.clone();
-        tokio::spawn(async move {
-            while let Some((s, update)) = rx.recv().await {
-                if let Err(e) = announcer.announce(&s.name, &s.id, update).await {
-                    tracing::warn!(repo = %s.name, error = %e, "could not announce an update");
-                }
-            }
-        });
+        let events = replica.repos.subscribe();
+        tokio::spawn(announce_pushes(
+            replicator.clone(),
+            Arc::clone(&replica),
+            events,
+        ));
         let mut status = net
             .status()
             .await
@@ -144,31 +140,48 @@ impl P2p {
             net,
             replicator,
             replica,
-            announcements: tx,
         }))
     }
+}
 
-    /// After a local push: settle refs by the replication rule, then announce.
-    /// Called from a blocking thread.
-    pub fn accepted(
-        &self,
-        repo: &RepoName,
-        repo_id: String,
-        update: Vec<u8>,
-        refs: HashSet<String>,
-    ) {
-        if let Err(e) = self.replica.settle(repo, &refs) {
-            tracing::warn!(%repo, error = %e, "settling refs after a push failed");
-        }
-        if !self.replica.is_seeding(repo) {
-            // Peers would ask for objects this node does not serve.
-            tracing::info!(%repo, "update not announced: this node does not seed the repository");
-            return;
-        }
-        let s = Seeded {
-            name: repo.to_string(),
-            id: repo_id,
+/// Announce every push this node accepts, for the repositories it seeds
+/// (peers would ask it for the objects). A subscriber of the domain
+/// layer's events: nothing in the push path calls replication.
+async fn announce_pushes(
+    replicator: Replicator<NodeReplica>,
+    replica: Arc<NodeReplica>,
+    mut events: tokio::sync::broadcast::Receiver<RepoEvent>,
+) {
+    loop {
+        let (repo, id, update) = match events.recv().await {
+            Ok(RepoEvent::Pushed {
+                repo, id, update, ..
+            }) => (repo, id, update),
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "push announcements dropped; peers catch up by log comparison"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
         };
-        let _ = self.announcements.send((s, update));
+        let repos = Arc::clone(&replica.repos);
+        let r = repo.clone();
+        let seeding = tokio::task::spawn_blocking(move || repos.is_seeding(&r))
+            .await
+            .unwrap_or(false);
+        if !seeding {
+            tracing::info!(%repo, "update not announced: this node does not seed the repository");
+            continue;
+        }
+        let name = repo.to_string();
+        if let Err(e) = replicator
+            .announce(&name, &id.to_string(), update.encode_to_vec())
+            .await
+        {
+            tracing::warn!(repo = %name, error = %e, "could not announce an update");
+        }
     }
 }

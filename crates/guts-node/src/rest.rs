@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use guts_git::names::RepoName;
-use guts_identity::{Doc, PushCert, SignedRefUpdate};
+use guts_identity::PushCert;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, NodeError};
@@ -46,7 +46,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn bad_request(msg: impl Into<String>) -> NodeError {
-    NodeError::BadRequest(StatusCode::BAD_REQUEST, msg.into())
+    NodeError::Invalid(msg.into())
 }
 
 /// A signed identity document in a request body.
@@ -116,7 +116,7 @@ pub struct RepoDetail {
 }
 
 fn summary(state: &Shared, name: &RepoName) -> Result<RepoSummary, NodeError> {
-    let identity = state.identities.current(name)?;
+    let identity = state.repos.identities().current(name)?;
     Ok(RepoSummary {
         owner: name.owner().to_owned(),
         name: name.name().to_owned(),
@@ -130,7 +130,7 @@ fn summary(state: &Shared, name: &RepoName) -> Result<RepoSummary, NodeError> {
 
 async fn list_repos(State(state): State<Shared>) -> Result<Json<Vec<RepoSummary>>, ApiError> {
     let list = blocking(move || {
-        let names = state.storage.list()?;
+        let names = state.repos.storage().list()?;
         names.iter().map(|n| summary(&state, n)).collect()
     })
     .await?;
@@ -145,22 +145,7 @@ async fn create_repo(
     let bytes = decode_document(req)?;
     let state_p2p = state.p2p.clone();
     let created = blocking(move || {
-        let doc = Doc::from_bytes(&bytes)
-            .and_then(Doc::verify_genesis)
-            .map_err(|e| bad_request(e.to_string()))?;
-        let name = RepoName::new(&doc.owner().method_id(), &doc.body().name)?;
-        let head = format!("refs/heads/{}", doc.body().default_branch);
-        if state.storage.open_repo(&name).is_ok() {
-            return Err(guts_git::Error::RepoExists(name.to_string()).into());
-        }
-        // Claims the name atomically: a racing creation gets 409 here and
-        // so never reaches the clean-up below, which undoes only our own.
-        state.identities.create(&name, &doc)?;
-        if let Err(e) = state.storage.create_with_head(&name, &head) {
-            state.identities.delete(&name, &doc.body().aliases)?;
-            return Err(e.into());
-        }
-        tracing::info!(repo = %name, owner = %doc.owner(), aliases = ?doc.body().aliases, "repository created");
+        let (name, _) = state.repos.create(&bytes)?;
         summary(&state, &name)
     })
     .await?;
@@ -181,8 +166,8 @@ async fn show_repo(
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<Json<RepoDetail>, ApiError> {
     let detail = blocking(move || {
-        let name = state.identities.resolve(&owner, &name)?;
-        let repo = state.storage.open_repo(&name)?;
+        let name = state.repos.resolve(&owner, &name)?;
+        let repo = state.repos.open_repo(&name)?;
         let settings = repo.settings()?;
         let refs = repo
             .refs()?
@@ -190,7 +175,7 @@ async fn show_repo(
             .map(|r| (r.name, r.id.to_string()))
             .collect();
         let (object_count, size_bytes) = repo.disk_usage()?;
-        let identity = state.identities.current(&name)?;
+        let identity = state.repos.identities().current(&name)?;
         let body = identity.as_ref().map(|i| i.doc.body().clone());
         Ok(RepoDetail {
             owner: name.owner().to_owned(),
@@ -220,16 +205,8 @@ async fn delete_repo(
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || {
-        let name = state.identities.resolve(&owner, &name)?;
-        let aliases = state
-            .identities
-            .current(&name)?
-            .map(|i| i.doc.body().aliases.clone())
-            .unwrap_or_default();
-        state.storage.delete(&name)?;
-        state.identities.delete(&name, &aliases)?;
-        tracing::info!(repo = %name, "repository deleted");
-        Ok(())
+        let name = state.repos.resolve(&owner, &name)?;
+        state.repos.delete(&name)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -248,8 +225,8 @@ async fn patch_repo(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let settings = blocking(move || {
-        let name = state.identities.resolve(&owner, &name)?;
-        let repo = state.storage.open_repo(&name)?;
+        let name = state.repos.resolve(&owner, &name)?;
+        let repo = state.repos.open_repo(&name)?;
         match req.deny_non_fast_forwards {
             Some(deny) => Ok(repo.set_deny_non_fast_forwards(deny)?),
             None => Ok(repo.settings()?),
@@ -285,7 +262,8 @@ pub struct IdentityView {
 
 fn identity_view(state: &Shared, name: &RepoName) -> Result<IdentityView, NodeError> {
     let identity = state
-        .identities
+        .repos
+        .identities()
         .current(name)?
         .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
     let body = identity.doc.body().clone();
@@ -306,7 +284,7 @@ async fn show_identity(
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<Json<IdentityView>, ApiError> {
     let view = blocking(move || {
-        let name = state.identities.resolve(&owner, &name)?;
+        let name = state.repos.resolve(&owner, &name)?;
         identity_view(&state, &name)
     })
     .await?;
@@ -321,9 +299,8 @@ async fn update_identity(
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let bytes = decode_document(req)?;
     let view = blocking(move || {
-        let name = state.identities.resolve(&owner, &name)?;
-        let doc = state.identities.update(&name, &bytes)?;
-        tracing::info!(repo = %name, version = doc.body().version, delegates = doc.delegates().len(), "identity document updated");
+        let name = state.repos.resolve(&owner, &name)?;
+        state.repos.update_identity(&name, &bytes)?;
         identity_view(&state, &name)
     })
     .await?;
@@ -356,11 +333,10 @@ async fn list_updates(
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<UpdateView>>, ApiError> {
     let list = blocking(move || {
-        let name = state.identities.resolve(&owner, &name)?;
-        state.storage.open_repo(&name)?;
-        let updates = state.identities.updates(&name)?;
-        let log: Vec<SignedRefUpdate> = updates.iter().map(|(_, u)| u.clone()).collect();
-        let resolved = crate::replica::resolve_log(&log, None).map_err(NodeError::Internal)?;
+        let name = state.repos.resolve(&owner, &name)?;
+        state.repos.open_repo(&name)?;
+        let updates = state.repos.log().updates(&name)?;
+        let resolved = state.repos.log().resolutions(&name)?;
         Ok(updates
             .into_iter()
             .map(|(seq, u)| {
@@ -446,12 +422,7 @@ async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiE
 }
 
 fn p2p_of(state: &Shared) -> Result<std::sync::Arc<crate::p2p::P2p>, NodeError> {
-    state.p2p.clone().ok_or_else(|| {
-        NodeError::BadRequest(
-            StatusCode::CONFLICT,
-            "peer-to-peer replication is off on this node (start it with --p2p-listen)".into(),
-        )
-    })
+    state.p2p.clone().ok_or(NodeError::P2pOff)
 }
 
 async fn seed_repo(
@@ -460,18 +431,17 @@ async fn seed_repo(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let p2p = p2p_of(&state)?;
     let st = state.clone();
-    let name = blocking(move || st.identities.resolve(&owner, &name)).await?;
+    let name = blocking(move || st.repos.resolve(&owner, &name)).await?;
     {
         let st = state.clone();
         let n = name.clone();
-        blocking(move || st.identities.set_seeding(&n, true)).await?;
+        blocking(move || st.repos.set_seeding(&n, true)).await?;
     }
-    let id = p2p.replicator.seed(&name.to_string()).await.map_err(|e| {
-        NodeError::BadRequest(
-            StatusCode::BAD_GATEWAY,
-            format!("seeding {name} failed: {e}"),
-        )
-    })?;
+    let id = p2p
+        .replicator
+        .seed(&name.to_string())
+        .await
+        .map_err(|e| NodeError::Network(format!("seeding {name} failed: {e}")))?;
     tracing::info!(repo = %name, %id, "seeding");
     Ok(Json(
         serde_json::json!({ "repo": name.to_string(), "id": id }),
@@ -485,12 +455,13 @@ async fn unseed_repo(
     let p2p = p2p_of(&state)?;
     let st = state.clone();
     let (name, id) = blocking(move || {
-        let name = st.identities.resolve(&owner, &name)?;
+        let name = st.repos.resolve(&owner, &name)?;
         let identity = st
-            .identities
+            .repos
+            .identities()
             .current(&name)?
             .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
-        st.identities.set_seeding(&name, false)?;
+        st.repos.set_seeding(&name, false)?;
         Ok((name, identity.id.to_string()))
     })
     .await?;

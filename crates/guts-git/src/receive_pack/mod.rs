@@ -3,14 +3,16 @@
 //! Order of operations, each step able to refuse without side effects until
 //! the pack is published:
 //! 1. parse the commands (and push options),
-//! 2. stream the pack into a quarantine and index it ([`crate::pack_in`]),
-//! 3. check connectivity of the new tips and per-ref rules (names,
+//! 2. ask the [`PushPolicy`] to authorize them (before a byte of the pack),
+//! 3. stream the pack into a quarantine and index it ([`crate::pack_in`]),
+//! 4. check connectivity of the new tips and per-ref rules (names,
 //!    fast-forward, not deleting HEAD's branch),
-//! 4. publish the pack, then compare-and-swap the refs in one sled
-//!    transaction (atomic) or one per ref,
-//! 5. report `unpack ok` / `ok` / `ng` lines, over side-band when asked.
+//! 5. publish the pack, then let the policy commit the ref changes together
+//!    with what it records (the node's signed-update log) in one sled
+//!    transaction ([`crate::storage::Repo::commit_refs`]),
+//! 6. report `unpack ok` / `ok` / `ng` lines, over side-band when asked.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, Read, Write};
 
 use gix_hash::ObjectId;
@@ -20,7 +22,7 @@ mod request;
 use crate::error::{Error, Result};
 use crate::names::check_ref_name;
 use crate::odb::ObjectStore;
-use crate::pack_in;
+use crate::pack_in::{self, Quarantine};
 use crate::pktline::{PktReader, PktWriter, SideBand, SideBandMode};
 use crate::storage::{RefRejection, RefUpdate, Repo};
 use crate::walk::is_ancestor;
@@ -43,9 +45,14 @@ pub struct Command {
     pub name: String,
 }
 
-/// Who may push: decided outside the git layer (the node implements it with
-/// signed push certificates and repository identity documents).
+/// Who may push, and what an accepted push leaves behind: decided outside
+/// the git layer (the node implements it with signed push certificates,
+/// repository identity documents and its signed-update log).
 pub trait PushPolicy {
+    /// What a successful authorization proves (for the node: the verified
+    /// push certificate). It is consumed by [`PushPolicy::commit`], so the
+    /// ref change carries the very value that was checked.
+    type Authorized;
     /// The nonce to advertise as `push-cert=<nonce>`, if pushes must be signed.
     fn cert_nonce(&self) -> Option<String>;
     /// Accept or refuse a push before its pack is read. `cert` is the push
@@ -55,9 +62,18 @@ pub trait PushPolicy {
         &self,
         cert: Option<&str>,
         commands: &[Command],
-    ) -> std::result::Result<(), String>;
-    /// Called after refs changed, with the names of the refs updated.
-    fn accepted(&self, cert: Option<&str>, updated: &[String]);
+    ) -> std::result::Result<Self::Authorized, String>;
+    /// Apply `updates` (checked: names, rules, objects present) and record
+    /// the push, in one transaction: implementations call
+    /// [`Repo::commit_refs`] with their journal. Returns each update's
+    /// verdict, in order.
+    fn commit(
+        &self,
+        repo: &Repo,
+        authorized: Self::Authorized,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> Result<Vec<std::result::Result<(), RefRejection>>>;
 }
 
 /// What happened to a push, for logging and the REST API.
@@ -73,117 +89,161 @@ pub struct PushOutcome {
     pub bytes: u64,
 }
 
-/// Serve one receive-pack POST request.
-pub fn receive_pack(
-    repo: &Repo,
-    input: &mut dyn BufRead,
+/// A parsed request and the capabilities that shape the answer.
+struct Push {
+    commands: Vec<Command>,
+    cert: Option<String>,
+    shallow: bool,
+    atomic: bool,
+    report: bool,
+    /// Why the request is refused before the policy is even asked.
+    refusal: Option<String>,
+}
+
+/// Read the commands and push options; `None` for the empty probe git
+/// sends before a large chunked body. A malformed request is answered with
+/// an `ERR` packet (nothing is negotiated yet).
+fn read_push(
+    reader: &mut PktReader<&mut dyn BufRead>,
     out: &mut dyn Write,
-    opts: ReceiveOptions,
-    policy: &dyn PushPolicy,
-) -> Result<PushOutcome> {
-    let mut reader = PktReader::new(input);
-    let req = match request::read_request(&mut reader) {
+) -> Result<Option<(Push, SideBandMode, bool)>> {
+    let parsed = request::read_request(reader).and_then(|req| {
+        if req.commands.is_empty() || !req.caps.contains("push-options") {
+            return Ok((req, Vec::new()));
+        }
+        request::read_push_options(reader).map(|o| (req, o))
+    });
+    let (req, options) = match parsed {
         Ok(v) => v,
         Err(e) => {
-            // Nothing negotiated yet: a plain ERR packet is all the client understands.
             let _ = crate::pktline::write_pkt(out, format!("ERR receive-pack: {e}\n").as_bytes());
             return Err(e);
         }
     };
-    let request::Request {
-        commands,
-        caps,
-        cert,
-        shallow,
-        cert_mismatch,
-    } = req;
-    if commands.is_empty() {
-        // The `0000` probe git sends before a large chunked body, or an empty push.
-        return Ok(PushOutcome::default());
+    if req.commands.is_empty() {
+        return Ok(None);
     }
-    let options = if caps.contains("push-options") {
-        match request::read_push_options(&mut reader) {
-            Ok(o) => o,
-            Err(e) => {
-                let _ =
-                    crate::pktline::write_pkt(out, format!("ERR receive-pack: {e}\n").as_bytes());
-                return Err(e);
-            }
-        }
-    } else {
-        Vec::new()
-    };
     // As git's receive-pack: a signed push must carry, in its certificate,
     // exactly the push options it sends.
-    let options_mismatch = cert
+    let options_mismatch = req
+        .cert
         .as_deref()
         .is_some_and(|c| request::cert_push_options(c) != options);
-    let mode = if caps.contains("side-band-64k") {
-        SideBandMode::Large
-    } else {
-        SideBandMode::None
-    };
-    let progress = !caps.contains("quiet");
-    let report = caps.contains("report-status") || caps.contains("report-status-v2");
-    let atomic = caps.contains("atomic");
-    let mut sb = SideBand::new(out, mode, progress);
-    let mut input = reader.into_inner();
-    let verdict = if cert_mismatch {
-        Err("the push certificate does not match the pushed commands".to_owned())
+    let refusal = if req.cert_mismatch {
+        Some("the push certificate does not match the pushed commands".to_owned())
     } else if options_mismatch {
-        Err(
+        Some(
             "the push certificate does not match the push options sent (inconsistent push options)"
                 .to_owned(),
         )
     } else {
-        policy.authorize(cert.as_deref(), &commands)
+        None
     };
-    if let Err(reason) = verdict {
-        tracing::warn!(repo = %repo.name(), %reason, "push not authorized");
-        // Read the rest of the request so the client sees the answer, not a reset.
-        let _ = std::io::copy(
-            &mut (&mut input).take(opts.max_pack_bytes),
-            &mut std::io::sink(),
-        );
-        sb.progress(&format!("{reason}\n"))?;
-        let results: Vec<std::result::Result<(), String>> =
-            commands.iter().map(|_| Err(one_line(&reason))).collect();
-        write_report(&mut sb, report, &Ok(()), &commands, &results)?;
-        return Ok(PushOutcome {
-            rejected: commands
-                .iter()
-                .map(|c| (c.name.clone(), reason.clone()))
-                .collect(),
-            ..PushOutcome::default()
-        });
-    }
-    let result = process(repo, &commands, atomic, &mut input, &mut sb, opts).map_err(|e| match e {
-        Error::Pack(msg) if shallow && msg.contains("not connected") => Error::Pack(format!(
-            "{msg}; this push comes from a shallow clone whose history this repository lacks \
-             (run `git fetch --unshallow` and push again)"
-        )),
-        other => other,
+    let mode = if req.caps.contains("side-band-64k") {
+        SideBandMode::Large
+    } else {
+        SideBandMode::None
+    };
+    let progress = !req.caps.contains("quiet");
+    let push = Push {
+        atomic: req.caps.contains("atomic"),
+        report: req.caps.contains("report-status") || req.caps.contains("report-status-v2"),
+        commands: req.commands,
+        cert: req.cert,
+        shallow: req.shallow,
+        refusal,
+    };
+    Ok(Some((push, mode, progress)))
+}
+
+/// Serve one receive-pack POST request.
+pub fn receive_pack<P: PushPolicy + ?Sized>(
+    repo: &Repo,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    opts: ReceiveOptions,
+    policy: &P,
+) -> Result<PushOutcome> {
+    let mut reader = PktReader::new(input);
+    let Some((push, mode, progress)) = read_push(&mut reader, out)? else {
+        return Ok(PushOutcome::default());
+    };
+    let mut sb = SideBand::new(out, mode, progress);
+    let mut input = reader.into_inner();
+    let verdict = match &push.refusal {
+        Some(reason) => Err(reason.clone()),
+        None => policy.authorize(push.cert.as_deref(), &push.commands),
+    };
+    let authorized = match verdict {
+        Ok(a) => a,
+        Err(reason) => return refuse(repo, &push, &reason, &mut input, &mut sb, opts),
+    };
+    let result = process(repo, &push, &mut input, &mut sb, opts, |updates| {
+        policy.commit(repo, authorized, updates, push.atomic)
     });
     let (unpack, results, outcome) = match result {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(repo = %repo.name(), error = %e, "push refused");
+            let e = explain_shallow(e, push.shallow);
             let reason = match &e {
-                Error::Pack(_) | Error::TooLarge(_) | Error::CorruptObject { .. } => {
-                    "unpacker error"
-                }
+                Error::Pack(_)
+                | Error::NotConnected { .. }
+                | Error::TooLarge(_)
+                | Error::CorruptObject { .. } => "unpacker error",
                 Error::Unsupported(_) => "not supported by this node",
                 _ => "server error",
             };
-            let results = commands.iter().map(|_| Err(reason.to_owned())).collect();
+            let results = push
+                .commands
+                .iter()
+                .map(|_| Err(reason.to_owned()))
+                .collect();
             (Err(e.to_string()), results, PushOutcome::default())
         }
     };
-    write_report(&mut sb, report, &unpack, &commands, &results)?;
-    if !outcome.updated.is_empty() {
-        policy.accepted(cert.as_deref(), &outcome.updated);
-    }
+    write_report(&mut sb, push.report, &unpack, &push.commands, &results)?;
     Ok(outcome)
+}
+
+/// A push from a shallow clone whose objects do not connect: say why.
+fn explain_shallow(e: Error, shallow: bool) -> Error {
+    match e {
+        Error::NotConnected { .. } if shallow => Error::Pack(format!(
+            "{e}; this push comes from a shallow clone whose history this repository lacks \
+             (run `git fetch --unshallow` and push again)"
+        )),
+        other => other,
+    }
+}
+
+/// Answer a push the policy refused: every ref `ng` with the reason, the
+/// rest of the request read so the client sees the answer, not a reset.
+fn refuse(
+    repo: &Repo,
+    push: &Push,
+    reason: &str,
+    input: &mut dyn BufRead,
+    sb: &mut SideBand<&mut dyn Write>,
+    opts: ReceiveOptions,
+) -> Result<PushOutcome> {
+    tracing::warn!(repo = %repo.name(), %reason, "push not authorized");
+    let _ = std::io::copy(&mut input.take(opts.max_pack_bytes), &mut std::io::sink());
+    sb.progress(&format!("{reason}\n"))?;
+    let results: Vec<std::result::Result<(), String>> = push
+        .commands
+        .iter()
+        .map(|_| Err(one_line(reason)))
+        .collect();
+    write_report(sb, push.report, &Ok(()), &push.commands, &results)?;
+    Ok(PushOutcome {
+        rejected: push
+            .commands
+            .iter()
+            .map(|c| (c.name.clone(), reason.to_owned()))
+            .collect(),
+        ..PushOutcome::default()
+    })
 }
 
 /// Write `unpack` and per-ref `ok`/`ng` lines (when `report-status` was
@@ -221,67 +281,68 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-type Report = (
-    std::result::Result<(), String>,
-    Vec<std::result::Result<(), String>>,
-    PushOutcome,
-);
+/// Each command's verdict, in order: `Err` holds the reason sent to the client.
+type Verdicts = Vec<std::result::Result<(), String>>;
 
-fn process(
+type Report = (std::result::Result<(), String>, Verdicts, PushOutcome);
+
+/// Receive the pack into a quarantine and check that the new tips connect.
+fn receive_objects(
     repo: &Repo,
+    odb: &ObjectStore,
     commands: &[Command],
-    atomic: bool,
     input: &mut dyn BufRead,
     sb: &mut SideBand<&mut dyn Write>,
     opts: ReceiveOptions,
-) -> Result<Report> {
-    let odb = repo.objects()?;
-    let needs_pack = commands.iter().any(|c| c.new.is_some());
-    let quarantine = if needs_pack {
-        let q = {
-            let mut report = |bytes: u64| {
-                let _ = sb.progress(&format!(
-                    "Receiving pack: {:.1} MiB\r",
-                    bytes as f64 / 1048576.0
-                ));
-            };
-            pack_in::receive(
-                &repo.objects_dir(),
-                &odb,
-                input,
-                opts.max_pack_bytes,
-                &mut report,
-            )?
+) -> Result<Option<Quarantine>> {
+    if !commands.iter().any(|c| c.new.is_some()) {
+        return Ok(None);
+    }
+    let q = {
+        let mut report = |bytes: u64| {
+            let _ = sb.progress(&format!(
+                "Receiving pack: {:.1} MiB\r",
+                bytes as f64 / 1048576.0
+            ));
         };
-        sb.progress(&format!(
-            "Received {} objects ({} bytes), checking connectivity\n",
-            q.objects, q.bytes_received
-        ))?;
-        let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
-        q.check_connectivity(&odb, &tips)?;
-        Some(q)
-    } else {
-        None
+        pack_in::receive(
+            &repo.objects_dir(),
+            odb,
+            input,
+            opts.max_pack_bytes,
+            &mut report,
+        )?
     };
-    let view = match &quarantine {
-        Some(q) => q.overlay(&odb),
-        None => odb.clone(),
-    };
+    sb.progress(&format!(
+        "Received {} objects ({} bytes), checking connectivity\n",
+        q.objects, q.bytes_received
+    ))?;
+    let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
+    q.check_connectivity(odb, &tips)?;
+    Ok(Some(q))
+}
+
+/// Check every command against the rules; returns each one's verdict and
+/// the updates of the accepted ones (with their command indexes).
+fn check_all(
+    repo: &Repo,
+    view: &ObjectStore,
+    commands: &[Command],
+) -> Result<(Verdicts, Vec<(usize, RefUpdate)>)> {
     let settings = repo.settings()?;
-    let mut results: Vec<std::result::Result<(), String>> = Vec::with_capacity(commands.len());
+    let mut results = Vec::with_capacity(commands.len());
     let mut updates = Vec::new();
-    let mut update_index = Vec::new();
     let mut seen = HashSet::new();
     // Ref names as they will be, to refuse a ref that would be both a file
     // and a directory (`refs/heads/a` beside `refs/heads/a/b`), as git does.
-    let mut names: std::collections::BTreeSet<String> = repo
+    let mut names: BTreeSet<String> = repo
         .refs()?
         .into_iter()
         .map(|r| r.name)
         .filter(|n| !commands.iter().any(|c| c.new.is_none() && &c.name == n))
         .collect();
     for (i, c) in commands.iter().enumerate() {
-        let checked = check_command(&view, c, &settings, repo, &mut seen).and_then(|update| {
+        let checked = check_command(view, c, &settings, repo, &mut seen).and_then(|update| {
             if update.new.is_some() {
                 if let Some(other) = ref_dir_conflict(&names, &update.name) {
                     return Err(format!(
@@ -295,40 +356,66 @@ fn process(
         });
         match checked {
             Ok(update) => {
-                update_index.push(i);
-                updates.push(update);
+                updates.push((i, update));
                 results.push(Ok(()));
             }
             Err(reason) => results.push(Err(reason)),
         }
     }
-    let any_refused = results.iter().any(|r| r.is_err());
+    Ok((results, updates))
+}
+
+fn process(
+    repo: &Repo,
+    push: &Push,
+    input: &mut dyn BufRead,
+    sb: &mut SideBand<&mut dyn Write>,
+    opts: ReceiveOptions,
+    commit: impl FnOnce(&[RefUpdate]) -> Result<Vec<std::result::Result<(), RefRejection>>>,
+) -> Result<Report> {
+    let odb = repo.objects()?;
+    let quarantine = receive_objects(repo, &odb, &push.commands, input, sb, opts)?;
+    let view = match &quarantine {
+        Some(q) => q.overlay(&odb),
+        None => odb.clone(),
+    };
+    let (mut results, mut accepted) = check_all(repo, &view, &push.commands)?;
     let mut outcome = PushOutcome {
         objects: quarantine.as_ref().map_or(0, |q| q.objects),
         bytes: quarantine.as_ref().map_or(0, |q| q.bytes_received),
         ..PushOutcome::default()
     };
-    if atomic && any_refused {
+    if push.atomic && results.iter().any(|r| r.is_err()) {
         for r in results.iter_mut().filter(|r| r.is_ok()) {
             *r = Err(RefRejection::AtomicFailed.to_string());
         }
-        updates.clear();
+        accepted.clear();
     }
-    if !updates.is_empty() {
+    if !accepted.is_empty() {
         if let Some(q) = quarantine {
             q.publish(&repo.objects_dir())?;
         }
-        let applied = repo.update_refs(&updates, atomic)?;
-        for ((i, u), r) in update_index.iter().zip(&updates).zip(applied) {
-            if let Err(rej) = r {
-                results[*i] = Err(rej.to_string());
-            } else {
-                outcome.updated.push(u.name.clone());
+        let updates: Vec<RefUpdate> = accepted.iter().map(|(_, u)| u.clone()).collect();
+        match commit(&updates) {
+            Ok(applied) => {
+                for ((i, u), r) in accepted.iter().zip(applied) {
+                    match r {
+                        Err(rej) => results[*i] = Err(rej.to_string()),
+                        Ok(()) => outcome.updated.push(u.name.clone()),
+                    }
+                }
             }
+            Err(Error::Rejected(reason)) => {
+                sb.progress(&format!("{reason}\n"))?;
+                for (i, _) in &accepted {
+                    results[*i] = Err(one_line(&reason));
+                }
+            }
+            Err(e) => return Err(e),
         }
         sb.progress(&format!("Updated {} ref(s)\n", outcome.updated.len()))?;
     }
-    for (c, r) in commands.iter().zip(&results) {
+    for (c, r) in push.commands.iter().zip(&results) {
         if let Err(reason) = r {
             outcome.rejected.push((c.name.clone(), reason.clone()));
         }

@@ -20,12 +20,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gix_hash::ObjectId;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use crate::error::{Error, Result};
 use crate::names::RepoName;
 use crate::odb::ObjectStore;
+
+mod commit;
+pub use commit::{Journal, NoJournal};
 
 /// The branch a new repository's HEAD points to.
 pub const DEFAULT_BRANCH: &str = "refs/heads/main";
@@ -325,114 +326,6 @@ impl Repo {
         Ok(Head { target, id })
     }
 
-    /// Apply `updates`, each a compare-and-swap on its old value.
-    ///
-    /// With `atomic`, all are applied in one transaction or none is. Without,
-    /// each is applied on its own. When the repository had no refs and HEAD's
-    /// branch is not created, HEAD is pointed at the best new branch (`main`,
-    /// `master`, else the first by name) so that clones check something out.
-    /// The database is flushed before returning.
-    pub fn update_refs(
-        &self,
-        updates: &[RefUpdate],
-        atomic: bool,
-    ) -> Result<Vec<Result<(), RefRejection>>> {
-        let was_empty = self.refs.is_empty();
-        let mut results = Vec::with_capacity(updates.len());
-        if atomic {
-            match self.transact(updates) {
-                Ok(()) => results.extend(updates.iter().map(|_| Ok(()))),
-                Err(TxFail::Stale(i)) => {
-                    for (n, _) in updates.iter().enumerate() {
-                        results.push(Err(if n == i {
-                            RefRejection::Stale
-                        } else {
-                            RefRejection::AtomicFailed
-                        }));
-                    }
-                }
-                Err(TxFail::Db(e)) => return Err(e),
-            }
-        } else {
-            for update in updates {
-                match self.transact(std::slice::from_ref(update)) {
-                    Ok(()) => results.push(Ok(())),
-                    Err(TxFail::Stale(_)) => results.push(Err(RefRejection::Stale)),
-                    Err(TxFail::Db(e)) => return Err(e),
-                }
-            }
-        }
-        if was_empty {
-            self.choose_head(updates, &results)?;
-        }
-        self.db.flush()?;
-        Ok(results)
-    }
-
-    fn transact(&self, updates: &[RefUpdate]) -> std::result::Result<(), TxFail> {
-        let outcome = (&self.refs,).transaction(|(refs,)| {
-            for (i, u) in updates.iter().enumerate() {
-                let current = refs
-                    .get(u.name.as_bytes())?
-                    .and_then(|v| oid_from(v.get(..20)));
-                if current != u.old {
-                    return Err(ConflictableTransactionError::Abort(i));
-                }
-                match u.new {
-                    Some(new) => {
-                        let mut v = new.as_bytes().to_vec();
-                        if let Some(p) = u.new_peeled {
-                            v.extend_from_slice(p.as_bytes());
-                        }
-                        refs.insert(u.name.as_bytes(), v)?;
-                    }
-                    None => {
-                        refs.remove(u.name.as_bytes())?;
-                    }
-                }
-            }
-            Ok(())
-        });
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(i)) => Err(TxFail::Stale(i)),
-            Err(TransactionError::Storage(e)) => Err(TxFail::Db(e.into())),
-        }
-    }
-
-    fn choose_head(
-        &self,
-        updates: &[RefUpdate],
-        results: &[Result<(), RefRejection>],
-    ) -> Result<()> {
-        let settings = self.settings()?;
-        if self.find_ref(&settings.head)?.is_some() {
-            return Ok(());
-        }
-        let mut created: Vec<&str> = updates
-            .iter()
-            .zip(results)
-            .filter(|(u, r)| r.is_ok() && u.new.is_some() && u.name.starts_with("refs/heads/"))
-            .map(|(u, _)| u.name.as_str())
-            .collect();
-        created.sort_unstable();
-        let pick = ["refs/heads/main", "refs/heads/master"]
-            .into_iter()
-            .find(|p| created.contains(p))
-            .or(created.first().copied());
-        if let Some(pick) = pick {
-            let key = self.name.to_string();
-            let pick = pick.to_owned();
-            self.repos.fetch_and_update(&key, |old| {
-                let mut s: RepoSettings = old.and_then(|raw| serde_json::from_slice(raw).ok())?;
-                s.head = pick.clone();
-                serde_json::to_vec(&s).ok()
-            })?;
-            tracing::info!(repo = %self.name, head = %pick, "HEAD points at the first pushed branch");
-        }
-        Ok(())
-    }
-
     /// Number of objects and bytes on disk in the repository's packs.
     pub fn disk_usage(&self) -> Result<(u64, u64)> {
         let mut objects = 0u64;
@@ -450,11 +343,6 @@ impl Repo {
         }
         Ok((objects, bytes))
     }
-}
-
-enum TxFail {
-    Stale(usize),
-    Db(Error),
 }
 
 fn decode_ref(key: &[u8], value: &[u8]) -> Result<Ref> {

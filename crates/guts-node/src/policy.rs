@@ -1,0 +1,149 @@
+//! What a push must prove on this node: a push certificate that verifies,
+//! is signed by a delegate, names this repository and answers a fresh nonce
+//! of this node. The verified certificate is carried, as an
+//! [`AuthorizedPush`], into the commit that moves the refs and logs it.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use guts_git::names::RepoName;
+use guts_git::receive_pack::{Command, PushPolicy};
+use guts_git::storage::{RefRejection, RefUpdate, Repo};
+use guts_identity::doc::RepoId;
+use guts_identity::{PushCert, SignedRefUpdate, Verified};
+
+use crate::error::NodeError;
+use crate::identity::Identity;
+use crate::log::Entry;
+use crate::repos::Repos;
+
+/// How long an advertised push-certificate nonce stays valid, by default.
+pub const DEFAULT_NONCE_SLOP_SECS: u64 = 600;
+
+/// What an unsigned push is told.
+pub const UNSIGNED_PUSH_HELP: &str = "this repository accepts only signed pushes. Run `guts-node git-setup` in your clone \
+     (it sets gpg.format=ssh, user.signingkey to your Guts key and push.gpgSign=if-asked), then push again";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A push whose certificate verified and authorized it.
+pub struct AuthorizedPush {
+    cert: PushCert<Verified>,
+    repo_id: RepoId,
+    doc_version: u64,
+}
+
+impl AuthorizedPush {
+    /// The log entry of this push when the refs in `applied` are updated:
+    /// every other ref of the certificate is recorded as refused, so it
+    /// moves nowhere.
+    pub(crate) fn into_entry(self, applied: &HashSet<&str>) -> Result<(RepoId, Entry), NodeError> {
+        let mut refused: Vec<String> = self
+            .cert
+            .commands()
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|n| !applied.contains(n.as_str()))
+            .collect();
+        refused.sort();
+        refused.dedup();
+        let update = SignedRefUpdate {
+            repo_id: self.repo_id.0.to_vec(),
+            certificate: self.cert.text().to_owned(),
+            doc_version: self.doc_version,
+            refused,
+        };
+        let entry = Entry::new(update, &self.cert).map_err(NodeError::Invalid)?;
+        Ok((self.repo_id, entry))
+    }
+}
+
+/// The push policy of one repository.
+pub struct SignedPushPolicy<'a> {
+    repos: &'a Repos,
+    repo: RepoName,
+    identity: Identity,
+}
+
+impl<'a> SignedPushPolicy<'a> {
+    /// The policy of `repo` (its identity is required).
+    pub fn new(repos: &'a Repos, repo: &RepoName) -> Result<Self, NodeError> {
+        Ok(Self::with_identity(repos, repo, repos.identity(repo)?))
+    }
+
+    /// The policy of `repo` under its already loaded `identity`.
+    pub fn with_identity(repos: &'a Repos, repo: &RepoName, identity: Identity) -> Self {
+        SignedPushPolicy {
+            repos,
+            repo: repo.clone(),
+            identity,
+        }
+    }
+}
+
+impl PushPolicy for SignedPushPolicy<'_> {
+    type Authorized = AuthorizedPush;
+
+    fn cert_nonce(&self) -> Option<String> {
+        let (issuer, _) = self.repos.nonces();
+        Some(issuer.issue(&self.repo.to_string(), now()))
+    }
+
+    fn authorize(
+        &self,
+        cert: Option<&str>,
+        commands: &[Command],
+    ) -> Result<AuthorizedPush, String> {
+        let text = cert.ok_or_else(|| UNSIGNED_PUSH_HELP.to_owned())?;
+        let cert = PushCert::parse(text)
+            .and_then(PushCert::verify)
+            .map_err(|e| e.to_string())?;
+        guts_identity::update::authorize(&cert, &self.identity.doc).map_err(|e| e.to_string())?;
+        let nonce = cert
+            .nonce()
+            .ok_or("push certificate refused: it carries no nonce")?;
+        let (issuer, slop) = self.repos.nonces();
+        issuer
+            .check(nonce, &self.repo.to_string(), now(), slop)
+            .map_err(|e| e.to_string())?;
+        if !same_commands(&cert, commands) {
+            return Err(
+                "push certificate refused: its ref lines differ from the pushed commands".into(),
+            );
+        }
+        tracing::info!(repo = %self.repo, signer = %cert.signer(), "signed push authorized");
+        Ok(AuthorizedPush {
+            cert,
+            repo_id: self.identity.id,
+            doc_version: self.identity.doc.body().version,
+        })
+    }
+
+    fn commit(
+        &self,
+        repo: &Repo,
+        authorized: AuthorizedPush,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> guts_git::Result<Vec<Result<(), RefRejection>>> {
+        self.repos
+            .commit_push(repo, authorized, updates, atomic)
+            .map_err(NodeError::into_git)
+    }
+}
+
+fn same_commands(cert: &PushCert<Verified>, commands: &[Command]) -> bool {
+    let zero = "0".repeat(40);
+    let hex = |id: &Option<guts_git::ObjectId>| id.map_or_else(|| zero.clone(), |i| i.to_string());
+    cert.commands().len() == commands.len()
+        && cert
+            .commands()
+            .iter()
+            .zip(commands)
+            .all(|(a, b)| a.old == hex(&b.old) && a.new == hex(&b.new) && a.name == b.name)
+}

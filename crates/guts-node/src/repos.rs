@@ -1,0 +1,419 @@
+//! The domain layer: every operation that changes a repository goes
+//! through [`Repos`]: create, adopt (from a peer), delete, identity
+//! updates, pushes, and replicated updates. HTTP, REST and replication call
+//! it; nothing else coordinates storage, identities and the signed log
+//! (ADR 0009).
+//!
+//! Refs and the signed-update log change together: [`Repos::commit_entry`]
+//! computes each touched ref's value with the conflict rule over the logged
+//! lines plus the new entry's, and commits those ref changes and the log
+//! entry in one sled transaction, under the repository's lock. What
+//! happened is published as [`RepoEvent`]s (replication announces local
+//! pushes from them).
+//!
+//! Every method blocks (sled, files): call them from blocking threads.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use guts_git::names::RepoName;
+use guts_git::receive_pack::ReceiveOptions;
+use guts_git::storage::{RefUpdate, Repo, Storage};
+use guts_git::ObjectId;
+use guts_identity::doc::RepoId;
+use guts_identity::{Doc, NonceIssuer, SignedRefUpdate, Verified};
+use guts_p2p::conflict;
+use tokio::sync::broadcast;
+
+use crate::error::NodeError;
+use crate::identity::{Identity, IdentityStore};
+use crate::log::{Entry, SignedLog};
+
+/// Repository locks: commits of one repository are serialized (pushes and
+/// replicated updates alike), different repositories rarely share a stripe.
+const LOCK_STRIPES: usize = 64;
+
+/// Events kept for slow subscribers before the oldest are dropped.
+const EVENT_BUFFER: usize = 1024;
+
+/// Something that happened to a repository.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // `seq` and `RefsMoved` are for the event stream and metrics subscribers
+pub enum RepoEvent {
+    /// A push to this node was accepted and logged.
+    Pushed {
+        /// The repository.
+        repo: RepoName,
+        /// Its id.
+        id: RepoId,
+        /// The logged update.
+        update: SignedRefUpdate,
+        /// Its position in the log.
+        seq: u64,
+    },
+    /// Refs moved, by a push or a replicated update.
+    RefsMoved {
+        /// The repository.
+        repo: RepoName,
+        /// Each ref with its old and new value (`None`: absent).
+        moves: Vec<(String, Option<ObjectId>, Option<ObjectId>)>,
+        /// Whether a peer's update caused it.
+        replicated: bool,
+    },
+}
+
+/// The node's repositories.
+pub struct Repos {
+    storage: Storage,
+    identities: IdentityStore,
+    log: SignedLog,
+    nonces: NonceIssuer,
+    nonce_slop: u64,
+    receive: ReceiveOptions,
+    locks: Vec<Mutex<()>>,
+    events: broadcast::Sender<RepoEvent>,
+}
+
+fn internal(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
+impl Repos {
+    /// The domain over `storage` (identities and log live in its database).
+    pub fn open(
+        storage: Storage,
+        nonce_slop: u64,
+        receive: ReceiveOptions,
+    ) -> Result<Arc<Self>, NodeError> {
+        let identities = IdentityStore::open(storage.db())?;
+        let log = SignedLog::open(storage.db())?;
+        let nonces = identities.nonce_issuer()?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Arc::new(Repos {
+            storage,
+            identities,
+            log,
+            nonces,
+            nonce_slop,
+            receive,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            events,
+        }))
+    }
+
+    /// Repository storage (reads).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Identity documents (reads).
+    pub fn identities(&self) -> &IdentityStore {
+        &self.identities
+    }
+
+    /// Signed-update logs (reads).
+    pub fn log(&self) -> &SignedLog {
+        &self.log
+    }
+
+    /// Push settings.
+    pub fn receive_options(&self) -> ReceiveOptions {
+        self.receive
+    }
+
+    /// Follow what happens to repositories.
+    pub fn subscribe(&self) -> broadcast::Receiver<RepoEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: RepoEvent) {
+        // No subscriber is fine: nothing to tell.
+        let _ = self.events.send(event);
+    }
+
+    fn lock(&self, repo: &RepoName) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        repo.to_string().hash(&mut h);
+        let i = (h.finish() as usize) % self.locks.len().max(1);
+        self.locks[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The canonical name of `OWNER/NAME`, OWNER an id or an alias.
+    pub fn resolve(&self, owner: &str, name: &str) -> Result<RepoName, NodeError> {
+        self.identities.resolve(owner, name)
+    }
+
+    /// Open an existing repository.
+    pub fn open_repo(&self, name: &RepoName) -> Result<Repo, NodeError> {
+        Ok(self.storage.open_repo(name)?)
+    }
+
+    /// A repository's identity, required (repositories without one refuse pushes).
+    pub fn identity(&self, name: &RepoName) -> Result<Identity, NodeError> {
+        self.identities
+            .current(name)?
+            .ok_or_else(|| NodeError::NoIdentity(name.to_string()))
+    }
+
+    /// Create a repository from its owner's signed first identity document.
+    pub fn create(&self, document: &[u8]) -> Result<(RepoName, RepoId), NodeError> {
+        let doc = Doc::from_bytes(document).and_then(Doc::verify_genesis)?;
+        let name = RepoName::new(&doc.owner().method_id(), &doc.body().name)?;
+        let id = self.create_from(&name, &doc, &[])?;
+        tracing::info!(repo = %name, owner = %doc.owner(), aliases = ?doc.body().aliases, "repository created");
+        Ok((name, id))
+    }
+
+    /// Create `name` with the verified first document `genesis`, then store
+    /// the later `versions` (signed bytes, each verified against the one
+    /// before). A failure leaves nothing behind.
+    fn create_from(
+        &self,
+        name: &RepoName,
+        genesis: &Doc<Verified>,
+        versions: &[Vec<u8>],
+    ) -> Result<RepoId, NodeError> {
+        if self.storage.open_repo(name).is_ok() {
+            return Err(guts_git::Error::RepoExists(name.to_string()).into());
+        }
+        // Claims the name atomically: a racing creation fails here and so
+        // never reaches the clean-up below, which undoes only our own.
+        let id = self.identities.create(name, genesis)?;
+        let head = format!("refs/heads/{}", genesis.body().default_branch);
+        let rest = self
+            .storage
+            .create_with_head(name, &head)
+            .map_err(NodeError::from)
+            .and_then(|_| {
+                versions
+                    .iter()
+                    .try_for_each(|v| self.identities.update(name, v).map(|_| ()))
+            });
+        if let Err(e) = rest {
+            let _ = self.storage.delete(name);
+            self.identities.delete(name, &genesis.body().aliases)?;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Take a repository's identity from a peer: `versions` is its whole
+    /// document chain. Creates the repository (empty, seeded) if it is new
+    /// here; otherwise stores the versions beyond the ones held.
+    pub fn adopt(&self, name: &RepoName, versions: &[Vec<u8>]) -> Result<RepoId, NodeError> {
+        let chain = verify_chain(versions)?;
+        let genesis = chain
+            .first()
+            .ok_or_else(|| NodeError::Invalid("no identity document".into()))?;
+        if genesis.owner().method_id() != name.owner() || genesis.body().name != name.name() {
+            return Err(NodeError::Invalid(format!(
+                "the identity document is not the one of {name}"
+            )));
+        }
+        let _guard = self.lock(name);
+        if let Some(existing) = self.identities.current(name)? {
+            if genesis.genesis_id() != Some(existing.id) {
+                return Err(NodeError::Invalid(format!(
+                    "the peer's {name} has another repository id"
+                )));
+            }
+            for bytes in versions.iter().skip(existing.versions.len()) {
+                self.identities.update(name, bytes)?;
+                tracing::info!(repo = %name, "took a newer identity document from a peer");
+            }
+            return Ok(existing.id);
+        }
+        let id = self.create_from(name, genesis, versions.get(1..).unwrap_or_default())?;
+        self.identities.set_seeding(name, true)?;
+        tracing::info!(repo = %name, %id, "repository adopted from a peer");
+        Ok(id)
+    }
+
+    /// Store the next version of `name`'s identity document.
+    pub fn update_identity(
+        &self,
+        name: &RepoName,
+        document: &[u8],
+    ) -> Result<Doc<Verified>, NodeError> {
+        let _guard = self.lock(name);
+        let doc = self.identities.update(name, document)?;
+        tracing::info!(repo = %name, version = doc.body().version, delegates = doc.delegates().len(), "identity document updated");
+        Ok(doc)
+    }
+
+    /// Delete a repository: refs, objects, identity and log.
+    pub fn delete(&self, name: &RepoName) -> Result<(), NodeError> {
+        let _guard = self.lock(name);
+        let aliases = self
+            .identities
+            .current(name)?
+            .map(|i| i.doc.body().aliases.clone())
+            .unwrap_or_default();
+        self.storage.delete(name)?;
+        self.identities.delete(name, &aliases)?;
+        self.log.delete(name)?;
+        self.storage.db().flush().map_err(internal)?;
+        tracing::info!(repo = %name, "repository deleted");
+        Ok(())
+    }
+
+    /// Start or stop following a repository.
+    pub fn set_seeding(&self, name: &RepoName, seeding: bool) -> Result<(), NodeError> {
+        self.identities.set_seeding(name, seeding)
+    }
+
+    /// Whether the node follows (and serves) `name`.
+    pub fn is_seeding(&self, name: &RepoName) -> bool {
+        self.identities.is_seeding(name).unwrap_or(false)
+    }
+
+    /// The push-certificate nonce issuer and its slop, for the push policy.
+    pub(crate) fn nonces(&self) -> (&NonceIssuer, u64) {
+        (&self.nonces, self.nonce_slop)
+    }
+}
+
+fn verify_chain(versions: &[Vec<u8>]) -> Result<Vec<Doc<Verified>>, NodeError> {
+    let mut chain: Vec<Doc<Verified>> = Vec::new();
+    for bytes in versions {
+        let doc = Doc::from_bytes(bytes)?;
+        let verified = match chain.last() {
+            None => doc.verify_genesis(),
+            Some(prev) => doc.verify_successor(prev),
+        }?;
+        chain.push(verified);
+    }
+    Ok(chain)
+}
+
+/// A ref change with its log entry: the commit itself.
+impl Repos {
+    /// Log `entry` (a verified update of `repo`) and move every ref it
+    /// touches to the value the conflict rule gives over the logged lines
+    /// plus the entry's, in one transaction. The caller holds the
+    /// repository's lock. Fails with `Rejected` if the entry is logged.
+    fn commit_entry(&self, repo: &Repo, entry: &Entry) -> Result<(u64, Vec<RefUpdate>), NodeError> {
+        let odb = repo.objects()?;
+        let mut buf = Vec::new();
+        let mut moves = Vec::new();
+        let mut seen = HashSet::new();
+        for line in &entry.lines {
+            if !seen.insert(line.name.as_str()) {
+                continue;
+            }
+            let mut set = self.log.lines(repo.name(), &line.name)?;
+            set.extend(entry.lines.iter().filter(|l| l.name == line.name).map(|l| {
+                conflict::RefUpdate {
+                    old: l.old,
+                    new: l.new,
+                    key: entry.key,
+                }
+            }));
+            let target = conflict::resolve(&set).value.map(ObjectId::Sha1);
+            let current = repo.find_ref(&line.name)?;
+            if current == target {
+                continue;
+            }
+            let new_peeled = match target {
+                Some(t) => match odb.peel(&t, &mut buf) {
+                    Ok((p, _)) if p != t => Some(p),
+                    Ok(_) => None,
+                    Err(e) => {
+                        return Err(NodeError::Internal(format!(
+                            "cannot move {}: {e}",
+                            line.name
+                        )))
+                    }
+                },
+                None => None,
+            };
+            moves.push(RefUpdate {
+                name: line.name.clone(),
+                old: current,
+                new: target,
+                new_peeled,
+            });
+        }
+        let append = self.log.append(repo.name(), entry);
+        repo.commit_refs(&moves, true, &append)?;
+        let seq = append
+            .seq()
+            .ok_or_else(|| NodeError::Internal("the log entry was not written".into()))?;
+        Ok((seq, moves))
+    }
+
+    /// Apply a verified update from a peer whose objects are present:
+    /// log it and settle its refs. `Ok(false)` if it was logged already.
+    pub fn commit_replicated(&self, repo: &Repo, entry: &Entry) -> Result<bool, NodeError> {
+        let name = repo.name().clone();
+        let _guard = self.lock(&name);
+        if self.log.is_logged(&name, &entry.key)? {
+            return Ok(false);
+        }
+        let (seq, moves) = self.commit_entry(repo, entry)?;
+        tracing::info!(repo = %name, seq, refs = moves.len(), refused = entry.update.refused.len(), "replicated a signed update");
+        self.emit_moves(name, moves, true);
+        Ok(true)
+    }
+
+    /// Log an authorized push and move its refs (see `policy.rs`): the
+    /// stale ones are refused, the others applied with their log entry.
+    pub(crate) fn commit_push(
+        &self,
+        repo: &Repo,
+        auth: crate::policy::AuthorizedPush,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> Result<Vec<Result<(), guts_git::storage::RefRejection>>, NodeError> {
+        use guts_git::storage::RefRejection;
+        let name = repo.name().clone();
+        let _guard = self.lock(&name);
+        let mut results = Vec::with_capacity(updates.len());
+        for u in updates {
+            let fresh = repo.find_ref(&u.name)? == u.old;
+            results.push(if fresh {
+                Ok(())
+            } else {
+                Err(RefRejection::Stale)
+            });
+        }
+        if atomic && results.iter().any(|r| r.is_err()) {
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(RefRejection::AtomicFailed);
+            }
+            return Ok(results);
+        }
+        let applied: HashSet<&str> = updates
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(u, _)| u.name.as_str())
+            .collect();
+        if applied.is_empty() {
+            return Ok(results);
+        }
+        let (id, entry) = auth.into_entry(&applied)?;
+        let (seq, moves) = self.commit_entry(repo, &entry)?;
+        tracing::info!(repo = %name, seq, refs = applied.len(), refused = entry.update.refused.len(), "signed update logged");
+        self.emit(RepoEvent::Pushed {
+            repo: name.clone(),
+            id,
+            update: entry.update,
+            seq,
+        });
+        self.emit_moves(name, moves, false);
+        Ok(results)
+    }
+
+    fn emit_moves(&self, repo: RepoName, moves: Vec<RefUpdate>, replicated: bool) {
+        if moves.is_empty() {
+            return;
+        }
+        self.emit(RepoEvent::RefsMoved {
+            repo,
+            moves: moves.into_iter().map(|m| (m.name, m.old, m.new)).collect(),
+            replicated,
+        });
+    }
+}
