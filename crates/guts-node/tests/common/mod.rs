@@ -425,7 +425,20 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    try_http_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_request`] that returns an error instead of panicking when the
+/// server cannot be reached or does not send a complete response (a node
+/// killed in the middle of a request, for instance).
+pub fn try_http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .expect("set read timeout");
@@ -455,14 +468,16 @@ pub fn http_request(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if raw.is_empty() {
-                    panic!("{method} {path}: reading response: {e} (write: {write_result:?})");
+                    return Err(format!(
+                        "{method} {path}: reading response: {e} (write: {write_result:?})"
+                    ));
                 }
                 break;
             }
         }
     }
-    parse_response(&raw).unwrap_or_else(|| {
-        panic!(
+    parse_response(&raw).ok_or_else(|| {
+        format!(
             "{method} {path}: unparsable response (write: {write_result:?}): {:?}",
             String::from_utf8_lossy(&raw)
         )
