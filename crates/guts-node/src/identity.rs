@@ -427,8 +427,8 @@ impl PushPolicy for SignedPushPolicy {
         if let Some(p2p) = &self.p2p {
             p2p.accepted(
                 &self.repo,
-                self.identity.id.to_string(),
-                update.encode_to_vec(),
+                self.identity.id,
+                update,
                 updated.iter().cloned().collect(),
             );
         }

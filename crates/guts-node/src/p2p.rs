@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guts_git::names::RepoName;
+use guts_identity::{RepoId, SignedRefUpdate};
 use guts_p2p::network::{self, Handle, NetworkConfig};
 use guts_p2p::replication::{Replicator, Seeded};
 use guts_p2p::{Multiaddr, NodeKeypair};
@@ -23,7 +24,7 @@ pub struct P2p {
     pub replicator: Replicator<NodeReplica>,
     /// The node's storage as replication sees it.
     pub replica: Arc<NodeReplica>,
-    announcements: mpsc::UnboundedSender<(Seeded, Vec<u8>)>,
+    announcements: mpsc::UnboundedSender<(Seeded, SignedRefUpdate)>,
 }
 
 /// Options of the p2p layer.
@@ -108,11 +109,11 @@ impl P2p {
         )
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Seeded, Vec<u8>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Seeded, SignedRefUpdate)>();
         let announcer = replicator.clone();
         tokio::spawn(async move {
             while let Some((s, update)) = rx.recv().await {
-                if let Err(e) = announcer.announce(&s.name, &s.id, update).await {
+                if let Err(e) = announcer.announce(&s, &update).await {
                     tracing::warn!(repo = %s.name, error = %e, "could not announce an update");
                 }
             }
@@ -153,8 +154,8 @@ impl P2p {
     pub fn accepted(
         &self,
         repo: &RepoName,
-        repo_id: String,
-        update: Vec<u8>,
+        repo_id: RepoId,
+        update: SignedRefUpdate,
         refs: HashSet<String>,
     ) {
         if let Err(e) = self.replica.settle(repo, &refs) {
@@ -166,7 +167,7 @@ impl P2p {
             return;
         }
         let s = Seeded {
-            name: repo.to_string(),
+            name: repo.clone(),
             id: repo_id,
         };
         let _ = self.announcements.send((s, update));

@@ -17,10 +17,10 @@ use guts_git::names::RepoName;
 use guts_git::resume::{Partial, ResumePoint, SkipPrefix};
 use guts_git::storage::{RefUpdate, Repo, Storage};
 use guts_git::ObjectId;
-use guts_identity::{PushCert, SignedRefUpdate, Verified};
+use guts_identity::{PushCert, RepoId, SignedRefUpdate, Verified};
 use guts_p2p::conflict::{self, Resolution};
 use guts_p2p::replication::{Fault, Plan, Replica, Seeded};
-use prost::Message;
+use guts_p2p::wire::LogSummary;
 
 use crate::identity::{Identity, IdentityStore};
 
@@ -34,6 +34,14 @@ pub struct NodeReplica {
     pub max_pack_bytes: u64,
     /// Serializes log appends and ref resolution.
     settle_lock: Mutex<()>,
+}
+
+/// An update from a peer verified by `plan` (signature, delegate,
+/// repository): what `apply` takes, so nothing is decoded or verified twice.
+pub struct CheckedUpdate {
+    name: RepoName,
+    update: SignedRefUpdate,
+    cert: PushCert<Verified>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -119,15 +127,14 @@ impl NodeReplica {
         })
     }
 
-    fn repo(&self, name: &str) -> Result<(RepoName, Repo, Identity), Fault> {
-        let name = RepoName::parse(name).map_err(local)?;
-        let repo = self.storage.open_repo(&name).map_err(local)?;
+    fn repo(&self, name: &RepoName) -> Result<(Repo, Identity), Fault> {
+        let repo = self.storage.open_repo(name).map_err(local)?;
         let identity = self
             .identities
-            .current(&name)
+            .current(name)
             .map_err(local)?
             .ok_or_else(|| local(format!("{name} has no identity document")))?;
-        Ok((name, repo, identity))
+        Ok((repo, identity))
     }
 
     /// Whether this node follows (and serves) `name`.
@@ -230,6 +237,8 @@ impl NodeReplica {
 }
 
 impl Replica for NodeReplica {
+    type Checked = CheckedUpdate;
+
     fn seeded(&self) -> Vec<Seeded> {
         let Ok(names) = self.storage.list() else {
             return Vec::new();
@@ -238,22 +247,17 @@ impl Replica for NodeReplica {
             .into_iter()
             .filter(|n| self.identities.is_seeding(n).unwrap_or(false))
             .filter_map(|n| {
-                let id = self.identities.current(&n).ok()??.id.to_string();
-                Some(Seeded {
-                    name: n.to_string(),
-                    id,
-                })
+                let id = self.identities.current(&n).ok()??.id;
+                Some(Seeded { name: n, id })
             })
             .collect()
     }
 
-    fn identity(&self, repo: &str) -> Option<Vec<Vec<u8>>> {
-        let name = RepoName::parse(repo).ok()?;
-        Some(self.identities.current(&name).ok()??.versions)
+    fn identity(&self, name: &RepoName) -> Option<Vec<Vec<u8>>> {
+        Some(self.identities.current(name).ok()??.versions)
     }
 
-    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> Result<String, Fault> {
-        let name = RepoName::parse(repo).map_err(local)?;
+    fn adopt(&self, name: &RepoName, versions: &[Vec<u8>]) -> Result<RepoId, Fault> {
         let mut chain: Vec<guts_identity::Doc<Verified>> = Vec::new();
         for bytes in versions {
             let doc = guts_identity::Doc::from_bytes(bytes).map_err(peer)?;
@@ -270,109 +274,92 @@ impl Replica for NodeReplica {
                 "the identity document is not the one of {name}"
             )));
         }
-        if let Some(existing) = self.identities.current(&name).map_err(local)? {
+        if let Some(existing) = self.identities.current(name).map_err(local)? {
             if genesis.genesis_id() != Some(existing.id) {
                 return Err(peer(format!("the peer's {name} has another repository id")));
             }
             for bytes in versions.iter().skip(existing.versions.len()) {
-                self.identities.update(&name, bytes).map_err(local)?;
+                self.identities.update(name, bytes).map_err(local)?;
                 tracing::info!(repo = %name, "took a newer identity document from a peer");
             }
-            return Ok(existing.id.to_string());
+            return Ok(existing.id);
         }
-        let id = self.identities.create(&name, genesis).map_err(local)?;
+        let id = self.identities.create(name, genesis).map_err(local)?;
         let head = format!("refs/heads/{}", genesis.body().default_branch);
-        self.storage.create_with_head(&name, &head).map_err(local)?;
+        self.storage.create_with_head(name, &head).map_err(local)?;
         for bytes in &versions[1..] {
-            self.identities.update(&name, bytes).map_err(local)?;
+            self.identities.update(name, bytes).map_err(local)?;
         }
-        self.identities.set_seeding(&name, true).map_err(local)?;
-        Ok(id.to_string())
+        self.identities.set_seeding(name, true).map_err(local)?;
+        Ok(id)
     }
 
-    fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>> {
-        let name = RepoName::parse(repo).ok()?;
-        self.storage.open_repo(&name).ok()?;
-        let updates = self.identities.updates(&name).ok()?;
-        Some(
-            updates
-                .into_iter()
-                .map(|(_, u)| u.encode_to_vec())
-                .collect(),
-        )
+    fn log(&self, name: &RepoName) -> Option<Vec<SignedRefUpdate>> {
+        self.storage.open_repo(name).ok()?;
+        self.logged(name).ok()
     }
 
-    fn log_summary(&self, repo: &str) -> Option<Vec<u8>> {
-        let name = RepoName::parse(repo).ok()?;
-        self.storage.open_repo(&name).ok()?;
-        let mut keys: Vec<[u8; 32]> = self.logged(&name).ok()?.iter().map(|u| u.key()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let versions = self.identities.current(&name).ok()??.versions.len() as u64;
-        Some(log_summary(&keys, versions))
+    fn log_summary(&self, name: &RepoName) -> Option<LogSummary> {
+        self.storage.open_repo(name).ok()?;
+        let keys = self.logged(name).ok()?.iter().map(|u| u.key()).collect();
+        let versions = self.identities.current(name).ok()??.versions.len() as u64;
+        Some(LogSummary::new(keys, versions))
     }
 
-    fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, Fault> {
-        let (name, repo, identity) = self.repo(repo)?;
-        let update = SignedRefUpdate::decode(update)
-            .map_err(|e| peer(format!("undecodable update: {e}")))?;
+    fn plan(&self, name: &RepoName, update: SignedRefUpdate) -> Result<Plan<CheckedUpdate>, Fault> {
+        let (repo, identity) = self.repo(name)?;
         if usize::try_from(update.doc_version).map_err(peer)? > identity.docs.len() {
             return Ok(Plan::NeedIdentity);
         }
         let cert = self.verify(&identity, &update)?;
-        if self.is_logged(&name, &update)? {
+        if self.is_logged(name, &update)? {
             return Ok(Plan::Known);
         }
         let odb = repo.objects().map_err(local)?;
         let mut missing = Vec::new();
         for c in update.effective(&cert) {
             if let Some(new) = maybe_oid(&c.new).map_err(peer)? {
-                if !odb.contains(&new) && !missing.contains(&c.new) {
-                    missing.push(c.new.clone());
+                if !odb.contains(&new) && !missing.contains(&new) {
+                    missing.push(new);
                 }
             }
         }
-        Ok(Plan::Apply { missing })
+        let checked = CheckedUpdate {
+            name: name.clone(),
+            update,
+            cert,
+        };
+        Ok(Plan::Apply { missing, checked })
     }
 
-    fn fetch_request(&self, repo: &str, wants: &[String]) -> Result<Vec<u8>, String> {
-        let (_, repo, _) = self.repo(repo).map_err(|f| f.to_string())?;
-        let wants: Vec<ObjectId> = wants
-            .iter()
-            .map(|hex| maybe_oid(hex).and_then(|o| o.ok_or_else(|| "null id".to_owned())))
-            .collect::<Result<_, _>>()?;
+    fn fetch_request(&self, name: &RepoName, wants: &[ObjectId]) -> Result<Vec<u8>, Fault> {
+        let (repo, _) = self.repo(name)?;
         let haves: Vec<ObjectId> = repo
             .refs()
-            .map_err(err)?
+            .map_err(local)?
             .into_iter()
             .map(|r| r.id)
             .collect();
-        Ok(fetch_request(&wants, &haves))
+        Ok(fetch_request(wants, &haves))
     }
 
-    fn resume_point(&self, repo: &str, request: &[u8]) -> Option<(u64, [u8; 20])> {
-        let (_, repo, _) = self.repo(repo).ok()?;
-        let point = Partial::for_request(&repo.objects_dir(), request)
+    fn resume_point(&self, name: &RepoName, request: &[u8]) -> Option<ResumePoint> {
+        let (repo, _) = self.repo(name).ok()?;
+        Partial::for_request(&repo.objects_dir(), request)
             .point()
-            .ok()??;
-        Some((point.offset, point.sha1))
+            .ok()?
     }
 
     fn receive(
         &self,
-        repo_name: &str,
-        tips: &[String],
+        name: &RepoName,
+        tips: &[ObjectId],
         request: &[u8],
         resume_from: u64,
         pack: &mut dyn BufRead,
     ) -> Result<(), Fault> {
-        let (_, repo, _) = self.repo(repo_name)?;
+        let (repo, _) = self.repo(name)?;
         let odb = repo.objects().map_err(local)?;
-        let tips: Vec<ObjectId> = tips
-            .iter()
-            .filter_map(|t| maybe_oid(t).transpose())
-            .collect::<Result<_, _>>()
-            .map_err(local)?;
         // The pack: bytes kept from an interrupted attempt, then the
         // network's, which are kept in turn until the pack is complete.
         let partial = Partial::for_request(&repo.objects_dir(), request);
@@ -394,15 +381,13 @@ impl Replica for NodeReplica {
                 pack_fault(e)
             }
         })?;
-        q.check_connectivity(&odb, &tips).map_err(pack_fault)?;
+        q.check_connectivity(&odb, tips).map_err(pack_fault)?;
         q.publish(&repo.objects_dir()).map_err(local)
     }
 
-    fn apply(&self, repo_name: &str, update: &[u8]) -> Result<bool, Fault> {
-        let (name, repo, identity) = self.repo(repo_name)?;
-        let update = SignedRefUpdate::decode(update)
-            .map_err(|e| peer(format!("undecodable update: {e}")))?;
-        let cert = self.verify(&identity, &update)?;
+    fn apply(&self, checked: CheckedUpdate) -> Result<bool, Fault> {
+        let CheckedUpdate { name, update, cert } = checked;
+        let repo = self.storage.open_repo(&name).map_err(local)?;
         let mut refs = HashSet::new();
         let odb = repo.objects().map_err(local)?;
         for c in update.effective(&cert) {
@@ -427,16 +412,15 @@ impl Replica for NodeReplica {
 
     fn serve_fetch(
         &self,
-        repo: &str,
+        name: &RepoName,
         request: &[u8],
-        resume: Option<(u64, [u8; 20])>,
+        resume: Option<ResumePoint>,
         out: &mut dyn Write,
-    ) -> Result<(), String> {
-        let name = RepoName::parse(repo).map_err(err)?;
-        if !self.identities.is_seeding(&name).map_err(err)? {
-            return Err(format!("this node does not serve {name}"));
+    ) -> Result<(), Fault> {
+        if !self.identities.is_seeding(name).map_err(local)? {
+            return Err(local(format!("this node does not serve {name}")));
         }
-        let repo = self.storage.open_repo(&name).map_err(err)?;
+        let repo = self.storage.open_repo(name).map_err(local)?;
         let serve = |out: &mut dyn Write| {
             guts_git::upload_pack::upload_pack(
                 &repo,
@@ -444,32 +428,17 @@ impl Replica for NodeReplica {
                 &mut &request[..],
                 out,
             )
-            .map_err(err)
+            .map_err(local)
         };
         match resume {
             None => serve(out),
-            Some((offset, sha1)) => {
-                tracing::info!(repo = %name, bytes = offset, "resuming a transfer for a peer");
-                let mut skipping = SkipPrefix::new(out, ResumePoint { offset, sha1 });
+            Some(point) => {
+                tracing::info!(repo = %name, bytes = point.offset, "resuming a transfer for a peer");
+                let mut skipping = SkipPrefix::new(out, point);
                 serve(&mut skipping)
             }
         }
     }
-}
-
-/// The log summary peers compare: the number of distinct updates (8 bytes,
-/// big-endian), the SHA-256 of their sorted keys, and the number of
-/// identity document versions held (8 bytes, big-endian).
-fn log_summary(sorted_keys: &[[u8; 32]], doc_versions: u64) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for k in sorted_keys {
-        h.update(k);
-    }
-    let mut out = (sorted_keys.len() as u64).to_be_bytes().to_vec();
-    out.extend_from_slice(&h.finalize());
-    out.extend_from_slice(&doc_versions.to_be_bytes());
-    out
 }
 
 /// A protocol v2 `fetch` request for `wants`, telling the peer about `haves`

@@ -144,7 +144,7 @@ async fn create_repo(
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let bytes = decode_document(req)?;
     let state_p2p = state.p2p.clone();
-    let created = blocking(move || {
+    let (created, seeded) = blocking(move || {
         let doc = Doc::from_bytes(&bytes)
             .and_then(Doc::verify_genesis)
             .map_err(|e| bad_request(e.to_string()))?;
@@ -155,22 +155,19 @@ async fn create_repo(
         }
         // Claims the name atomically: a racing creation gets 409 here and
         // so never reaches the clean-up below, which undoes only our own.
-        state.identities.create(&name, &doc)?;
+        let id = state.identities.create(&name, &doc)?;
         if let Err(e) = state.storage.create_with_head(&name, &head) {
             state.identities.delete(&name, &doc.body().aliases)?;
             return Err(e.into());
         }
         tracing::info!(repo = %name, owner = %doc.owner(), aliases = ?doc.body().aliases, "repository created");
-        summary(&state, &name)
+        let created = summary(&state, &name)?;
+        Ok((created, guts_p2p::replication::Seeded { name, id }))
     })
     .await?;
-    if let (Some(p2p), Some(id)) = (&state_p2p, &created.id) {
-        let s = guts_p2p::replication::Seeded {
-            name: format!("{}/{}", created.owner, created.name),
-            id: id.clone(),
-        };
-        if let Err(e) = p2p.replicator.follow(&s).await {
-            tracing::warn!(repo = %s.name, error = %e, "could not start seeding");
+    if let Some(p2p) = &state_p2p {
+        if let Err(e) = p2p.replicator.follow(&seeded).await {
+            tracing::warn!(repo = %seeded.name, error = %e, "could not start seeding");
         }
     }
     Ok((StatusCode::CREATED, Json(created)))
@@ -429,7 +426,11 @@ async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiE
     let replica = std::sync::Arc::clone(&p2p.replica);
     let seeding = blocking(move || {
         use guts_p2p::replication::Replica;
-        Ok(replica.seeded().into_iter().map(|s| s.name).collect())
+        Ok(replica
+            .seeded()
+            .into_iter()
+            .map(|s| s.name.to_string())
+            .collect())
     })
     .await?;
     Ok(Json(NodeView {
@@ -466,7 +467,7 @@ async fn seed_repo(
         let n = name.clone();
         blocking(move || st.identities.set_seeding(&n, true)).await?;
     }
-    let id = p2p.replicator.seed(&name.to_string()).await.map_err(|e| {
+    let id = p2p.replicator.seed(&name).await.map_err(|e| {
         NodeError::BadRequest(
             StatusCode::BAD_GATEWAY,
             format!("seeding {name} failed: {e}"),
@@ -474,7 +475,7 @@ async fn seed_repo(
     })?;
     tracing::info!(repo = %name, %id, "seeding");
     Ok(Json(
-        serde_json::json!({ "repo": name.to_string(), "id": id }),
+        serde_json::json!({ "repo": name.to_string(), "id": id.to_string() }),
     ))
 }
 
@@ -491,11 +492,11 @@ async fn unseed_repo(
             .current(&name)?
             .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
         st.identities.set_seeding(&name, false)?;
-        Ok((name, identity.id.to_string()))
+        Ok((name, identity.id))
     })
     .await?;
     let s = guts_p2p::replication::Seeded {
-        name: name.to_string(),
+        name: name.clone(),
         id,
     };
     p2p.replicator
