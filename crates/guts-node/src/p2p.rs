@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guts_p2p::network::{self, Handle, NetworkConfig};
-use guts_p2p::replication::Replicator;
+use guts_p2p::replication::{Replicator, Seeded};
 use guts_p2p::{Multiaddr, NodeKeypair};
-use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::NodeError;
@@ -176,12 +175,9 @@ async fn announce_pushes(
             tracing::info!(%repo, "update not announced: this node does not seed the repository");
             continue;
         }
-        let name = repo.to_string();
-        if let Err(e) = replicator
-            .announce(&name, &id.to_string(), update.encode_to_vec())
-            .await
-        {
-            tracing::warn!(repo = %name, error = %e, "could not announce an update");
+        let seeded = Seeded { name: repo, id };
+        if let Err(e) = replicator.announce(&seeded, &update).await {
+            tracing::warn!(repo = %seeded.name, error = %e, "could not announce an update");
         }
     }
 }

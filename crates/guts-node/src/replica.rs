@@ -18,9 +18,11 @@ use guts_git::names::RepoName;
 use guts_git::resume::{ResumePoint, SkipPrefix};
 use guts_git::storage::Repo;
 use guts_git::ObjectId;
+use guts_identity::doc::RepoId;
 use guts_identity::SignedRefUpdate;
+use guts_p2p::conflict::ZERO;
 use guts_p2p::replication::{Fault, Plan, Replica, Seeded};
-use prost::Message;
+use guts_p2p::wire::LogSummary;
 
 use crate::error::NodeError;
 use crate::identity::Identity;
@@ -64,10 +66,11 @@ fn fetch_fault(e: FetchError) -> Fault {
     }
 }
 
-fn maybe_oid(hex: &str) -> Result<Option<ObjectId>, Fault> {
-    let id =
-        ObjectId::from_hex(hex.as_bytes()).map_err(|_| peer(format!("bad object id {hex}")))?;
-    Ok((!id.is_null()).then_some(id))
+/// An update from a peer, verified by [`Replica::plan`] and carried to
+/// [`Replica::apply`]: nothing is decoded or verified twice.
+pub struct CheckedUpdate {
+    name: RepoName,
+    entry: Entry,
 }
 
 impl NodeReplica {
@@ -79,11 +82,10 @@ impl NodeReplica {
         })
     }
 
-    fn open(&self, name: &str) -> Result<(RepoName, Repo, Identity), Fault> {
-        let name = RepoName::parse(name).map_err(local)?;
-        let repo = self.repos.open_repo(&name).map_err(fault)?;
-        let identity = self.repos.identity(&name).map_err(fault)?;
-        Ok((name, repo, identity))
+    fn open(&self, name: &RepoName) -> Result<(Repo, Identity), Fault> {
+        let repo = self.repos.open_repo(name).map_err(fault)?;
+        let identity = self.repos.identity(name).map_err(fault)?;
+        Ok((repo, identity))
     }
 
     /// Verify a signed update as a peer would: repository id, signature,
@@ -100,6 +102,8 @@ impl NodeReplica {
 }
 
 impl Replica for NodeReplica {
+    type Checked = CheckedUpdate;
+
     fn seeded(&self) -> Vec<Seeded> {
         let Ok(names) = self.repos.storage().list() else {
             return Vec::new();
@@ -107,51 +111,36 @@ impl Replica for NodeReplica {
         names
             .into_iter()
             .filter(|n| self.repos.is_seeding(n))
-            .filter_map(|n| {
-                let id = self.repos.identities().current(&n).ok()??.id.to_string();
-                Some(Seeded {
-                    name: n.to_string(),
-                    id,
-                })
+            .filter_map(|name| {
+                let id = self.repos.identities().current(&name).ok()??.id;
+                Some(Seeded { name, id })
             })
             .collect()
     }
 
-    fn identity(&self, repo: &str) -> Option<Vec<Vec<u8>>> {
-        let name = RepoName::parse(repo).ok()?;
-        Some(self.repos.identities().current(&name).ok()??.versions)
+    fn identity(&self, name: &RepoName) -> Option<Vec<Vec<u8>>> {
+        Some(self.repos.identities().current(name).ok()??.versions)
     }
 
-    fn adopt(&self, repo: &str, versions: &[Vec<u8>]) -> Result<String, Fault> {
-        let name = RepoName::parse(repo).map_err(local)?;
-        let id = self.repos.adopt(&name, versions).map_err(fault)?;
-        Ok(id.to_string())
+    fn adopt(&self, name: &RepoName, versions: &[Vec<u8>]) -> Result<RepoId, Fault> {
+        self.repos.adopt(name, versions).map_err(fault)
     }
 
-    fn log(&self, repo: &str) -> Option<Vec<Vec<u8>>> {
-        let name = RepoName::parse(repo).ok()?;
-        self.repos.open_repo(&name).ok()?;
-        let updates = self.repos.log().updates(&name).ok()?;
-        Some(
-            updates
-                .into_iter()
-                .map(|(_, u)| u.encode_to_vec())
-                .collect(),
-        )
+    fn log(&self, name: &RepoName) -> Option<Vec<SignedRefUpdate>> {
+        self.repos.open_repo(name).ok()?;
+        let updates = self.repos.log().updates(name).ok()?;
+        Some(updates.into_iter().map(|(_, u)| u).collect())
     }
 
-    fn log_summary(&self, repo: &str) -> Option<Vec<u8>> {
-        let name = RepoName::parse(repo).ok()?;
-        self.repos.open_repo(&name).ok()?;
-        let keys = self.repos.log().keys(&name).ok()?;
-        let versions = self.repos.identities().current(&name).ok()??.versions.len() as u64;
-        Some(log_summary(&keys, versions))
+    fn log_summary(&self, name: &RepoName) -> Option<LogSummary> {
+        self.repos.open_repo(name).ok()?;
+        let keys = self.repos.log().keys(name).ok()?;
+        let versions = self.repos.identities().current(name).ok()??.versions.len() as u64;
+        Some(LogSummary::new(keys, versions))
     }
 
-    fn plan(&self, repo: &str, update: &[u8]) -> Result<Plan, Fault> {
-        let (name, repo, identity) = self.open(repo)?;
-        let update = SignedRefUpdate::decode(update)
-            .map_err(|e| peer(format!("undecodable update: {e}")))?;
+    fn plan(&self, name: &RepoName, update: SignedRefUpdate) -> Result<Plan<CheckedUpdate>, Fault> {
+        let (repo, identity) = self.open(name)?;
         if usize::try_from(update.doc_version).map_err(peer)? > identity.docs.len() {
             return Ok(Plan::NeedIdentity);
         }
@@ -159,76 +148,54 @@ impl Replica for NodeReplica {
         if self
             .repos
             .log()
-            .is_logged(&name, &entry.key)
+            .is_logged(name, &entry.key)
             .map_err(fault)?
         {
             return Ok(Plan::Known);
         }
         let odb = repo.objects().map_err(local)?;
-        let mut missing: Vec<String> = Vec::new();
-        for line in &entry.lines {
-            if line.new == guts_p2p::conflict::ZERO {
-                continue;
-            }
+        let mut missing: Vec<ObjectId> = Vec::new();
+        for line in entry.lines.iter().filter(|l| l.new != ZERO) {
             let new = ObjectId::Sha1(line.new);
-            if !odb.contains(&new) && !missing.contains(&new.to_string()) {
-                missing.push(new.to_string());
+            if !odb.contains(&new) && !missing.contains(&new) {
+                missing.push(new);
             }
         }
-        Ok(Plan::Apply { missing })
+        let checked = CheckedUpdate {
+            name: name.clone(),
+            entry,
+        };
+        Ok(Plan::Apply { missing, checked })
     }
 
-    fn fetch_request(&self, repo: &str, wants: &[String]) -> Result<Vec<u8>, String> {
-        let (_, repo, _) = self.open(repo).map_err(|f| f.to_string())?;
-        let wants: Vec<ObjectId> = wants
-            .iter()
-            .map(|hex| maybe_oid(hex).and_then(|o| o.ok_or_else(|| peer("null id"))))
-            .collect::<Result<_, _>>()
-            .map_err(|f| f.to_string())?;
-        guts_git::fetch::request_for(&repo, &wants).map_err(|e| e.to_string())
+    fn fetch_request(&self, name: &RepoName, wants: &[ObjectId]) -> Result<Vec<u8>, Fault> {
+        let (repo, _) = self.open(name)?;
+        guts_git::fetch::request_for(&repo, wants).map_err(local)
     }
 
-    fn resume_point(&self, repo: &str, request: &[u8]) -> Option<(u64, [u8; 20])> {
-        let (_, repo, _) = self.open(repo).ok()?;
-        let point = guts_git::fetch::resume_point(&repo, request)?;
-        Some((point.offset, point.sha1))
+    fn resume_point(&self, name: &RepoName, request: &[u8]) -> Option<ResumePoint> {
+        let (repo, _) = self.open(name).ok()?;
+        guts_git::fetch::resume_point(&repo, request)
     }
 
     fn receive(
         &self,
-        repo_name: &str,
-        tips: &[String],
+        name: &RepoName,
+        tips: &[ObjectId],
         request: &[u8],
         resume_from: u64,
         pack: &mut dyn BufRead,
     ) -> Result<(), Fault> {
-        let (_, repo, _) = self.open(repo_name)?;
-        let tips: Vec<ObjectId> = tips
-            .iter()
-            .filter_map(|t| maybe_oid(t).transpose())
-            .collect::<Result<_, _>>()?;
-        guts_git::fetch::receive(
-            &repo,
-            &tips,
-            request,
-            resume_from,
-            pack,
-            self.max_pack_bytes,
-        )
-        .map_err(fetch_fault)
+        let (repo, _) = self.open(name)?;
+        guts_git::fetch::receive(&repo, tips, request, resume_from, pack, self.max_pack_bytes)
+            .map_err(fetch_fault)
     }
 
-    fn apply(&self, repo_name: &str, update: &[u8]) -> Result<bool, Fault> {
-        let (_, repo, identity) = self.open(repo_name)?;
-        let update = SignedRefUpdate::decode(update)
-            .map_err(|e| peer(format!("undecodable update: {e}")))?;
-        let entry = self.check(&identity, update)?;
+    fn apply(&self, checked: CheckedUpdate) -> Result<bool, Fault> {
+        let CheckedUpdate { name, entry } = checked;
+        let repo = self.repos.open_repo(&name).map_err(fault)?;
         let odb = repo.objects().map_err(local)?;
-        for line in entry
-            .lines
-            .iter()
-            .filter(|l| l.new != guts_p2p::conflict::ZERO)
-        {
+        for line in entry.lines.iter().filter(|l| l.new != ZERO) {
             let tip = ObjectId::Sha1(line.new);
             if !odb.contains(&tip) {
                 return Err(peer(format!("object {tip} is missing after the fetch")));
@@ -239,16 +206,15 @@ impl Replica for NodeReplica {
 
     fn serve_fetch(
         &self,
-        repo: &str,
+        name: &RepoName,
         request: &[u8],
-        resume: Option<(u64, [u8; 20])>,
+        resume: Option<ResumePoint>,
         out: &mut dyn Write,
-    ) -> Result<(), String> {
-        let name = RepoName::parse(repo).map_err(|e| e.to_string())?;
-        if !self.repos.is_seeding(&name) {
-            return Err(format!("this node does not serve {name}"));
+    ) -> Result<(), Fault> {
+        if !self.repos.is_seeding(name) {
+            return Err(local(format!("this node does not serve {name}")));
         }
-        let repo = self.repos.open_repo(&name).map_err(|e| e.to_string())?;
+        let repo = self.repos.open_repo(name).map_err(fault)?;
         let serve = |out: &mut dyn Write| {
             guts_git::upload_pack::upload_pack(
                 &repo,
@@ -256,30 +222,14 @@ impl Replica for NodeReplica {
                 &mut &request[..],
                 out,
             )
-            .map_err(|e| e.to_string())
+            .map_err(local)
         };
         match resume {
             None => serve(out),
-            Some((offset, sha1)) => {
-                tracing::info!(repo = %name, bytes = offset, "resuming a transfer for a peer");
-                let mut skipping = SkipPrefix::new(out, ResumePoint { offset, sha1 });
-                serve(&mut skipping)
+            Some(point) => {
+                tracing::info!(repo = %name, bytes = point.offset, "resuming a transfer for a peer");
+                serve(&mut SkipPrefix::new(out, point))
             }
         }
     }
-}
-
-/// The log summary peers compare: the number of distinct updates (8 bytes,
-/// big-endian), the SHA-256 of their sorted keys, and the number of
-/// identity document versions held (8 bytes, big-endian).
-fn log_summary(sorted_keys: &[[u8; 32]], doc_versions: u64) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for k in sorted_keys {
-        h.update(k);
-    }
-    let mut out = (sorted_keys.len() as u64).to_be_bytes().to_vec();
-    out.extend_from_slice(&h.finalize());
-    out.extend_from_slice(&doc_versions.to_be_bytes());
-    out
 }

@@ -144,18 +144,15 @@ async fn create_repo(
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let bytes = decode_document(req)?;
     let state_p2p = state.p2p.clone();
-    let created = blocking(move || {
-        let (name, _) = state.repos.create(&bytes)?;
-        summary(&state, &name)
+    let (created, seeded) = blocking(move || {
+        let (name, id) = state.repos.create(&bytes)?;
+        let created = summary(&state, &name)?;
+        Ok((created, guts_p2p::replication::Seeded { name, id }))
     })
     .await?;
-    if let (Some(p2p), Some(id)) = (&state_p2p, &created.id) {
-        let s = guts_p2p::replication::Seeded {
-            name: format!("{}/{}", created.owner, created.name),
-            id: id.clone(),
-        };
-        if let Err(e) = p2p.replicator.follow(&s).await {
-            tracing::warn!(repo = %s.name, error = %e, "could not start seeding");
+    if let Some(p2p) = &state_p2p {
+        if let Err(e) = p2p.replicator.follow(&seeded).await {
+            tracing::warn!(repo = %seeded.name, error = %e, "could not start seeding");
         }
     }
     Ok((StatusCode::CREATED, Json(created)))
@@ -405,7 +402,11 @@ async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiE
     let replica = std::sync::Arc::clone(&p2p.replica);
     let seeding = blocking(move || {
         use guts_p2p::replication::Replica;
-        Ok(replica.seeded().into_iter().map(|s| s.name).collect())
+        Ok(replica
+            .seeded()
+            .into_iter()
+            .map(|s| s.name.to_string())
+            .collect())
     })
     .await?;
     Ok(Json(NodeView {
@@ -439,12 +440,12 @@ async fn seed_repo(
     }
     let id = p2p
         .replicator
-        .seed(&name.to_string())
+        .seed(&name)
         .await
         .map_err(|e| NodeError::Network(format!("seeding {name} failed: {e}")))?;
     tracing::info!(repo = %name, %id, "seeding");
     Ok(Json(
-        serde_json::json!({ "repo": name.to_string(), "id": id }),
+        serde_json::json!({ "repo": name.to_string(), "id": id.to_string() }),
     ))
 }
 
@@ -462,11 +463,11 @@ async fn unseed_repo(
             .current(&name)?
             .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
         st.repos.set_seeding(&name, false)?;
-        Ok((name, identity.id.to_string()))
+        Ok((name, identity.id))
     })
     .await?;
     let s = guts_p2p::replication::Seeded {
-        name: name.to_string(),
+        name: name.clone(),
         id,
     };
     p2p.replicator

@@ -22,7 +22,6 @@ use guts_p2p::network::{self, Handle, NetworkConfig};
 use guts_p2p::wire::{self, Announce, Items, Kind, Request};
 use guts_p2p::{Multiaddr, NodeKeypair, PeerId};
 use prost::Message;
-use sha2::Digest;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
@@ -265,17 +264,15 @@ where
             wire::write_frame(&mut stream, &items).await
         }
         Ok(Kind::LogSummary) => {
-            // What an honest node would say of this log.
-            let mut keys: Vec<[u8; 32]> = answers
+            // What an honest node would say of this log (with no identity
+            // document versions: the rogue gives none).
+            let keys: Vec<[u8; 32]> = answers
                 .log
                 .iter()
                 .filter_map(|u| SignedRefUpdate::decode(&u[..]).ok())
                 .map(|u| u.key())
                 .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            let mut summary = (keys.len() as u64).to_be_bytes().to_vec();
-            summary.extend(sha2::Sha256::digest(keys.concat()));
+            let summary = wire::LogSummary::new(keys, 0).encode_to_vec();
             let items = Items {
                 items: vec![summary],
                 error: String::new(),

@@ -199,9 +199,38 @@ impl Handle {
 /// Start the swarm on the current tokio runtime.
 pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Event>)> {
     let peer_id = config.keypair.public().to_peer_id();
-    let mdns_on = config.mdns;
-    let dht_on = config.dht;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
+    let mut swarm = build_swarm(config.keypair, config.mdns, config.dht)?;
+    let mut control = swarm.behaviour().stream.new_control();
+    let mut registered = HashMap::new();
+    for protocol in config.accept {
+        let incoming = control
+            .accept(protocol.clone())
+            .map_err(|_| Error::Stream(format!("{protocol} registered twice")))?;
+        registered.insert(protocol, incoming);
+    }
+    listen_and_dial(&mut swarm, &config.listen, &config.bootstrap)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (event_tx, event_rx) = mpsc::channel(1024);
+    tokio::spawn(run(swarm, cmd_rx, event_tx));
+    Ok((
+        Handle {
+            commands: cmd_tx,
+            control,
+            registered: Arc::new(Mutex::new(registered)),
+            peer_id,
+        },
+        event_rx,
+    ))
+}
+
+/// The swarm: TCP and QUIC transports and every behaviour, mDNS and the
+/// DHT only if asked.
+fn build_swarm(
+    keypair: identity::Keypair,
+    mdns_on: bool,
+    dht_on: bool,
+) -> Result<Swarm<Behaviour>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
@@ -211,35 +240,6 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_quic()
         .with_behaviour(|key| {
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
-                .max_transmit_size(MAX_GOSSIP_BYTES)
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .validate_messages()
-                .message_id_fn(|m: &gossipsub::Message| {
-                    // Same id on every node and version: SHA-256 of author and payload.
-                    use sha2::{Digest, Sha256};
-                    let mut h = Sha256::new();
-                    if let Some(src) = &m.source {
-                        h.update(src.to_bytes());
-                    }
-                    h.update(&m.data);
-                    gossipsub::MessageId::from(h.finalize().to_vec())
-                })
-                .build()
-                .map_err(|e| e.to_string())?;
-            let gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-            let mut kad_config = kad::Config::new(StreamProtocol::new("/guts/kad/1.0.0"));
-            kad_config.set_query_timeout(Duration::from_secs(10));
-            kad_config.set_periodic_bootstrap_interval(None);
-            let mut kad = kad::Behaviour::with_config(
-                key.public().to_peer_id(),
-                MemoryStore::new(key.public().to_peer_id()),
-                kad_config,
-            );
-            kad.set_mode(Some(kad::Mode::Server));
-            let kad = dht_on.then_some(kad);
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config::default(),
@@ -255,29 +255,67 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
                         .with_agent_version(AGENT.into()),
                 ),
                 ping: ping::Behaviour::default(),
-                kad: Toggle::from(kad),
+                kad: Toggle::from(dht_on.then(|| kad_behaviour(key))),
                 mdns: Toggle::from(mdns),
-                gossipsub,
+                gossipsub: gossip_behaviour(key)?,
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(PEER_IDLE_TIMEOUT))
-        .build();
-    let mut control = swarm.behaviour().stream.new_control();
-    let mut registered = HashMap::new();
-    for protocol in config.accept {
-        let incoming = control
-            .accept(protocol.clone())
-            .map_err(|_| Error::Stream(format!("{protocol} registered twice")))?;
-        registered.insert(protocol, incoming);
-    }
-    for addr in &config.listen {
+        .build())
+}
+
+/// Gossipsub with signed messages, validated by the node before they are
+/// forwarded, and ids that are the same on every node.
+fn gossip_behaviour(key: &identity::Keypair) -> std::result::Result<gossipsub::Behaviour, String> {
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(|m: &gossipsub::Message| {
+            // Same id on every node and version: SHA-256 of author and payload.
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            if let Some(src) = &m.source {
+                h.update(src.to_bytes());
+            }
+            h.update(&m.data);
+            gossipsub::MessageId::from(h.finalize().to_vec())
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)
+        .map_err(|e| e.to_string())
+}
+
+/// Kademlia in server mode, for provider records only.
+fn kad_behaviour(key: &identity::Keypair) -> kad::Behaviour<MemoryStore> {
+    let mut kad_config = kad::Config::new(StreamProtocol::new("/guts/kad/1.0.0"));
+    kad_config.set_query_timeout(Duration::from_secs(10));
+    kad_config.set_periodic_bootstrap_interval(None);
+    let mut kad = kad::Behaviour::with_config(
+        key.public().to_peer_id(),
+        MemoryStore::new(key.public().to_peer_id()),
+        kad_config,
+    );
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// Listen on `listen`; dial the `bootstrap` peers (and add them to the DHT).
+fn listen_and_dial(
+    swarm: &mut Swarm<Behaviour>,
+    listen: &[Multiaddr],
+    bootstrap: &[Multiaddr],
+) -> Result<()> {
+    for addr in listen {
         swarm
             .listen_on(addr.clone())
             .map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
     }
-    for addr in &config.bootstrap {
+    for addr in bootstrap {
         if let (Some(libp2p::multiaddr::Protocol::P2p(peer)), Some(kad)) =
             (addr.iter().last(), swarm.behaviour_mut().kad.as_mut())
         {
@@ -287,19 +325,12 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
-    let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let (event_tx, event_rx) = mpsc::channel(1024);
-    tokio::spawn(run(swarm, cmd_rx, event_tx));
-    Ok((
-        Handle {
-            commands: cmd_tx,
-            control,
-            registered: Arc::new(Mutex::new(registered)),
-            peer_id,
-        },
-        event_rx,
-    ))
+    Ok(())
 }
+
+/// Provider queries under way: where to send the providers found, and
+/// those found so far.
+type ProviderQueries = HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>;
 
 /// Per-peer count of invalid messages; a peer reaching
 /// [`MAX_INVALID_MESSAGES`](crate::limits::MAX_INVALID_MESSAGES) is blocked.
@@ -310,8 +341,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) {
-    let mut provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)> =
-        HashMap::new();
+    let mut provider_queries = ProviderQueries::new();
     let mut strikes = Strikes::new();
     loop {
         tokio::select! {
@@ -329,7 +359,7 @@ async fn run(
 fn handle_command(
     swarm: &mut Swarm<Behaviour>,
     cmd: Command,
-    provider_queries: &mut HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
+    provider_queries: &mut ProviderQueries,
     strikes: &mut Strikes,
 ) {
     let b = swarm.behaviour_mut();
@@ -398,7 +428,7 @@ async fn handle_event(
     swarm: &mut Swarm<Behaviour>,
     event: SwarmEvent<BehaviourEvent>,
     events: &mpsc::Sender<Event>,
-    provider_queries: &mut HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
+    provider_queries: &mut ProviderQueries,
 ) {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
@@ -430,18 +460,28 @@ async fn handle_event(
         } => {
             tracing::warn!(%peer, %error, "cannot connect to peer");
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-            peer_id,
-            info,
-            ..
-        })) => {
+        SwarmEvent::Behaviour(event) => {
+            handle_behaviour_event(swarm, event, events, provider_queries).await
+        }
+        _ => {}
+    }
+}
+
+async fn handle_behaviour_event(
+    swarm: &mut Swarm<Behaviour>,
+    event: BehaviourEvent,
+    events: &mpsc::Sender<Event>,
+    provider_queries: &mut ProviderQueries,
+) {
+    match event {
+        BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
             if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
                 for addr in info.listen_addrs {
                     kad.add_address(&peer_id, addr);
                 }
             }
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+        BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
             for (peer, addr) in found {
                 tracing::info!(%peer, %addr, "peer discovered on the LAN");
                 if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
@@ -450,11 +490,11 @@ async fn handle_event(
                 let _ = swarm.dial(addr);
             }
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+        BehaviourEvent::Gossipsub(gossipsub::Event::Message {
             propagation_source,
             message,
             message_id,
-        })) => {
+        }) => {
             let _ = events
                 .send(Event::Gossip {
                     topic: message.topic.into_string(),
@@ -464,12 +504,12 @@ async fn handle_event(
                 })
                 .await;
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+        BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
             id,
             result: kad::QueryResult::GetProviders(res),
             step,
             ..
-        })) => {
+        }) => {
             if let (Some((_, found)), Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) =
                 (provider_queries.get_mut(&id), res)
             {

@@ -39,10 +39,9 @@ pub enum Kind {
     /// Objects: `body` is a git protocol v2 `fetch` request; the answer is
     /// upload-pack's response, streamed until the stream closes.
     Fetch = 2,
-    /// A summary of the signed-update log (one item: the number of entries,
-    /// a digest of their keys, the number of identity document versions),
-    /// compared periodically by peers that stay connected; the full `Log`
-    /// or the `Identity` is asked only when they differ.
+    /// A summary of the signed-update log (one item: an encoded
+    /// [`LogSummary`]), compared periodically by peers that stay connected;
+    /// the full `Log` or the `Identity` is asked only when they differ.
     LogSummary = 3,
 }
 
@@ -86,6 +85,47 @@ pub struct Items {
     pub next: u64,
 }
 
+/// A summary of a repository's signed-update log that two nodes holding the
+/// same set of updates (in any order) agree on, and that differs otherwise.
+/// Sent, encoded, as the one item answering a `LogSummary` request.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct LogSummary {
+    /// Number of distinct updates (by key) in the log.
+    #[prost(uint64, tag = "1")]
+    pub updates: u64,
+    /// SHA-256 of the distinct update keys, sorted, concatenated.
+    #[prost(bytes = "vec", tag = "2")]
+    pub digest: Vec<u8>,
+    /// Number of identity document versions held.
+    #[prost(uint64, tag = "3")]
+    pub doc_versions: u64,
+}
+
+impl LogSummary {
+    /// The summary of a log whose update keys are `keys` (in any order,
+    /// duplicates allowed), with `doc_versions` identity document versions.
+    pub fn new(mut keys: Vec<[u8; 32]>, doc_versions: u64) -> LogSummary {
+        use sha2::{Digest, Sha256};
+        keys.sort_unstable();
+        keys.dedup();
+        let mut h = Sha256::new();
+        for k in &keys {
+            h.update(k);
+        }
+        LogSummary {
+            updates: keys.len() as u64,
+            digest: h.finalize().to_vec(),
+            doc_versions,
+        }
+    }
+
+    /// Whether both summaries describe the same set of updates (the
+    /// identity document versions aside).
+    pub fn same_updates(&self, other: &LogSummary) -> bool {
+        self.updates == other.updates && self.digest == other.digest
+    }
+}
+
 /// Write one length-prefixed message.
 pub async fn write_frame<W: futures_util::AsyncWrite + Unpin>(
     w: &mut W,
@@ -119,4 +159,22 @@ pub async fn read_frame<R: futures_util::AsyncRead + Unpin, M: Message + Default
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
     M::decode(&buf[..]).map_err(|e| Error::Peer(format!("undecodable message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_summaries_depend_on_the_set_of_updates_only() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let one = LogSummary::new(vec![a, b, c], 1);
+        let same = LogSummary::new(vec![c, a, b, a], 2);
+        assert!(one.same_updates(&same), "order and duplicates do not count");
+        assert_eq!(one.updates, 3);
+        assert_eq!(same.doc_versions, 2);
+        assert!(!one.same_updates(&LogSummary::new(vec![a, b], 1)));
+        let decoded = LogSummary::decode(&one.encode_to_vec()[..]).expect("decodes");
+        assert_eq!(decoded, one);
+    }
 }
