@@ -175,7 +175,7 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
 
 #[test]
 fn concurrent_pushes_to_two_nodes_converge_everywhere() {
-    let l = line();
+    let mut l = line();
     let base = l.a.server_refs(&l.owner, "demo")["refs/heads/main"].clone();
     let expected_log = log_len(&l.a, &l.owner, "demo") + 2;
     let tmp = TempDir::new().expect("tmp");
@@ -202,10 +202,30 @@ fn concurrent_pushes_to_two_nodes_converge_everywhere() {
     let xc = commit_file(&wc, "c.txt", "from C\n", "on C");
     let url_a = l.a.repo_url("alice", "demo");
     let url_c = l.c.repo_url("alice", "demo");
+    // A and C are connected only through B: with B down, neither push can
+    // reach the other node before it is accepted there (concurrent in the
+    // sense that matters, whatever the machine's speed).
+    l.b.stop();
     std::thread::scope(|s| {
         s.spawn(|| git_ok(&wa, &["push", "-q", &url_a, "main"]));
         s.spawn(|| git_ok(&wc, &["push", "-q", &url_c, "main"]));
     });
+    // B comes back and catches up from both (on connection), then A and C
+    // reconnect to B and catch up from it.
+    let c_addr = p2p_addr(&l.c);
+    l.b = peer_node_with(
+        &l.dirs[1],
+        Some(&p2p_addr(&l.a)),
+        false,
+        &["--sync-interval", "0", "--bootstrap", &c_addr],
+    );
+    eventually(45, "B holds both updates", || {
+        log_len(&l.b, &l.owner, "demo") == expected_log
+    });
+    l.a.stop();
+    l.c.stop();
+    l.a = line_node(&l.dirs[0], Some(&p2p_addr(&l.b)));
+    l.c = line_node(&l.dirs[2], Some(&p2p_addr(&l.b)));
     // Both pushes were accepted locally; after the network quiets, every node
     // holds both signed updates and the same value for main.
     eventually(45, "all nodes converge", || {
