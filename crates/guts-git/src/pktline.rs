@@ -5,6 +5,8 @@
 //! special packets *flush*, *delim* and *response-end*; `0003` is invalid.
 //! [`PktReader`] parses them from any [`BufRead`] without ever trusting the
 //! length beyond [`MAX_PKT_LEN`]; [`PktWriter`] and [`SideBand`] produce them.
+//! [`write_pkt`], [`write_flush`] and [`write_delim`] are the one place the
+//! framing is written; code elsewhere calls them rather than writing raw bytes.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -158,12 +160,12 @@ impl<W: Write> PktWriter<W> {
 
     /// Write a flush packet `0000`.
     pub fn flush_pkt(&mut self) -> io::Result<()> {
-        self.inner.write_all(b"0000")
+        write_flush(&mut self.inner)
     }
 
     /// Write a delim packet `0001`.
     pub fn delim(&mut self) -> io::Result<()> {
-        self.inner.write_all(b"0001")
+        write_delim(&mut self.inner)
     }
 
     /// Access the inner writer.
@@ -188,6 +190,16 @@ pub fn write_pkt(w: &mut (impl Write + ?Sized), data: &[u8]) -> io::Result<()> {
     let header = format!("{:04x}", data.len() + 4);
     w.write_all(header.as_bytes())?;
     w.write_all(data)
+}
+
+/// Write a flush packet `0000` (end of a list or message).
+pub fn write_flush(w: &mut (impl Write + ?Sized)) -> io::Result<()> {
+    w.write_all(b"0000")
+}
+
+/// Write a delim packet `0001` (section separator in protocol v2).
+pub fn write_delim(w: &mut (impl Write + ?Sized)) -> io::Result<()> {
+    w.write_all(b"0001")
 }
 
 /// The band of a side-band multiplexed packet.
@@ -263,7 +275,7 @@ impl<W: Write> SideBand<W> {
 
     /// Write a flush packet on the outer stream (ends a side-band response).
     pub fn flush_pkt(&mut self) -> io::Result<()> {
-        self.inner.write_all(b"0000")
+        write_flush(&mut self.inner)
     }
 
     /// Access the inner writer (for packets outside the band framing).

@@ -78,75 +78,135 @@ pub fn plan(
         cut: client_set.clone(),
         ..ShallowPlan::default()
     };
-    // `not_shallow`: commits inside the new history whose parents are sent.
-    let (border, not_shallow): (Vec<ObjectId>, HashSet<ObjectId>) = match deepen {
+    let boundary = match deepen {
         Deepen::None => return Ok(plan),
-        Deepen::Depth { depth, .. } if *depth >= INFINITE_DEPTH => {
-            plan.deepened = true;
-            (Vec::new(), client_set.clone())
-        }
+        Deepen::Depth { depth, .. } if *depth >= INFINITE_DEPTH => Some(Boundary {
+            border: Vec::new(),
+            not_shallow: client_set.clone(),
+        }),
         Deepen::Depth { depth, relative } => {
-            plan.deepened = true;
-            let mut depth = *depth;
-            if *relative {
-                // Only `deepen-relative` needs the client's current depth,
-                // hence a walk of the whole history.
-                let depths = commit_depths(odb, &heads, None, &mut buf)?;
-                match client.iter().filter_map(|c| depths.get(c)).min() {
-                    Some(cur) => depth = depth.saturating_add(*cur),
-                    None => return Ok(plan),
-                }
-            }
-            let limited = commit_depths(odb, &heads, Some(depth), &mut buf)?;
-            let border = limited
-                .iter()
-                .filter(|(_, d)| **d >= depth)
-                .map(|(c, _)| *c)
-                .collect();
-            let inside = limited
-                .iter()
-                .filter(|(_, d)| **d < depth)
-                .map(|(c, _)| *c)
-                .collect();
-            (border, inside)
+            depth_boundary(odb, &heads, client, *depth, *relative, &mut buf)?
         }
         Deepen::RevList { since, not } => {
-            plan.deepened = true;
-            let excluded = reachable(odb, not, &mut buf)?;
-            let mut selected = HashSet::new();
-            let mut parents_of = HashMap::new();
-            let mut queue: VecDeque<ObjectId> = heads.iter().copied().collect();
-            while let Some(c) = queue.pop_front() {
-                if selected.contains(&c) || excluded.contains(&c) {
-                    continue;
-                }
-                let info = odb.commit(&c, &mut buf)?;
-                if since.is_some_and(|t| info.time < t) {
-                    continue;
-                }
-                selected.insert(c);
-                queue.extend(info.parents.iter().copied());
-                parents_of.insert(c, info.parents);
-            }
-            if selected.is_empty() {
-                return Err(Error::Protocol(
-                    "no commits selected for shallow requests".into(),
-                ));
-            }
-            let border: Vec<ObjectId> = selected
-                .iter()
-                .filter(|c| {
-                    parents_of
-                        .get(*c)
-                        .is_some_and(|ps| ps.iter().any(|p| !selected.contains(p)))
-                })
-                .copied()
-                .collect();
-            let border_set: HashSet<_> = border.iter().copied().collect();
-            let inside = selected.difference(&border_set).copied().collect();
-            (border, inside)
+            Some(rev_list_boundary(odb, &heads, *since, not, &mut buf)?)
         }
     };
+    plan.deepened = true;
+    match boundary {
+        Some(boundary) => apply_boundary(odb, plan, boundary, client, &client_set, &mut buf),
+        None => Ok(plan),
+    }
+}
+
+/// Where the new history ends.
+struct Boundary {
+    /// Commits whose parents are not sent.
+    border: Vec<ObjectId>,
+    /// Commits inside the new history, whose parents are sent.
+    not_shallow: HashSet<ObjectId>,
+}
+
+/// The boundary of `deepen N`: commits at depth N from the heads. With
+/// `deepen-relative` the depth adds to the client's current one; `None`
+/// when none of the client's boundary commits is reachable from the heads
+/// (then nothing changes).
+fn depth_boundary(
+    odb: &ObjectStore,
+    heads: &[ObjectId],
+    client: &[ObjectId],
+    mut depth: u32,
+    relative: bool,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Boundary>> {
+    if relative {
+        // Only `deepen-relative` needs the client's current depth,
+        // hence a walk of the whole history.
+        let depths = commit_depths(odb, heads, None, buf)?;
+        match client.iter().filter_map(|c| depths.get(c)).min() {
+            Some(cur) => depth = depth.saturating_add(*cur),
+            None => return Ok(None),
+        }
+    }
+    let limited = commit_depths(odb, heads, Some(depth), buf)?;
+    let border = limited
+        .iter()
+        .filter(|(_, d)| **d >= depth)
+        .map(|(c, _)| *c)
+        .collect();
+    let not_shallow = limited
+        .iter()
+        .filter(|(_, d)| **d < depth)
+        .map(|(c, _)| *c)
+        .collect();
+    Ok(Some(Boundary {
+        border,
+        not_shallow,
+    }))
+}
+
+/// The boundary of `deepen-since` / `deepen-not`: the commits reachable
+/// from the heads through commits not older than `since` and not reachable
+/// from `not`; those with a parent outside that set form the border.
+fn rev_list_boundary(
+    odb: &ObjectStore,
+    heads: &[ObjectId],
+    since: Option<i64>,
+    not: &[ObjectId],
+    buf: &mut Vec<u8>,
+) -> Result<Boundary> {
+    let excluded = reachable(odb, not, buf)?;
+    let mut selected = HashSet::new();
+    let mut parents_of = HashMap::new();
+    let mut queue: VecDeque<ObjectId> = heads.iter().copied().collect();
+    while let Some(c) = queue.pop_front() {
+        if selected.contains(&c) || excluded.contains(&c) {
+            continue;
+        }
+        let info = odb.commit(&c, buf)?;
+        if since.is_some_and(|t| info.time < t) {
+            continue;
+        }
+        selected.insert(c);
+        queue.extend(info.parents.iter().copied());
+        parents_of.insert(c, info.parents);
+    }
+    if selected.is_empty() {
+        return Err(Error::Protocol(
+            "no commits selected for shallow requests".into(),
+        ));
+    }
+    let border: Vec<ObjectId> = selected
+        .iter()
+        .filter(|c| {
+            parents_of
+                .get(*c)
+                .is_some_and(|ps| ps.iter().any(|p| !selected.contains(p)))
+        })
+        .copied()
+        .collect();
+    let border_set: HashSet<_> = border.iter().copied().collect();
+    let not_shallow = selected.difference(&border_set).copied().collect();
+    Ok(Boundary {
+        border,
+        not_shallow,
+    })
+}
+
+/// Fill `plan` from the new boundary: new `shallow` commits (those the
+/// client does not already have as boundary), the cut, and the client
+/// boundary commits that become `unshallow` (their parents are then sent).
+fn apply_boundary(
+    odb: &ObjectStore,
+    mut plan: ShallowPlan,
+    boundary: Boundary,
+    client: &[ObjectId],
+    client_set: &HashSet<ObjectId>,
+    buf: &mut Vec<u8>,
+) -> Result<ShallowPlan> {
+    let Boundary {
+        border,
+        not_shallow,
+    } = boundary;
     for c in border {
         if !client_set.contains(&c) && !not_shallow.contains(&c) {
             plan.shallow.push(c);
@@ -158,7 +218,7 @@ pub fn plan(
         if not_shallow.contains(c) {
             plan.unshallow.push(*c);
             plan.extra_haves.push(*c);
-            plan.extra_wants.extend(odb.commit(c, &mut buf)?.parents);
+            plan.extra_wants.extend(odb.commit(c, buf)?.parents);
         }
     }
     Ok(plan)

@@ -161,80 +161,35 @@ pub struct WalkSpec<'a> {
 /// Compute the objects reachable from `wants` but not from `haves`,
 /// honouring the shallow boundary and the filter.
 pub fn objects_to_send(odb: &ObjectStore, spec: WalkSpec<'_>) -> Result<ObjectsToSend> {
-    let mut out = ObjectsToSend::default();
     let empty = HashSet::new();
     let shallow = spec.shallow.unwrap_or(&empty);
     let mut buf = Vec::new();
     let mut walker = Walker::new(odb, shallow);
-    let mut user_trees = Vec::new();
-    let mut user_blobs = Vec::new();
-    let mut user_commits = HashSet::new();
-    let mut tags = Vec::new();
     let mut emitted: HashSet<ObjectId> = HashSet::new();
-
-    for want in spec.wants {
-        let mut id = *want;
-        for _ in 0..crate::limits::MAX_TAG_CHAIN {
-            let data = odb.read(&id, &mut buf)?;
-            match data.kind {
-                gix_object::Kind::Tag => {
-                    if emitted.insert(id) {
-                        tags.push(id);
-                    }
-                    id = tag_target(&id, data.data)?;
-                    continue;
-                }
-                gix_object::Kind::Commit => {
-                    user_commits.insert(id);
-                    walker.push(id, false)?;
-                }
-                gix_object::Kind::Tree => user_trees.push(id),
-                gix_object::Kind::Blob => user_blobs.push(id),
-            }
-            break;
-        }
-    }
+    let wants = classify_wants(odb, spec.wants, &mut walker, &mut emitted, &mut buf)?;
     for have in spec.haves {
         walker.push(*have, true)?;
     }
     let commits = walker.run()?;
+    let present = present_at_boundary(odb, &walker, &commits, spec.haves, &mut buf)?;
 
-    // Everything the client has at the boundary is marked as present there.
-    let mut present: HashSet<ObjectId> = HashSet::new();
-    let mut boundary: Vec<ObjectId> = spec.haves.to_vec();
-    for c in &commits {
-        if shallow.contains(c) {
-            continue;
-        }
-        for p in walker.parents.get(c).map(Vec::as_slice).unwrap_or_default() {
-            if walker.flags.get(p).is_some_and(|f| f.uninteresting) {
-                boundary.push(*p);
-            }
-        }
-    }
-    for b in boundary {
-        present.insert(b);
-        if let Some(tree) = walker.trees.get(&b).copied() {
-            mark_tree(odb, tree, &mut present, &mut buf)?;
-        }
-    }
-
+    let mut out = ObjectsToSend::default();
     let keep_commit = match spec.filter {
         Some(f) => f.keeps(gix_object::Kind::Commit, || Ok(0), 0)?,
         None => true,
     };
     for c in &commits {
-        if (keep_commit || user_commits.contains(c)) && emitted.insert(*c) {
+        if (keep_commit || wants.commits.contains(c)) && emitted.insert(*c) {
             out.ids.push(*c);
         }
     }
     out.commits = out.ids.len();
-    out.ids.extend(tags);
+    out.ids.extend(wants.tags);
     let mut roots: Vec<(ObjectId, bool)> = commits
         .iter()
         .filter_map(|c| walker.trees.get(c).map(|t| (*t, false)))
         .collect();
-    roots.extend(user_trees.into_iter().map(|t| (t, true)));
+    roots.extend(wants.trees.into_iter().map(|t| (t, true)));
     let mut trees = TreeWalk {
         odb,
         present: &present,
@@ -246,12 +201,91 @@ pub fn objects_to_send(odb: &ObjectStore, spec: WalkSpec<'_>) -> Result<ObjectsT
     for (root, user_given) in roots {
         trees.walk(root, user_given, &mut out.ids)?;
     }
-    for b in user_blobs {
+    for b in wants.blobs {
         if emitted.insert(b) {
             out.ids.push(b);
         }
     }
     Ok(out)
+}
+
+/// The wants sorted by kind once annotated tags are peeled.
+#[derive(Default)]
+struct ClassifiedWants {
+    /// Commits named directly or through tags; sent even when a filter drops commits.
+    commits: HashSet<ObjectId>,
+    /// Trees named directly or through tags; the filter does not apply to them.
+    trees: Vec<ObjectId>,
+    /// Blobs named directly or through tags; always sent.
+    blobs: Vec<ObjectId>,
+    /// Every tag on the way, in order, each once.
+    tags: Vec<ObjectId>,
+}
+
+/// Peel each want through its tag chain: tags are recorded (and marked
+/// `emitted`), commits start the walk, trees and blobs are kept aside.
+fn classify_wants(
+    odb: &ObjectStore,
+    wants: &[ObjectId],
+    walker: &mut Walker<'_>,
+    emitted: &mut HashSet<ObjectId>,
+    buf: &mut Vec<u8>,
+) -> Result<ClassifiedWants> {
+    let mut out = ClassifiedWants::default();
+    for want in wants {
+        let mut id = *want;
+        for _ in 0..crate::limits::MAX_TAG_CHAIN {
+            let data = odb.read(&id, buf)?;
+            match data.kind {
+                gix_object::Kind::Tag => {
+                    if emitted.insert(id) {
+                        out.tags.push(id);
+                    }
+                    id = tag_target(&id, data.data)?;
+                    continue;
+                }
+                gix_object::Kind::Commit => {
+                    out.commits.insert(id);
+                    walker.push(id, false)?;
+                }
+                gix_object::Kind::Tree => out.trees.push(id),
+                gix_object::Kind::Blob => out.blobs.push(id),
+            }
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Everything the client has at the boundary: the haves and the
+/// uninteresting parents of the commits sent (except across the shallow
+/// cut), with their whole trees.
+fn present_at_boundary(
+    odb: &ObjectStore,
+    walker: &Walker<'_>,
+    commits: &[ObjectId],
+    haves: &[ObjectId],
+    buf: &mut Vec<u8>,
+) -> Result<HashSet<ObjectId>> {
+    let mut present: HashSet<ObjectId> = HashSet::new();
+    let mut boundary: Vec<ObjectId> = haves.to_vec();
+    for c in commits {
+        if walker.shallow.contains(c) {
+            continue;
+        }
+        for p in walker.parents.get(c).map(Vec::as_slice).unwrap_or_default() {
+            if walker.flags.get(p).is_some_and(|f| f.uninteresting) {
+                boundary.push(*p);
+            }
+        }
+    }
+    for b in boundary {
+        present.insert(b);
+        if let Some(tree) = walker.trees.get(&b).copied() {
+            mark_tree(odb, tree, &mut present, buf)?;
+        }
+    }
+    Ok(present)
 }
 
 /// Walks trees below commits, emitting what the filter keeps and the client lacks.

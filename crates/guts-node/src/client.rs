@@ -262,110 +262,144 @@ fn change_delegates(
     Ok(())
 }
 
-/// `guts-node repo ...`
+/// `guts-node repo ...`: one REST call (or a signed document update) per subcommand.
 pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeError> {
     let base = node_url(args);
     let agent = agent();
-    let api = format!("{base}/api/v1/repos");
     match action {
         RepoAction::Create {
             name,
-            mut aliases,
+            aliases,
             default_branch,
-        } => {
-            let key = load_key(&key_path(args))?;
-            let did = key.did();
-            let name = match name.split_once('/') {
-                Some((owner, n)) => {
-                    if owner != did.method_id() && !aliases.iter().any(|a| a == owner) {
-                        aliases.push(owner.to_owned());
-                    }
-                    n.to_owned()
-                }
-                None => name,
-            };
-            let signed = DocumentBody::genesis(did, &name, &default_branch, aliases).sign(&[&key]);
-            let resp = agent
-                .post(&api)
-                .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
-                .map_err(unreachable_node(&base))?;
-            let created: RepoSummary = read_json(check(resp, "create")?)?;
-            println!(
-                "created {}/{} (id {})",
-                created.owner,
-                created.name,
-                created.id.unwrap_or_default()
-            );
-            println!("  git remote add origin {base}{}", created.path);
-            for a in created.aliases {
-                println!("  also at {base}/{a}/{}.git", created.name);
-            }
-        }
-        RepoAction::Delegates { action } => change_delegates(&base, args, action)?,
-        RepoAction::List => {
-            let repos: Vec<RepoSummary> = read_json(check(
-                agent.get(&api).call().map_err(unreachable_node(&base))?,
-                "list",
-            )?)?;
-            for r in repos {
-                let aliases = if r.aliases.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (aliases: {})", r.aliases.join(", "))
-                };
-                println!("{}/{}\t{base}{}{aliases}", r.owner, r.name, r.path);
-            }
-        }
-        RepoAction::Show { name } => {
-            let resp = check(
-                agent
-                    .get(&format!("{api}/{name}"))
-                    .call()
-                    .map_err(unreachable_node(&base))?,
-                "show",
-            )?;
-            let d: RepoDetail = read_json(resp)?;
-            println!("repository  {}/{}", d.owner, d.name);
-            println!("id          {}", d.id.unwrap_or_default());
-            println!("url         {base}/{}/{}.git", d.owner, d.name);
-            println!("owner       {}", d.owner_did.unwrap_or_default());
-            println!("aliases     {}", d.aliases.join(", "));
-            println!(
-                "delegates   {} (threshold {}, document v{})",
-                d.delegates.join(", "),
-                d.threshold,
-                d.doc_version
-            );
-            println!("HEAD        {}", d.head);
-            println!("objects     {}", d.object_count);
-            println!("size        {} bytes", d.size_bytes);
-            println!("deny non-fast-forwards  {}", d.deny_non_fast_forwards);
-            for (r, id) in d.refs {
-                println!("{id} {r}");
-            }
-        }
-        RepoAction::Delete { name } => {
-            check(
-                agent
-                    .delete(&format!("{api}/{name}"))
-                    .call()
-                    .map_err(unreachable_node(&base))?,
-                "delete",
-            )?;
-            println!("deleted {name}");
-        }
+        } => create_repo(&base, &agent, args, name, aliases, &default_branch),
+        RepoAction::Delegates { action } => change_delegates(&base, args, action),
+        RepoAction::List => list_repos(&base, &agent),
+        RepoAction::Show { name } => show_repo(&base, &agent, &name),
+        RepoAction::Delete { name } => delete_repo(&base, &agent, &name),
         RepoAction::Set {
             name,
             deny_non_fast_forwards,
-        } => {
-            let resp = agent
-                .patch(&format!("{api}/{name}"))
-                .send_json(serde_json::json!({"deny_non_fast_forwards": deny_non_fast_forwards}))
-                .map_err(unreachable_node(&base))?;
-            let resp = check(resp, "set")?;
-            println!("{}", resp.into_body().read_to_string().unwrap_or_default());
-        }
+        } => set_repo(&base, &agent, &name, deny_non_fast_forwards),
     }
+}
+
+/// `repo create`: sign a genesis document with the local key and post it.
+/// An `owner/` prefix other than the key's own id becomes an alias.
+fn create_repo(
+    base: &str,
+    agent: &ureq::Agent,
+    args: &ClientArgs,
+    name: String,
+    mut aliases: Vec<String>,
+    default_branch: &str,
+) -> Result<(), NodeError> {
+    let key = load_key(&key_path(args))?;
+    let did = key.did();
+    let name = match name.split_once('/') {
+        Some((owner, n)) => {
+            if owner != did.method_id() && !aliases.iter().any(|a| a == owner) {
+                aliases.push(owner.to_owned());
+            }
+            n.to_owned()
+        }
+        None => name,
+    };
+    let signed = DocumentBody::genesis(did, &name, default_branch, aliases).sign(&[&key]);
+    let resp = agent
+        .post(&format!("{base}/api/v1/repos"))
+        .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
+        .map_err(unreachable_node(base))?;
+    let created: RepoSummary = read_json(check(resp, "create")?)?;
+    println!(
+        "created {}/{} (id {})",
+        created.owner,
+        created.name,
+        created.id.unwrap_or_default()
+    );
+    println!("  git remote add origin {base}{}", created.path);
+    for a in created.aliases {
+        println!("  also at {base}/{a}/{}.git", created.name);
+    }
+    Ok(())
+}
+
+/// `repo list`: one line per repository with its clone URL and aliases.
+fn list_repos(base: &str, agent: &ureq::Agent) -> Result<(), NodeError> {
+    let repos: Vec<RepoSummary> = read_json(check(
+        agent
+            .get(&format!("{base}/api/v1/repos"))
+            .call()
+            .map_err(unreachable_node(base))?,
+        "list",
+    )?)?;
+    for r in repos {
+        let aliases = if r.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (aliases: {})", r.aliases.join(", "))
+        };
+        println!("{}/{}\t{base}{}{aliases}", r.owner, r.name, r.path);
+    }
+    Ok(())
+}
+
+/// `repo show`: the repository's identity, size, settings and refs.
+fn show_repo(base: &str, agent: &ureq::Agent, name: &str) -> Result<(), NodeError> {
+    let resp = check(
+        agent
+            .get(&format!("{base}/api/v1/repos/{name}"))
+            .call()
+            .map_err(unreachable_node(base))?,
+        "show",
+    )?;
+    let d: RepoDetail = read_json(resp)?;
+    println!("repository  {}/{}", d.owner, d.name);
+    println!("id          {}", d.id.unwrap_or_default());
+    println!("url         {base}/{}/{}.git", d.owner, d.name);
+    println!("owner       {}", d.owner_did.unwrap_or_default());
+    println!("aliases     {}", d.aliases.join(", "));
+    println!(
+        "delegates   {} (threshold {}, document v{})",
+        d.delegates.join(", "),
+        d.threshold,
+        d.doc_version
+    );
+    println!("HEAD        {}", d.head);
+    println!("objects     {}", d.object_count);
+    println!("size        {} bytes", d.size_bytes);
+    println!("deny non-fast-forwards  {}", d.deny_non_fast_forwards);
+    for (r, id) in d.refs {
+        println!("{id} {r}");
+    }
+    Ok(())
+}
+
+/// `repo delete`.
+fn delete_repo(base: &str, agent: &ureq::Agent, name: &str) -> Result<(), NodeError> {
+    check(
+        agent
+            .delete(&format!("{base}/api/v1/repos/{name}"))
+            .call()
+            .map_err(unreachable_node(base))?,
+        "delete",
+    )?;
+    println!("deleted {name}");
+    Ok(())
+}
+
+/// `repo set`: change a repository setting; prints the node's answer.
+fn set_repo(
+    base: &str,
+    agent: &ureq::Agent,
+    name: &str,
+    deny_non_fast_forwards: Option<bool>,
+) -> Result<(), NodeError> {
+    let resp = agent
+        .patch(&format!("{base}/api/v1/repos/{name}"))
+        .send_json(serde_json::json!({"deny_non_fast_forwards": deny_non_fast_forwards}))
+        .map_err(unreachable_node(base))?;
+    let resp = check(resp, "set")?;
+    println!("{}", resp.into_body().read_to_string().unwrap_or_default());
     Ok(())
 }
 

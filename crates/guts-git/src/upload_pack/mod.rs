@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::odb::ObjectStore;
 use crate::pack_out::write_pack;
-use crate::pktline::{write_pkt, SideBand, SideBandMode};
+use crate::pktline::{write_delim, write_flush, write_pkt, SideBand, SideBandMode};
 use crate::protocol::Version;
 use crate::shallow::ShallowPlan;
 use crate::storage::{Ref, Repo};
@@ -87,11 +87,11 @@ impl Session<'_> {
     }
 
     fn delim(&mut self) -> std::io::Result<()> {
-        self.out.write_all(b"0001")
+        write_delim(&mut *self.out)
     }
 
     fn flush_pkt(&mut self) -> std::io::Result<()> {
-        self.out.write_all(b"0000")?;
+        write_flush(&mut *self.out)?;
         self.out.flush()
     }
 
