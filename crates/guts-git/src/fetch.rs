@@ -33,10 +33,19 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// What the server is to blame for: what it sent. This node's own
+    /// failures (its disk, its database) are local, so an honest server is
+    /// never struck for them.
     fn classify(e: Error) -> FetchError {
         match e {
-            Error::Metadata(_) | Error::RepoNotFound(_) => FetchError::Local(e),
-            other => FetchError::Invalid(other),
+            Error::Protocol(_)
+            | Error::TooLarge(_)
+            | Error::Pack(_)
+            | Error::NotConnected { .. }
+            | Error::CorruptObject { .. }
+            | Error::MissingObject(_)
+            | Error::Unsupported(_) => FetchError::Invalid(e),
+            other => FetchError::Local(other),
         }
     }
 }

@@ -95,6 +95,18 @@ impl fmt::Display for RepoId {
     }
 }
 
+impl std::str::FromStr for RepoId {
+    type Err = Error;
+
+    /// Parse the text form `z<base58btc>` ([`fmt::Display`]).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidDocument(format!("{s:?} is not a repository id"));
+        let rest = s.strip_prefix('z').ok_or_else(bad)?;
+        let bytes = bs58::decode(rest).into_vec().map_err(|_| bad())?;
+        Ok(RepoId(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+
 impl fmt::Debug for RepoId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RepoId({self})")

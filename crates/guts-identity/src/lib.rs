@@ -1,6 +1,7 @@
 //! `guts-identity`: who may change a repository, and the proof that they did.
 //!
 //! - [`did`]: user identities as `did:key` (Ed25519);
+//! - [`action`]: repository actions (delete, settings) signed by delegates;
 //! - [`keys`]: signing keys stored as OpenSSH key files, so one key signs
 //!   identity documents here and pushes in git (`gpg.format=ssh`);
 //! - [`doc`]: repository identity documents (owner, delegates, threshold),
@@ -16,6 +17,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod action;
 pub mod cert;
 pub mod did;
 pub mod doc;
@@ -24,6 +26,7 @@ pub mod keys;
 pub mod nonce;
 pub mod update;
 
+pub use action::{RepoAction, SignedAction};
 pub use cert::{PushCert, Unverified, Verified};
 pub use did::Did;
 pub use doc::{Doc, DocumentBody, RepoId, SignedDocument};

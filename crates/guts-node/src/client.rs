@@ -275,11 +275,11 @@ pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeErr
         RepoAction::Delegates { action } => change_delegates(&base, args, action),
         RepoAction::List => list_repos(&base, &agent),
         RepoAction::Show { name } => show_repo(&base, &agent, &name),
-        RepoAction::Delete { name } => delete_repo(&base, &agent, &name),
+        RepoAction::Delete { name } => delete_repo(&base, &agent, args, &name),
         RepoAction::Set {
             name,
             deny_non_fast_forwards,
-        } => set_repo(&base, &agent, &name, deny_non_fast_forwards),
+        } => set_repo(&base, &agent, args, &name, deny_non_fast_forwards),
     }
 }
 
@@ -374,11 +374,73 @@ fn show_repo(base: &str, agent: &ureq::Agent, name: &str) -> Result<(), NodeErro
     Ok(())
 }
 
+/// The operator token of the node whose data dir the CLI uses, if readable.
+fn operator_token(args: &ClientArgs) -> Option<String> {
+    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::read_to_string(crate::auth::OperatorToken::path(&dir))
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// `Authorization` for an operator-only request.
+fn operator_auth(args: &ClientArgs) -> Result<String, NodeError> {
+    operator_token(args).map(|t| format!("Bearer {t}")).ok_or_else(|| {
+        NodeError::Client(
+            "this needs the node's operator token (DATA_DIR/operator.token of the node; pass --data-dir)"
+                .into(),
+        )
+    })
+}
+
+/// `Authorization` for a repository action: the operator token when this
+/// machine has it, else `action` signed with your key over a fresh nonce.
+fn repo_auth(
+    base: &str,
+    agent: &ureq::Agent,
+    args: &ClientArgs,
+    name: &str,
+    action: &str,
+) -> Result<String, NodeError> {
+    if let Some(t) = operator_token(args) {
+        return Ok(format!("Bearer {t}"));
+    }
+    let key = load_key(&key_path(args))?;
+    let resp = agent
+        .get(&format!("{base}/api/v1/repos/{name}/nonce"))
+        .call()
+        .map_err(unreachable_node(base))?;
+    let v: serde_json::Value = read_json(check(resp, "nonce")?)?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let id: guts_identity::RepoId = field("id")
+        .parse()
+        .map_err(|e: guts_identity::Error| NodeError::Client(e.to_string()))?;
+    let signed = guts_identity::RepoAction {
+        repo_id: id.0.to_vec(),
+        action: action.to_owned(),
+        nonce: field("nonce"),
+    }
+    .sign(&[&key]);
+    Ok(format!("GutsAction {}", B64.encode(signed.encode_to_vec())))
+}
+
 /// `repo delete`.
-fn delete_repo(base: &str, agent: &ureq::Agent, name: &str) -> Result<(), NodeError> {
+fn delete_repo(
+    base: &str,
+    agent: &ureq::Agent,
+    args: &ClientArgs,
+    name: &str,
+) -> Result<(), NodeError> {
+    let auth = repo_auth(base, agent, args, name, "delete")?;
     check(
         agent
             .delete(&format!("{base}/api/v1/repos/{name}"))
+            .header("Authorization", &auth)
             .call()
             .map_err(unreachable_node(base))?,
         "delete",
@@ -391,11 +453,15 @@ fn delete_repo(base: &str, agent: &ureq::Agent, name: &str) -> Result<(), NodeEr
 fn set_repo(
     base: &str,
     agent: &ureq::Agent,
+    args: &ClientArgs,
     name: &str,
     deny_non_fast_forwards: Option<bool>,
 ) -> Result<(), NodeError> {
+    let action = crate::rest::settings_action(deny_non_fast_forwards);
+    let auth = repo_auth(base, agent, args, name, &action)?;
     let resp = agent
         .patch(&format!("{base}/api/v1/repos/{name}"))
+        .header("Authorization", &auth)
         .send_json(serde_json::json!({"deny_non_fast_forwards": deny_non_fast_forwards}))
         .map_err(unreachable_node(base))?;
     let resp = check(resp, "set")?;
@@ -431,10 +497,14 @@ pub fn status(args: &ClientArgs) -> Result<(), NodeError> {
 pub fn seed(repo: &str, on: bool, args: &ClientArgs) -> Result<(), NodeError> {
     let base = node_url(args);
     let url = format!("{base}/api/v1/repos/{repo}/seed");
+    let auth = operator_auth(args)?;
     let resp = if on {
-        agent().post(&url).send_empty()
+        agent()
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_empty()
     } else {
-        agent().delete(&url).call()
+        agent().delete(&url).header("Authorization", &auth).call()
     }
     .map_err(unreachable_node(&base))?;
     check(resp, if on { "seed" } else { "unseed" })?;

@@ -21,6 +21,9 @@ pub struct FileConfig {
     pub max_pack_bytes: Option<u64>,
     /// Maximum age of a push-certificate nonce, in seconds.
     pub push_cert_nonce_slop: Option<u64>,
+    /// Who may create repositories, quotas, public URLs (`[rules]`).
+    #[serde(default)]
+    pub rules: crate::rules::RulesConfig,
 }
 
 impl FileConfig {
@@ -52,6 +55,8 @@ pub struct Config {
     pub max_pack_bytes: u64,
     /// Maximum age of a push-certificate nonce, in seconds.
     pub push_cert_nonce_slop: u64,
+    /// The `[rules]` table, with flags applied.
+    pub rules: crate::rules::RulesConfig,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

@@ -23,6 +23,15 @@ pub enum NodeError {
     /// The request is understood but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// The request lacks valid credentials for what it changes.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A quota of this node would be exceeded.
+    #[error("{0}")]
+    Quota(String),
+    /// The node is low on disk space: reads only.
+    #[error("{0}")]
+    LowDisk(String),
     /// A repository has no identity document, so nobody may push to it.
     #[error("repository {0} has no identity document, so nobody may push to it; its owner must recreate it with `guts-node repo create`")]
     NoIdentity(String),
@@ -90,7 +99,11 @@ pub fn status_for(e: &NodeError) -> StatusCode {
         },
         NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
         NodeError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        NodeError::Forbidden(_) | NodeError::NoIdentity(_) => StatusCode::FORBIDDEN,
+        NodeError::Forbidden(_) | NodeError::NoIdentity(_) | NodeError::Quota(_) => {
+            StatusCode::FORBIDDEN
+        }
+        NodeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        NodeError::LowDisk(_) => StatusCode::INSUFFICIENT_STORAGE,
         NodeError::Conflict(_) | NodeError::P2pOff => StatusCode::CONFLICT,
         NodeError::Network(_) => StatusCode::BAD_GATEWAY,
         NodeError::Internal(_) | NodeError::Config(_) | NodeError::Client(_) | NodeError::Io(_) => {
@@ -114,11 +127,18 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
-        (
+        let mut resp = (
             status,
             axum::Json(serde_json::json!({ "error": self.0.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"guts-node\""),
+            );
+        }
+        resp
     }
 }
 

@@ -23,6 +23,8 @@ pub struct AppState {
     pub repos: Arc<Repos>,
     /// Peer-to-peer replication, if enabled.
     pub p2p: Option<Arc<crate::p2p::P2p>>,
+    /// The operator's bearer token.
+    pub token: crate::auth::OperatorToken,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -178,17 +180,31 @@ async fn receive_pack(
 ) -> Result<Response, GitHttpError> {
     let gzip = check_request(&headers, Service::ReceivePack)?;
     let (name, repo) = open(&state, owner, name).await?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let repos = Arc::clone(&state.repos);
     let (r, n) = (Arc::clone(&repos), name.clone());
-    // Refuse repositories nobody may push to before streaming anything.
-    let identity = tokio::task::spawn_blocking(move || r.identity(&n))
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))??;
+    // Refuse repositories nobody may push to before streaming anything;
+    // find how many bytes the push may add (quota, free disk).
+    let (identity, room) =
+        tokio::task::spawn_blocking(move || r.identity(&n).map(|i| (i, r.push_room(&n))))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))??;
     let (mut writer, out) = response_channel();
     tokio::task::spawn_blocking(move || {
         let mut input = blocking_reader(body, gzip);
-        let policy = SignedPushPolicy::with_identity(&repos, &name, identity);
-        let opts = repos.receive_options();
+        let mut opts = repos.receive_options();
+        let refusal = match room {
+            Ok(room) => {
+                opts.max_pack_bytes = opts.max_pack_bytes.min(room);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let policy = SignedPushPolicy::with_identity(&repos, &name, identity, host.as_deref())
+            .refusing(refusal);
         let result =
             guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy);
         if let Err(e) = result {

@@ -21,6 +21,9 @@ pub struct IdentityStore {
     meta: sled::Tree,
     /// `OWNER/NAME` of repositories this node stopped following.
     unseeded: sled::Tree,
+    /// `ALIAS/NAME` of deleted repositories → the owner id, `\0`, and the
+    /// time (u64 BE) until which only that owner may declare it again.
+    retired: sled::Tree,
 }
 
 fn key(repo: &RepoName, n: u64) -> Vec<u8> {
@@ -61,6 +64,7 @@ impl IdentityStore {
             aliases: t("identity-aliases")?,
             meta: t("node-meta")?,
             unseeded: t("unseeded")?,
+            retired: t("retired-aliases")?,
         })
     }
 
@@ -115,6 +119,31 @@ impl IdentityStore {
                     return Err(guts_git::Error::RepoExists(alias).into());
                 }
             }
+            self.check_retired(&alias, repo)?;
+        }
+        Ok(())
+    }
+
+    /// A deleted repository's alias stays its owner's for a grace period,
+    /// so nobody can take over its URLs right after a deletion.
+    fn check_retired(&self, alias: &str, repo: &RepoName) -> Result<(), NodeError> {
+        let Some(v) = self.retired.get(alias).map_err(internal)? else {
+            return Ok(());
+        };
+        let (owner, until) = match v.iter().position(|b| *b == 0) {
+            Some(i) => (
+                &v[..i],
+                v.get(i + 1..)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0),
+            ),
+            None => (&v[..], 0),
+        };
+        if until > crate::auth::now() && owner != repo.owner().as_bytes() {
+            return Err(NodeError::Conflict(format!(
+                "{alias} belonged to a repository deleted recently; another owner may declare this alias only after the grace period (unix time {until})"
+            )));
         }
         Ok(())
     }
@@ -209,7 +238,14 @@ impl IdentityStore {
     }
 
     /// Forget everything about `repo`.
-    pub fn delete(&self, repo: &RepoName, aliases: &[String]) -> Result<(), NodeError> {
+    /// `aliases` stay reserved for the owner until `reserved_until` (unix
+    /// time; 0 for none, as when undoing a failed creation).
+    pub fn delete(
+        &self,
+        repo: &RepoName,
+        aliases: &[String],
+        reserved_until: u64,
+    ) -> Result<(), NodeError> {
         for item in self.docs.scan_prefix(prefix(repo)).keys() {
             self.docs
                 .remove(item.map_err(internal)?)
@@ -217,6 +253,15 @@ impl IdentityStore {
         }
         self.ids.remove(repo.to_string()).map_err(internal)?;
         self.set_aliases(repo, aliases, &[])?;
+        if reserved_until > 0 {
+            for a in aliases {
+                let mut v = repo.owner().as_bytes().to_vec();
+                v.push(0);
+                v.extend_from_slice(&reserved_until.to_be_bytes());
+                let alias = RepoName::new(a, repo.name())?.to_string();
+                self.retired.insert(alias, v).map_err(internal)?;
+            }
+        }
         self.ids.flush().map_err(internal)?;
         Ok(())
     }

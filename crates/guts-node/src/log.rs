@@ -138,6 +138,10 @@ impl SignedLog {
         Ok(log)
     }
 
+    /// Index a log written before the indexes existed. Every entry gets
+    /// its key indexed and the next sequence number follows the highest
+    /// entry; lines are indexed for entries whose certificate verifies (all
+    /// of them, as they were verified when logged).
     fn rebuild_indexes(&self) -> Result<(), NodeError> {
         tracing::info!("indexing the signed-update logs");
         for item in self.entries.iter() {
@@ -145,20 +149,32 @@ impl SignedLog {
             let split = k.len().saturating_sub(9);
             let (Ok(repo), Some(seq)) = (
                 RepoName::parse(&String::from_utf8_lossy(&k[..split])),
-                u64_of(&k[split + 1..]),
+                u64_of(k.get(split + 1..).unwrap_or_default()),
             ) else {
                 continue;
             };
             let update = SignedRefUpdate::decode(&v[..]).map_err(internal)?;
-            let Ok(cert) = PushCert::parse(&update.certificate).and_then(PushCert::verify) else {
-                continue;
-            };
-            let entry = Entry::new(update, &cert).map_err(NodeError::Internal)?;
+            let key_bytes = update.key();
             let mut key = prefix(&repo);
-            key.extend_from_slice(&entry.key);
+            key.extend_from_slice(&key_bytes);
             self.keys
                 .insert(key, &seq.to_be_bytes())
                 .map_err(internal)?;
+            let next = self
+                .heads
+                .get(repo.to_string())
+                .map_err(internal)?
+                .and_then(|v| u64_of(&v))
+                .unwrap_or(1)
+                .max(seq + 1);
+            self.heads
+                .insert(repo.to_string(), &next.to_be_bytes())
+                .map_err(internal)?;
+            let Ok(cert) = PushCert::parse(&update.certificate).and_then(PushCert::verify) else {
+                tracing::warn!(repo = %repo, seq, "a logged update does not verify; its lines are not indexed");
+                continue;
+            };
+            let entry = Entry::new(update, &cert).map_err(NodeError::Internal)?;
             for line in &entry.lines {
                 let mut lk = line_prefix(&repo, &line.name);
                 lk.extend_from_slice(&seq.to_be_bytes());
@@ -166,9 +182,6 @@ impl SignedLog {
                     .insert(lk, line_value(line, &entry.key))
                     .map_err(internal)?;
             }
-            self.heads
-                .insert(repo.to_string(), &(seq + 1).to_be_bytes())
-                .map_err(internal)?;
         }
         self.heads.flush().map_err(internal)?;
         Ok(())

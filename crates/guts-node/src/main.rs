@@ -6,6 +6,7 @@
 //! It holds no git protocol logic of its own.
 #![deny(clippy::unwrap_used)]
 
+mod auth;
 mod body;
 mod client;
 mod config;
@@ -18,6 +19,7 @@ mod policy;
 mod replica;
 mod repos;
 mod rest;
+mod rules;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,7 +123,7 @@ struct RunArgs {
     /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
     #[arg(long, env = "GUTS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// TOML config file with `http_listen`, `max_pack_bytes` and `push_cert_nonce_slop` [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop` and a `[rules]` table (create policy, quotas, public URLs; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
     #[arg(long, env = "GUTS_CONFIG")]
     config: Option<PathBuf>,
     /// Largest pack a push may send, in bytes [default: 4 GiB].
@@ -145,6 +147,19 @@ struct RunArgs {
     /// Every this many seconds, compare signed-update logs with connected peers and fetch what is missing (updates whose announcement was lost); 0 turns it off.
     #[arg(long, env = "GUTS_SYNC_INTERVAL", default_value_t = 60)]
     sync_interval: u64,
+    /// A public URL of this node, e.g. https://git.example.org (repeatable): push certificates may name it as pushee, besides the host a request was sent to. Also `rules.public_urls` in the config file.
+    #[arg(long = "public-url", env = "GUTS_PUBLIC_URL", value_delimiter = ',')]
+    public_url: Vec<String>,
+    /// Who may create repositories: open, allowlist (the --create-allow DIDs) or closed [default: open while HTTP listens on loopback only, allowlist otherwise]. Also `rules.create`.
+    #[arg(long, env = "GUTS_CREATE_POLICY", value_parser = ["open", "allowlist", "closed"])]
+    create_policy: Option<String>,
+    /// A DID allowed to create repositories under the allowlist policy (repeatable). Also `rules.create_allow`.
+    #[arg(
+        long = "create-allow",
+        env = "GUTS_CREATE_ALLOW",
+        value_delimiter = ','
+    )]
+    create_allow: Vec<String>,
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
@@ -264,8 +279,27 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             .push_cert_nonce_slop
             .or(file.push_cert_nonce_slop)
             .unwrap_or(policy::DEFAULT_NONCE_SLOP_SECS),
+        rules: rules_config(args, file.rules)?,
         data_dir,
     })
+}
+
+/// The `[rules]` table with the flags applied over it.
+fn rules_config(
+    args: &RunArgs,
+    mut rules: rules::RulesConfig,
+) -> Result<rules::RulesConfig, NodeError> {
+    rules.public_urls.extend(args.public_url.iter().cloned());
+    rules.create_allow.extend(args.create_allow.iter().cloned());
+    if let Some(p) = &args.create_policy {
+        rules.create = Some(match p.as_str() {
+            "open" => rules::CreatePolicy::Open,
+            "allowlist" => rules::CreatePolicy::Allowlist,
+            "closed" => rules::CreatePolicy::Closed,
+            other => return Err(NodeError::Config(format!("unknown create policy {other}"))),
+        });
+    }
+    Ok(rules)
 }
 
 fn run(args: RunArgs) -> Result<(), NodeError> {
@@ -280,12 +314,17 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let storage = Storage::open(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), repos = storage.list()?.len(), "storage opened");
+    let public = !config.http_listen.ip().is_loopback();
+    let rules = rules::Rules::resolve(config.rules.clone(), public, &config.data_dir)?;
+    tracing::info!(public, "{}", rules.describe());
+    let token = auth::OperatorToken::load_or_create(&config.data_dir)?;
     let repos = repos::Repos::open(
         storage,
         config.push_cert_nonce_slop,
         ReceiveOptions {
             max_pack_bytes: config.max_pack_bytes,
         },
+        rules,
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -306,7 +345,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };
-        let state = Arc::new(http::AppState { repos, p2p });
+        let state = Arc::new(http::AppState { repos, p2p, token });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;

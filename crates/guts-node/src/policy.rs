@@ -4,7 +4,6 @@
 //! [`AuthorizedPush`], into the commit that moves the refs and logs it.
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use guts_git::names::RepoName;
 use guts_git::receive_pack::{Command, PushPolicy};
@@ -23,13 +22,6 @@ pub const DEFAULT_NONCE_SLOP_SECS: u64 = 600;
 /// What an unsigned push is told.
 pub const UNSIGNED_PUSH_HELP: &str = "this repository accepts only signed pushes. Run `guts-node git-setup` in your clone \
      (it sets gpg.format=ssh, user.signingkey to your Guts key and push.gpgSign=if-asked), then push again";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// A push whose certificate verified and authorized it.
 pub struct AuthorizedPush {
@@ -68,20 +60,71 @@ pub struct SignedPushPolicy<'a> {
     repos: &'a Repos,
     repo: RepoName,
     identity: Identity,
+    /// Hosts (`host[:port]`) a certificate's pushee may name: the request's
+    /// `Host` and the node's configured public URLs.
+    hosts: Vec<String>,
+    /// Why every push is refused before it is read (low disk, quota).
+    refusal: Option<String>,
 }
 
 impl<'a> SignedPushPolicy<'a> {
     /// The policy of `repo` (its identity is required).
     pub fn new(repos: &'a Repos, repo: &RepoName) -> Result<Self, NodeError> {
-        Ok(Self::with_identity(repos, repo, repos.identity(repo)?))
+        Ok(Self::with_identity(
+            repos,
+            repo,
+            repos.identity(repo)?,
+            None,
+        ))
     }
 
-    /// The policy of `repo` under its already loaded `identity`.
-    pub fn with_identity(repos: &'a Repos, repo: &RepoName, identity: Identity) -> Self {
+    /// The policy of `repo` under its already loaded `identity`, for a
+    /// request addressed to `host` (its `Host` header).
+    pub fn with_identity(
+        repos: &'a Repos,
+        repo: &RepoName,
+        identity: Identity,
+        host: Option<&str>,
+    ) -> Self {
+        let mut hosts = repos.rules().public_hosts();
+        hosts.extend(host.map(str::to_ascii_lowercase));
         SignedPushPolicy {
             repos,
             repo: repo.clone(),
             identity,
+            hosts,
+            refusal: None,
+        }
+    }
+
+    /// Refuse every push with `reason` (told to the pusher after their
+    /// commands are read, on each ref).
+    pub fn refusing(mut self, reason: Option<String>) -> Self {
+        self.refusal = reason;
+        self
+    }
+
+    /// The certificate's pushee must name this node: its host is the
+    /// request's or one of the node's public URLs (the path was checked
+    /// against the repository by `update::authorize`).
+    fn check_pushee(&self, cert: &PushCert<Verified>) -> Result<(), String> {
+        let pushee = cert.pushee().unwrap_or_default();
+        let host = pushee
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default())
+            .map(|h| {
+                h.rsplit('@')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+            });
+        match host {
+            Some(h) if self.hosts.contains(&h) => Ok(()),
+            _ => Err(format!(
+                "push certificate refused: its pushee {pushee:?} does not name this node \
+                 (expected one of: {})",
+                self.hosts.join(", ")
+            )),
         }
     }
 }
@@ -90,8 +133,7 @@ impl PushPolicy for SignedPushPolicy<'_> {
     type Authorized = AuthorizedPush;
 
     fn cert_nonce(&self) -> Option<String> {
-        let (issuer, _) = self.repos.nonces();
-        Some(issuer.issue(&self.repo.to_string(), now()))
+        Some(self.repos.issue_nonce(&self.repo))
     }
 
     fn authorize(
@@ -99,6 +141,9 @@ impl PushPolicy for SignedPushPolicy<'_> {
         cert: Option<&str>,
         commands: &[Command],
     ) -> Result<AuthorizedPush, String> {
+        if let Some(reason) = &self.refusal {
+            return Err(reason.clone());
+        }
         let text = cert.ok_or_else(|| UNSIGNED_PUSH_HELP.to_owned())?;
         let cert = PushCert::parse(text)
             .and_then(PushCert::verify)
@@ -107,15 +152,15 @@ impl PushPolicy for SignedPushPolicy<'_> {
         let nonce = cert
             .nonce()
             .ok_or("push certificate refused: it carries no nonce")?;
-        let (issuer, slop) = self.repos.nonces();
-        issuer
-            .check(nonce, &self.repo.to_string(), now(), slop)
-            .map_err(|e| e.to_string())?;
         if !same_commands(&cert, commands) {
             return Err(
                 "push certificate refused: its ref lines differ from the pushed commands".into(),
             );
         }
+        self.check_pushee(&cert)?;
+        self.repos
+            .check_nonce(&self.repo, nonce)
+            .map_err(|e| format!("push certificate refused: {e}"))?;
         tracing::info!(repo = %self.repo, signer = %cert.signer(), "signed push authorized");
         Ok(AuthorizedPush {
             cert,

@@ -25,9 +25,11 @@ use guts_identity::{Doc, NonceIssuer, SignedRefUpdate, Verified};
 use guts_p2p::conflict;
 use tokio::sync::broadcast;
 
+use crate::auth::UsedNonces;
 use crate::error::NodeError;
 use crate::identity::{Identity, IdentityStore};
 use crate::log::{Entry, SignedLog};
+use crate::rules::Rules;
 
 /// Repository locks: commits of one repository are serialized (pushes and
 /// replicated updates alike), different repositories rarely share a stripe.
@@ -68,8 +70,10 @@ pub struct Repos {
     identities: IdentityStore,
     log: SignedLog,
     nonces: NonceIssuer,
+    used_nonces: UsedNonces,
     nonce_slop: u64,
     receive: ReceiveOptions,
+    rules: Rules,
     locks: Vec<Mutex<()>>,
     events: broadcast::Sender<RepoEvent>,
 }
@@ -84,18 +88,22 @@ impl Repos {
         storage: Storage,
         nonce_slop: u64,
         receive: ReceiveOptions,
+        rules: Rules,
     ) -> Result<Arc<Self>, NodeError> {
         let identities = IdentityStore::open(storage.db())?;
         let log = SignedLog::open(storage.db())?;
         let nonces = identities.nonce_issuer()?;
+        let used_nonces = UsedNonces::open(storage.db())?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Arc::new(Repos {
             storage,
             identities,
             log,
             nonces,
+            used_nonces,
             nonce_slop,
             receive,
+            rules,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             events,
         }))
@@ -160,7 +168,24 @@ impl Repos {
     pub fn create(&self, document: &[u8]) -> Result<(RepoName, RepoId), NodeError> {
         let doc = Doc::from_bytes(document).and_then(Doc::verify_genesis)?;
         let name = RepoName::new(&doc.owner().method_id(), &doc.body().name)?;
-        let id = self.create_from(&name, &doc, &[])?;
+        self.rules.check_create(&doc.owner())?;
+        self.rules.check_disk()?;
+        let owned = self
+            .storage
+            .list()?
+            .iter()
+            .filter(|n| n.owner() == name.owner())
+            .count() as u64;
+        if owned >= self.rules.max_repos_per_owner {
+            return Err(NodeError::Quota(format!(
+                "{} already has {owned} repositories on this node, the most it allows",
+                doc.owner()
+            )));
+        }
+        let id = {
+            let _guard = self.lock(&name);
+            self.create_from(&name, &doc, &[])?
+        };
         tracing::info!(repo = %name, owner = %doc.owner(), aliases = ?doc.body().aliases, "repository created");
         Ok((name, id))
     }
@@ -177,6 +202,7 @@ impl Repos {
         if self.storage.open_repo(name).is_ok() {
             return Err(guts_git::Error::RepoExists(name.to_string()).into());
         }
+        self.clear_debris(name)?;
         // Claims the name atomically: a racing creation fails here and so
         // never reaches the clean-up below, which undoes only our own.
         let id = self.identities.create(name, genesis)?;
@@ -192,10 +218,20 @@ impl Repos {
             });
         if let Err(e) = rest {
             let _ = self.storage.delete(name);
-            self.identities.delete(name, &genesis.body().aliases)?;
+            self.identities.delete(name, &genesis.body().aliases, 0)?;
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// What an interrupted deletion of `name` left (the storage goes first,
+    /// so an identity or log without storage is debris). Caller holds the lock.
+    fn clear_debris(&self, name: &RepoName) -> Result<(), NodeError> {
+        if let Some(old) = self.identities.current(name)? {
+            tracing::info!(repo = %name, "removing the identity left by an interrupted deletion");
+            self.identities.delete(name, &old.doc.body().aliases, 0)?;
+        }
+        self.log.delete(name)
     }
 
     /// Take a repository's identity from a peer: `versions` is its whole
@@ -211,8 +247,10 @@ impl Repos {
                 "the identity document is not the one of {name}"
             )));
         }
+        self.rules.check_disk()?;
         let _guard = self.lock(name);
-        if let Some(existing) = self.identities.current(name)? {
+        let stored = self.storage.open_repo(name).is_ok();
+        if let (Some(existing), true) = (self.identities.current(name)?, stored) {
             if genesis.genesis_id() != Some(existing.id) {
                 return Err(NodeError::Invalid(format!(
                     "the peer's {name} has another repository id"
@@ -251,11 +289,30 @@ impl Repos {
             .map(|i| i.doc.body().aliases.clone())
             .unwrap_or_default();
         self.storage.delete(name)?;
-        self.identities.delete(name, &aliases)?;
+        let reserved_until = crate::auth::now().saturating_add(self.rules.alias_grace_secs);
+        self.identities.delete(name, &aliases, reserved_until)?;
         self.log.delete(name)?;
         self.storage.db().flush().map_err(internal)?;
         tracing::info!(repo = %name, "repository deleted");
         Ok(())
+    }
+
+    /// Change a repository's settings (`None`: leave as is); returns them.
+    pub fn set_settings(
+        &self,
+        name: &RepoName,
+        deny_non_fast_forwards: Option<bool>,
+    ) -> Result<guts_git::storage::RepoSettings, NodeError> {
+        let _guard = self.lock(name);
+        let repo = self.storage.open_repo(name)?;
+        Ok(match deny_non_fast_forwards {
+            Some(deny) => {
+                let s = repo.set_deny_non_fast_forwards(deny)?;
+                tracing::info!(repo = %name, deny_non_fast_forwards = deny, "settings changed");
+                s
+            }
+            None => repo.settings()?,
+        })
     }
 
     /// Start or stop following a repository.
@@ -268,9 +325,64 @@ impl Repos {
         self.identities.is_seeding(name).unwrap_or(false)
     }
 
-    /// The push-certificate nonce issuer and its slop, for the push policy.
-    pub(crate) fn nonces(&self) -> (&NonceIssuer, u64) {
-        (&self.nonces, self.nonce_slop)
+    /// A fresh nonce for `repo` (push certificates, signed actions).
+    pub fn issue_nonce(&self, repo: &RepoName) -> String {
+        self.nonces.issue(&repo.to_string(), crate::auth::now())
+    }
+
+    /// Accept `nonce` for `repo` once: issued by this node for this
+    /// repository, younger than the slop, and never used before.
+    pub fn check_nonce(&self, repo: &RepoName, nonce: &str) -> Result<(), NodeError> {
+        let now = crate::auth::now();
+        self.nonces
+            .check(nonce, &repo.to_string(), now, self.nonce_slop)
+            .map_err(|e| NodeError::Unauthorized(e.to_string()))?;
+        let expires = now.saturating_add(self.nonce_slop).saturating_add(1);
+        if !self.used_nonces.claim(nonce, expires)? {
+            return Err(NodeError::Unauthorized(
+                "the nonce was already used (a replayed request or push certificate); \
+                 ask the node for a fresh one (git does so when you push again)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's rules (policies, quotas).
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// How many pack bytes a push to `name` may still add: the smaller of
+    /// what its repository and its owner may still store. Refuses when the
+    /// node is low on disk or nothing is left.
+    pub fn push_room(&self, name: &RepoName) -> Result<u64, NodeError> {
+        self.rules.check_disk()?;
+        let mut owner_bytes = 0u64;
+        let mut repo_bytes = 0u64;
+        for n in self
+            .storage
+            .list()?
+            .iter()
+            .filter(|n| n.owner() == name.owner())
+        {
+            let (_, bytes) = self.storage.open_repo(n)?.disk_usage()?;
+            owner_bytes = owner_bytes.saturating_add(bytes);
+            if n == name {
+                repo_bytes = bytes;
+            }
+        }
+        let room = self
+            .rules
+            .max_repo_bytes
+            .saturating_sub(repo_bytes)
+            .min(self.rules.max_owner_bytes.saturating_sub(owner_bytes));
+        if room == 0 {
+            return Err(NodeError::Quota(format!(
+                "{name} is over its storage quota on this node ({repo_bytes} bytes in the repository, {owner_bytes} for its owner)"
+            )));
+        }
+        Ok(room)
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -14,6 +14,7 @@ use guts_git::names::RepoName;
 use guts_identity::PushCert;
 use serde::{Deserialize, Serialize};
 
+use crate::auth;
 use crate::error::{ApiError, NodeError};
 use crate::http::Shared;
 
@@ -30,6 +31,7 @@ pub fn routes() -> Router<Shared> {
             get(show_identity).put(update_identity),
         )
         .route("/api/v1/repos/{owner}/{name}/updates", get(list_updates))
+        .route("/api/v1/repos/{owner}/{name}/nonce", get(repo_nonce))
         .route(
             "/api/v1/repos/{owner}/{name}/seed",
             axum::routing::post(seed_repo).delete(unseed_repo),
@@ -197,16 +199,48 @@ async fn show_repo(
     Ok(Json(detail))
 }
 
+/// `DELETE`: the operator, or the repository's delegates (a signed `delete`).
 async fn delete_repo(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    blocking(move || {
-        let name = state.repos.resolve(&owner, &name)?;
-        state.repos.delete(&name)
+    let st = state.clone();
+    let (name, id) = blocking(move || {
+        let name = st.repos.resolve(&owner, &name)?;
+        let caller =
+            auth::require_operator_or_delegates(&st.token, &st.repos, &name, "delete", &headers)?;
+        let id = st.repos.identities().current(&name)?.map(|i| i.id);
+        st.repos.delete(&name)?;
+        tracing::info!(repo = %name, ?caller, "repository deleted on request");
+        Ok((name, id))
     })
     .await?;
+    if let (Some(p2p), Some(id)) = (&state.p2p, id) {
+        let seeded = guts_p2p::replication::Seeded { name, id };
+        if let Err(e) = p2p.replicator.unfollow(&seeded).await {
+            tracing::warn!(repo = %seeded.name, error = %e, "could not stop following a deleted repository");
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A fresh nonce of this node for `OWNER/NAME`, to sign a repository action over.
+async fn repo_nonce(
+    State(state): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let nonce = blocking(move || {
+        let name = state.repos.resolve(&owner, &name)?;
+        let identity = state.repos.identity(&name)?;
+        Ok(serde_json::json!({
+            "repo": name.to_string(),
+            "id": identity.id.to_string(),
+            "nonce": state.repos.issue_nonce(&name),
+        }))
+    })
+    .await?;
+    Ok(Json(nonce))
 }
 
 #[derive(Deserialize)]
@@ -215,19 +249,27 @@ struct PatchRepo {
     deny_non_fast_forwards: Option<bool>,
 }
 
+/// The action text delegates sign for a settings change.
+pub fn settings_action(deny_non_fast_forwards: Option<bool>) -> String {
+    match deny_non_fast_forwards {
+        Some(d) => format!("settings deny_non_fast_forwards={d}"),
+        None => "settings".to_owned(),
+    }
+}
+
+/// `PATCH`: the operator, or the repository's delegates (a signed `settings ...`).
 async fn patch_repo(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Json<PatchRepo>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let settings = blocking(move || {
         let name = state.repos.resolve(&owner, &name)?;
-        let repo = state.repos.open_repo(&name)?;
-        match req.deny_non_fast_forwards {
-            Some(deny) => Ok(repo.set_deny_non_fast_forwards(deny)?),
-            None => Ok(repo.settings()?),
-        }
+        let action = settings_action(req.deny_non_fast_forwards);
+        auth::require_operator_or_delegates(&state.token, &state.repos, &name, &action, &headers)?;
+        state.repos.set_settings(&name, req.deny_non_fast_forwards)
     })
     .await?;
     Ok(Json(serde_json::json!({
@@ -429,7 +471,9 @@ fn p2p_of(state: &Shared) -> Result<std::sync::Arc<crate::p2p::P2p>, NodeError> 
 async fn seed_repo(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    auth::require_operator(&state.token, &headers)?;
     let p2p = p2p_of(&state)?;
     let st = state.clone();
     let name = blocking(move || st.repos.resolve(&owner, &name)).await?;
@@ -452,7 +496,9 @@ async fn seed_repo(
 async fn unseed_repo(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    auth::require_operator(&state.token, &headers)?;
     let p2p = p2p_of(&state)?;
     let st = state.clone();
     let (name, id) = blocking(move || {

@@ -1192,7 +1192,8 @@ fn rest_and_cli() {
         "repo list output lacks alice/demo:\n{list}"
     );
     assert_cli_ok(&node, &["repo", "show", "alice/demo"]);
-    assert_cli_ok(&node, &["repo", "delete", "bob/cli"]);
+    // CLI: `repo delete` by the owner, with an action signed by their key.
+    assert_cli_ok(&node, &["repo", "delete", "bob/cli", "--key", &key]);
     let resp = node.get("/api/v1/repos/bob/cli");
     assert_eq!(resp.status, 404, "after CLI delete: {}", resp.text());
     let resp = node.get(&format!("/api/v1/repos/{}/cli", me.owner_id()));

@@ -169,7 +169,22 @@ impl Node {
         http_request(&self.addr, "GET", path, &[], &[])
     }
 
+    /// The node's operator token (`DATA_DIR/operator.token`).
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("operator.token"))
+            .expect("operator token")
+            .trim()
+            .to_owned()
+    }
+
+    /// `DELETE` as the node's operator.
     pub fn delete(&self, path: &str) -> HttpResponse {
+        let auth = format!("Bearer {}", self.operator_token());
+        http_request(&self.addr, "DELETE", path, &[("Authorization", &auth)], &[])
+    }
+
+    /// `DELETE` without credentials.
+    pub fn delete_anonymous(&self, path: &str) -> HttpResponse {
         http_request(&self.addr, "DELETE", path, &[], &[])
     }
 
@@ -181,13 +196,18 @@ impl Node {
         self.send_json("PATCH", path, body)
     }
 
+    /// JSON request as the node's operator (harmless where no credential is needed).
     fn send_json(&self, method: &str, path: &str, body: &serde_json::Value) -> HttpResponse {
         let bytes = serde_json::to_vec(body).expect("serialize json");
+        let auth = format!("Bearer {}", self.operator_token());
         http_request(
             &self.addr,
             method,
             path,
-            &[("Content-Type", "application/json")],
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+            ],
             &bytes,
         )
     }
