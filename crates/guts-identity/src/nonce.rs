@@ -120,7 +120,10 @@ mod tests {
         let salted = n.issue_salted("o/r", 1000, 7);
         assert!(n.check(&salted, "o/r", 1010, 60).is_ok());
         let tampered = salted.replace(".0000000000000007", ".0000000000000008");
-        assert!(n.check(&tampered, "o/r", 1010, 60).is_err(), "salt is signed");
+        assert!(
+            n.check(&tampered, "o/r", 1010, 60).is_err(),
+            "salt is signed"
+        );
         assert!(n.check("garbage", "o/r", 1010, 60).is_err());
         assert!(
             n.check(&n.issue("o/r", 2000), "o/r", 1010, 60).is_err(),

@@ -324,21 +324,33 @@ fn create_repo(
 }
 
 /// `repo list`: one line per repository with its clone URL and aliases.
+/// `repo list`: every page of the node's listing.
 fn list_repos(base: &str, agent: &ureq::Agent) -> Result<(), NodeError> {
-    let repos: Vec<RepoSummary> = read_json(check(
-        agent
-            .get(&format!("{base}/api/v1/repos"))
-            .call()
-            .map_err(unreachable_node(base))?,
-        "list",
-    )?)?;
-    for r in repos {
-        let aliases = if r.aliases.is_empty() {
-            String::new()
-        } else {
-            format!(" (aliases: {})", r.aliases.join(", "))
-        };
-        println!("{}/{}\t{base}{}{aliases}", r.owner, r.name, r.path);
+    let mut next = Some("/api/v1/repos".to_owned());
+    while let Some(path) = next.take() {
+        let resp = check(
+            agent
+                .get(&format!("{base}{path}"))
+                .call()
+                .map_err(unreachable_node(base))?,
+            "list",
+        )?;
+        next = resp
+            .headers()
+            .get("link")
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.strip_prefix('<'))
+            .and_then(|l| l.split_once('>'))
+            .map(|(p, _)| p.to_owned());
+        let repos: Vec<RepoSummary> = read_json(resp)?;
+        for r in repos {
+            let aliases = if r.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (aliases: {})", r.aliases.join(", "))
+            };
+            println!("{}/{}\t{base}{}{aliases}", r.owner, r.name, r.path);
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -130,13 +130,49 @@ fn summary(state: &Shared, name: &RepoName) -> Result<RepoSummary, NodeError> {
     })
 }
 
-async fn list_repos(State(state): State<Shared>) -> Result<Json<Vec<RepoSummary>>, ApiError> {
-    let list = blocking(move || {
+/// Repositories listed per page by default.
+pub const DEFAULT_PAGE: usize = 100;
+/// Most repositories listed per page.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /api/v1/repos?limit=N&after=OWNER/NAME`.
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// One page of repositories, by canonical name; a `Link: <...>; rel="next"`
+/// header points at the next page when there is one.
+async fn list_repos(
+    State(state): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let (list, more) = blocking(move || {
         let names = state.repos.storage().list()?;
-        names.iter().map(|n| summary(&state, n)).collect()
+        let after = q.after.unwrap_or_default();
+        let mut page = names.iter().filter(|n| n.to_string() > after);
+        let list: Vec<RepoSummary> = page
+            .by_ref()
+            .take(limit)
+            .map(|n| summary(&state, n))
+            .collect::<Result<_, NodeError>>()?;
+        Ok((list, page.next().is_some()))
     })
     .await?;
-    Ok(Json(list))
+    let next = list.last().filter(|_| more).map(|last| {
+        format!(
+            "</api/v1/repos?limit={limit}&after={}/{}>; rel=\"next\"",
+            last.owner, last.name
+        )
+    });
+    let mut resp = Json(list).into_response();
+    if let Some(link) = next.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(axum::http::header::LINK, link);
+    }
+    Ok(resp)
 }
 
 async fn create_repo(
