@@ -169,6 +169,7 @@ impl Repos {
         let doc = Doc::from_bytes(document).and_then(Doc::verify_genesis)?;
         let name = RepoName::new(&doc.owner().method_id(), &doc.body().name)?;
         self.rules.check_create(&doc.owner())?;
+        self.rules.check_blocked(&name)?;
         self.rules.check_disk()?;
         let owned = self
             .storage
@@ -248,6 +249,7 @@ impl Repos {
             )));
         }
         self.rules.check_disk()?;
+        self.rules.check_seed(name)?;
         let _guard = self.lock(name);
         let stored = self.storage.open_repo(name).is_ok();
         if let (Some(existing), true) = (self.identities.current(name)?, stored) {

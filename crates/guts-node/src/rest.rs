@@ -512,7 +512,12 @@ async fn seed_repo(
     auth::require_operator(&state.token, &headers)?;
     let p2p = p2p_of(&state)?;
     let st = state.clone();
-    let name = blocking(move || st.repos.resolve(&owner, &name)).await?;
+    let name = blocking(move || {
+        let name = st.repos.resolve(&owner, &name)?;
+        st.repos.rules().check_seed(&name)?;
+        Ok(name)
+    })
+    .await?;
     {
         let st = state.clone();
         let n = name.clone();

@@ -60,6 +60,53 @@ pub struct RulesConfig {
     /// certificates may name them as pushee, besides the request's host.
     #[serde(default)]
     pub public_urls: Vec<String>,
+    /// `all` (default) or `allowlist`: which repositories this node takes
+    /// from peers (`guts-node seed`, identity adoption).
+    pub seed: Option<SeedPolicy>,
+    /// Repositories (`OWNER/NAME`) or owner DIDs seeded under `allowlist`.
+    #[serde(default)]
+    pub seed_allow: Vec<String>,
+    /// Repositories or owner DIDs this node never creates nor seeds.
+    #[serde(default)]
+    pub block: Vec<String>,
+}
+
+/// Which repositories a node takes from peers (Radicle's "follow all" or
+/// "selective").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedPolicy {
+    /// Any repository an operator or a peer asks for.
+    All,
+    /// Only those in `seed_allow` (by name or owner).
+    Allowlist,
+}
+
+/// A repository or an owner, as the seeding lists name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One repository, canonical `OWNER/NAME`.
+    Repo(String),
+    /// Every repository of an owner (its `z6Mk...` id).
+    Owner(String),
+}
+
+impl Scope {
+    fn parse(s: &str) -> Result<Scope, NodeError> {
+        if let Ok(did) = Did::parse_any(s) {
+            return Ok(Scope::Owner(did.method_id()));
+        }
+        guts_git::names::RepoName::parse(s)
+            .map(|n| Scope::Repo(n.to_string()))
+            .map_err(|e| NodeError::Config(format!("{s:?} is neither a DID nor OWNER/NAME: {e}")))
+    }
+
+    fn covers(&self, repo: &guts_git::names::RepoName) -> bool {
+        match self {
+            Scope::Repo(r) => *r == repo.to_string(),
+            Scope::Owner(o) => o == repo.owner(),
+        }
+    }
 }
 
 /// The resolved rules.
@@ -81,6 +128,12 @@ pub struct Rules {
     pub alias_grace_secs: u64,
     /// Public URLs.
     pub public_urls: Vec<String>,
+    /// Which repositories the node takes from peers.
+    pub seed: SeedPolicy,
+    /// Seeded under [`SeedPolicy::Allowlist`].
+    pub seed_allow: Vec<Scope>,
+    /// Never created nor seeded.
+    pub block: Vec<Scope>,
     /// Where free space is measured.
     pub data_dir: PathBuf,
 }
@@ -110,6 +163,9 @@ impl Rules {
             max_owner_bytes: config.max_owner_bytes.unwrap_or(DEFAULT_MAX_OWNER_BYTES),
             min_free_bytes: config.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
             alias_grace_secs: config.alias_grace_secs.unwrap_or(DEFAULT_ALIAS_GRACE_SECS),
+            seed: config.seed.unwrap_or(SeedPolicy::All),
+            seed_allow: parse_scopes(&config.seed_allow)?,
+            block: parse_scopes(&config.block)?,
             public_urls: config.public_urls,
             data_dir: data_dir.to_owned(),
         })
@@ -155,6 +211,28 @@ impl Rules {
         }
     }
 
+    /// Refuse repositories or owners on the block list.
+    pub fn check_blocked(&self, repo: &guts_git::names::RepoName) -> Result<(), NodeError> {
+        if self.block.iter().any(|s| s.covers(repo)) {
+            return Err(NodeError::Forbidden(format!(
+                "{repo} is blocked on this node"
+            )));
+        }
+        Ok(())
+    }
+
+    /// May this node take `repo` from peers?
+    pub fn check_seed(&self, repo: &guts_git::names::RepoName) -> Result<(), NodeError> {
+        self.check_blocked(repo)?;
+        match self.seed {
+            SeedPolicy::All => Ok(()),
+            SeedPolicy::Allowlist if self.seed_allow.iter().any(|s| s.covers(repo)) => Ok(()),
+            SeedPolicy::Allowlist => Err(NodeError::Forbidden(format!(
+                "this node seeds only the repositories its operator lists, and not {repo}"
+            ))),
+        }
+    }
+
     /// Refuse writes when the data dir's file system is low on space.
     pub fn check_disk(&self) -> Result<(), NodeError> {
         match free_bytes(&self.data_dir) {
@@ -162,6 +240,10 @@ impl Rules {
             _ => Ok(()),
         }
     }
+}
+
+fn parse_scopes(list: &[String]) -> Result<Vec<Scope>, NodeError> {
+    list.iter().map(|s| Scope::parse(s)).collect()
 }
 
 /// Free bytes available to this process on `path`'s file system.

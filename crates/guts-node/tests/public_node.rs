@@ -367,3 +367,40 @@ fn listings_are_paginated() {
     }
     assert_eq!(seen, ["r1", "r2", "r3", "r4", "r5"]);
 }
+
+#[test]
+fn the_seeding_policy_decides_what_the_node_takes_from_peers() {
+    let tmp = TempDir::new().expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mallory = TestIdentity::from_seed("mallory", 0x6d);
+    std::fs::write(
+        data.join("config.toml"),
+        format!(
+            "[rules]\nseed = \"allowlist\"\nseed_allow = [\"{}/wanted\"]\nblock = [\"{}\"]\n",
+            test_identity().owner_id(),
+            mallory.key.did()
+        ),
+    )
+    .expect("config");
+    let node = common::p2p::peer_node(&data, None, false);
+    let seed = |owner: &str, name: &str| {
+        node.post_json(
+            &format!("/api/v1/repos/{owner}/{name}/seed"),
+            &serde_json::json!({}),
+        )
+    };
+    let resp = seed(&test_identity().owner_id(), "other");
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert!(resp.text().contains("seeds only"), "{}", resp.text());
+    let resp = seed(&mallory.owner_id(), "wanted");
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    // Listed: the node tries (and finds no peer holding it).
+    let resp = seed(&test_identity().owner_id(), "wanted");
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    // A blocked owner cannot create here either.
+    let doc = genesis_document(&mallory, "spam", &[]);
+    let resp = node.post_json("/api/v1/repos", &serde_json::json!({ "document": doc }));
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert!(resp.text().contains("blocked"), "{}", resp.text());
+}
