@@ -21,6 +21,26 @@ pub struct FileConfig {
     pub max_pack_bytes: Option<u64>,
     /// Maximum age of a push-certificate nonce, in seconds.
     pub push_cert_nonce_slop: Option<u64>,
+    /// Seconds to send complete request headers; 0: no limit.
+    pub header_read_timeout: Option<u64>,
+    /// Connections served at once, node-wide.
+    pub max_connections: Option<usize>,
+    /// Connections at once from one client address.
+    pub max_connections_per_client: Option<usize>,
+    /// Least bytes/s of a git request body or response; 0: no minimum.
+    pub min_transfer_rate: Option<u64>,
+    /// Seconds over which `min_transfer_rate` is averaged.
+    pub min_rate_window: Option<u64>,
+    /// Pushes processed at once.
+    pub max_concurrent_pushes: Option<usize>,
+    /// Pack generations (clones, fetches) at once.
+    pub max_concurrent_fetches: Option<usize>,
+    /// Seconds a push or fetch waits for a slot before a 503.
+    pub queue_timeout: Option<u64>,
+    /// Requests per second per client address; 0: no limit.
+    pub rate_limit: Option<u32>,
+    /// Requests per client address in a burst.
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl FileConfig {
@@ -52,6 +72,8 @@ pub struct Config {
     pub max_pack_bytes: u64,
     /// Maximum age of a push-certificate nonce, in seconds.
     pub push_cert_nonce_slop: u64,
+    /// Limits of the HTTP server.
+    pub http: crate::limits::HttpLimits,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

@@ -8,16 +8,19 @@
 
 mod body;
 mod client;
+mod clients;
 mod config;
 mod error;
 mod http;
 mod identity;
+mod limits;
 mod log;
 mod p2p;
 mod policy;
 mod replica;
 mod repos;
 mod rest;
+mod server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,7 +124,7 @@ struct RunArgs {
     /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
     #[arg(long, env = "GUTS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// TOML config file with `http_listen`, `max_pack_bytes` and `push_cert_nonce_slop` [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop` and the limits below (same names with `_`) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
     #[arg(long, env = "GUTS_CONFIG")]
     config: Option<PathBuf>,
     /// Largest pack a push may send, in bytes [default: 4 GiB].
@@ -148,6 +151,8 @@ struct RunArgs {
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +269,7 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             .push_cert_nonce_slop
             .or(file.push_cert_nonce_slop)
             .unwrap_or(policy::DEFAULT_NONCE_SLOP_SECS),
+        http: args.limits.resolve(&file)?,
         data_dir,
     })
 }
@@ -306,7 +312,12 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };
-        let state = Arc::new(http::AppState { repos, p2p });
+        let state = Arc::new(http::AppState {
+            repos,
+            p2p,
+            transfer: config.http.transfer,
+            slots: limits::WorkSlots::new(&config.http),
+        });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;
@@ -316,9 +327,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, &addr_file)?;
         tracing::info!(%addr, "serving git smart HTTP on http://{addr}/OWNER/NAME.git and the REST API on http://{addr}/api/v1");
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        server::serve(listener, http::router(state), &config.http, shutdown_signal()).await;
         let _ = std::fs::remove_file(&addr_file);
         tracing::info!("node stopped");
         Ok(())
