@@ -122,12 +122,29 @@ impl RateMeter {
     }
 }
 
-/// A request body as a stream of chunks, with the transfer limits applied.
+/// A request body as a stream of chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// `body` as a [`BodyStream`]; the I/O errors of a [`guarded_body`] (a
+/// client too slow) keep their kind.
+pub fn stream_of(body: Body) -> BodyStream {
+    Box::pin(body.into_data_stream().map(|chunk| {
+        chunk.map_err(|e| match e.into_inner().downcast::<io::Error>() {
+            Ok(io) => *io,
+            Err(other) => io::Error::other(other),
+        })
+    }))
+}
+
+/// `body` with the transfer limits applied, as a body again (the server
+/// applies this to every request).
+pub fn guarded(body: Body, limits: &TransferLimits) -> Body {
+    Body::from_stream(guarded_body(body, limits))
+}
 
 /// The request body as a [`BodyStream`] that fails with
 /// [`io::ErrorKind::TimedOut`] when the client is too slow.
-pub fn guarded_body(body: Body, limits: &TransferLimits) -> BodyStream {
+fn guarded_body(body: Body, limits: &TransferLimits) -> BodyStream {
     let stream = tokio_stream::StreamExt::timeout(body.into_data_stream(), limits.idle).map(
         |item| match item {
             Ok(chunk) => chunk.map_err(io::Error::other),
@@ -382,7 +399,7 @@ mod tests {
     }
 
     async fn read_all(body: Body, limits: TransferLimits) -> io::Result<Vec<u8>> {
-        let mut stream = guarded_body(body, &limits);
+        let mut stream = stream_of(guarded(body, &limits));
         let pre = prefetch(&mut stream, 4).await?;
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();

@@ -136,7 +136,7 @@ impl RateLimiter {
 
     fn refilled(&self, b: Bucket, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        (b.tokens + elapsed * f64::from(self.limit.per_sec)).min(f64::from(self.limit.burst))
+        (b.tokens + elapsed * self.limit.per_sec).min(f64::from(self.limit.burst))
     }
 
     /// Takes a token for a request from `ip`, or says how long to wait.
@@ -163,7 +163,7 @@ impl RateLimiter {
             };
             return Ok(());
         }
-        let wait = (1.0 - tokens) / f64::from(self.limit.per_sec);
+        let wait = (1.0 - tokens) / self.limit.per_sec;
         Err(NodeError::RateLimited {
             client: ip,
             retry_after: Duration::from_secs(wait.ceil().max(1.0) as u64),
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn a_burst_is_limited_then_refills() {
         let rl = RateLimiter::new(RateLimit {
-            per_sec: 2,
+            per_sec: 2.0,
             burst: 3,
         });
         let t0 = Instant::now();
@@ -262,7 +262,7 @@ mod tests {
     fn the_table_stays_bounded() {
         let rl = RateLimiter::with_capacity(
             RateLimit {
-                per_sec: 1,
+                per_sec: 1.0,
                 burst: 10,
             },
             100,

@@ -38,7 +38,7 @@ pub struct FileConfig {
     /// Seconds a push or fetch waits for a slot before a 503.
     pub queue_timeout: Option<u64>,
     /// Requests per second per client address; 0: no limit.
-    pub rate_limit: Option<u32>,
+    pub rate_limit: Option<f64>,
     /// Requests per client address in a burst.
     pub rate_limit_burst: Option<u32>,
 }

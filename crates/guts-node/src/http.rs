@@ -13,8 +13,7 @@ use guts_git::receive_pack::PushPolicy;
 use serde::Deserialize;
 
 use crate::body::{
-    blocking_reader, guarded_body, prefetch, response_channel, BodyStream, Prefetched,
-    TransferLimits,
+    blocking_reader, prefetch, response_channel, stream_of, BodyStream, Prefetched, TransferLimits,
 };
 use crate::error::{GitHttpError, NodeError};
 use crate::limits::{Work, WorkSlots, PREFETCH_BYTES, PROBE_BYTES};
@@ -27,7 +26,7 @@ pub struct AppState {
     pub repos: Arc<Repos>,
     /// Peer-to-peer replication, if enabled.
     pub p2p: Option<Arc<crate::p2p::P2p>>,
-    /// How slow a git client may be.
+    /// How slow a git client may be in reading a response.
     pub transfer: TransferLimits,
     /// Caps on concurrent pushes and pack generations.
     pub slots: WorkSlots,
@@ -155,11 +154,11 @@ async fn open(
     .map_err(|e| NodeError::Internal(e.to_string()))?
 }
 
-/// The request body with the transfer limits applied, and its first
-/// [`PREFETCH_BYTES`] read without a blocking thread: a client too slow to
-/// send them is refused before it waits for a work slot.
-async fn start_body(state: &Shared, body: Body) -> Result<(Prefetched, BodyStream), NodeError> {
-    let mut body = guarded_body(body, &state.transfer);
+/// The request body (the server applies the transfer limits to it) and its
+/// first [`PREFETCH_BYTES`], read without a blocking thread: a client too
+/// slow to send them is refused before it waits for a work slot.
+async fn start_body(body: Body) -> Result<(Prefetched, BodyStream), NodeError> {
+    let mut body = stream_of(body);
     match prefetch(&mut body, PREFETCH_BYTES).await {
         Ok(pre) => Ok((pre, body)),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -180,7 +179,7 @@ async fn upload_pack(
     let gzip = check_request(&headers, Service::UploadPack)?;
     let (name, repo) = open(&state, owner, name).await?;
     let version = protocol_version(&headers);
-    let (pre, body) = start_body(&state, body).await?;
+    let (pre, body) = start_body(body).await?;
     let permit = state.slots.acquire(Work::Fetch).await?;
     let (mut writer, out) = response_channel(&state.transfer);
     tokio::task::spawn_blocking(move || {
@@ -211,7 +210,7 @@ async fn receive_pack(
     let identity = tokio::task::spawn_blocking(move || r.identity(&n))
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))??;
-    let (pre, body) = start_body(&state, body).await?;
+    let (pre, body) = start_body(body).await?;
     // git's `0000` probe before a large push does no work: no slot for it.
     let permit = if pre.complete && pre.len <= PROBE_BYTES {
         None

@@ -21,8 +21,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Connections served at once from one client address (an IPv4 address or
 /// an IPv6 /64); more are refused with 503 and closed.
 pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 32;
-/// Least average rate, in bytes/s, at which a client must send a git
-/// request body or read a git response while the node waits for it.
+/// Least average rate, in bytes/s, at which a client must send a request
+/// body (git or REST) or read a git response while the node waits for it.
 pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 1024;
 /// Seconds of waiting over which [`DEFAULT_MIN_TRANSFER_RATE`] is averaged.
 pub const DEFAULT_MIN_RATE_WINDOW_SECS: u64 = 30;
@@ -30,9 +30,9 @@ pub const DEFAULT_MIN_RATE_WINDOW_SECS: u64 = 30;
 pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 30;
 /// Requests per second one client address may make, sustained (git and
 /// REST together).
-pub const DEFAULT_RATE_LIMIT: u32 = 20;
+pub const DEFAULT_RATE_LIMIT: f64 = 50.0;
 /// Requests one client address may make in a burst above the sustained rate.
-pub const DEFAULT_RATE_LIMIT_BURST: u32 = 100;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
 /// Client addresses the rate limiter remembers at most; idle ones are
 /// forgotten first.
 pub const MAX_TRACKED_CLIENTS: usize = 100_000;
@@ -69,7 +69,7 @@ pub struct LimitArgs {
     /// Most connections at once from one client address (IPv4 address or IPv6 /64); more are refused [default: 32].
     #[arg(long, env = "GUTS_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
     pub max_connections_per_client: Option<usize>,
-    /// Least average rate in bytes/s at which a client must send a git request body or read a git response; 0 turns it off [default: 1024].
+    /// Least average rate in bytes/s at which a client must send a request body (git or REST) or read a git response; 0 turns it off [default: 1024].
     #[arg(long, env = "GUTS_MIN_TRANSFER_RATE", value_name = "BYTES_PER_SEC")]
     pub min_transfer_rate: Option<u64>,
     /// Seconds of waiting for the client over which --min-transfer-rate is averaged [default: 30].
@@ -84,10 +84,10 @@ pub struct LimitArgs {
     /// Seconds a push or fetch waits for a free slot before it is refused with 503 and Retry-After [default: 30].
     #[arg(long, env = "GUTS_QUEUE_TIMEOUT", value_name = "SECS")]
     pub queue_timeout: Option<u64>,
-    /// Requests per second one client address may make (git and REST together); over it, 429 with Retry-After; 0 turns it off [default: 20].
+    /// Requests per second one client address may make, sustained (git and REST together; fractions allowed, e.g. 0.5); over it, 429 with Retry-After; 0 turns it off [default: 50].
     #[arg(long, env = "GUTS_RATE_LIMIT", value_name = "PER_SEC")]
-    pub rate_limit: Option<u32>,
-    /// Requests one client address may make at once above --rate-limit [default: 100].
+    pub rate_limit: Option<f64>,
+    /// Requests one client address may make at once above --rate-limit [default: 200].
     #[arg(long, env = "GUTS_RATE_LIMIT_BURST", value_name = "N")]
     pub rate_limit_burst: Option<u32>,
 }
@@ -96,7 +96,7 @@ pub struct LimitArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     /// Tokens added per second.
-    pub per_sec: u32,
+    pub per_sec: f64,
     /// Bucket size.
     pub burst: u32,
 }
@@ -173,7 +173,7 @@ impl LimitArgs {
                     .or(file.queue_timeout)
                     .unwrap_or(DEFAULT_QUEUE_TIMEOUT_SECS),
             ),
-            rate: (rate > 0).then(|| RateLimit {
+            rate: (rate > 0.0).then_some(RateLimit {
                 per_sec: rate,
                 burst: burst.max(1),
             }),
@@ -196,6 +196,13 @@ impl HttpLimits {
         ];
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(NodeError::Config(format!("{name} must be at least 1")));
+        }
+        if let Some(rate) = self.rate {
+            if !rate.per_sec.is_finite() {
+                return Err(NodeError::Config(
+                    "rate_limit must be a finite number".into(),
+                ));
+            }
         }
         if self.transfer.min_rate > 0 && self.transfer.window.is_zero() {
             return Err(NodeError::Config(

@@ -1,7 +1,8 @@
 //! The HTTP server's accept loop: hyper's HTTP/1.1 connection driver around
 //! the axum router, with the connection-level limits `axum::serve` lacks
-//! (a header-read timeout, connection counts per client and in all) and the
-//! per-client request rate, and graceful shutdown.
+//! (a header-read timeout, connection counts per client and in all), the
+//! per-client request rate and the minimum transfer rate of request bodies,
+//! and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::Service;
 
+use crate::body::{guarded, TransferLimits};
 use crate::clients::{ConnectionSlot, Connections, RateLimiter, Refused};
 use crate::error::{raw_http_answer, ApiError, GitHttpError, NodeError};
 use crate::limits::HttpLimits;
@@ -31,6 +33,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// What every connection task shares.
 struct Shared {
     router: Router,
+    transfer: TransferLimits,
     rate: Option<RateLimiter>,
     header_read_timeout: Option<Duration>,
 }
@@ -53,6 +56,7 @@ pub async fn serve(
     let conns = Connections::new(limits.max_connections, limits.max_connections_per_client);
     let shared = Arc::new(Shared {
         router,
+        transfer: limits.transfer,
         rate: limits.rate.map(RateLimiter::new),
         header_read_timeout: limits.header_read_timeout,
     });
@@ -167,7 +171,9 @@ impl Shared {
                 return refusal(req.uri().path(), e);
             }
         }
-        let mut req = req.map(Body::new);
+        // Every request body, git or REST, has the minimum rate and the
+        // idle timeout: a trickling client is dropped wherever it sends.
+        let mut req = req.map(|b| guarded(Body::new(b), &self.transfer));
         req.extensions_mut().insert(ConnectInfo(peer));
         let mut router = self.router.clone();
         match router.call(req).await {
