@@ -128,12 +128,24 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 /// `body` as a [`BodyStream`]; the I/O errors of a [`guarded_body`] (a
 /// client too slow) keep their kind.
 pub fn stream_of(body: Body) -> BodyStream {
-    Box::pin(body.into_data_stream().map(|chunk| {
-        chunk.map_err(|e| match e.into_inner().downcast::<io::Error>() {
-            Ok(io) => *io,
-            Err(other) => io::Error::other(other),
-        })
-    }))
+    Box::pin(body.into_data_stream().map(|chunk| chunk.map_err(into_io)))
+}
+
+/// The I/O error inside `e` (bodies wrap errors in `axum::Error`, possibly
+/// several times), else `e` as an I/O error.
+fn into_io(e: axum::Error) -> io::Error {
+    let mut inner = e.into_inner();
+    loop {
+        match inner.downcast::<axum::Error>() {
+            Ok(wrapped) => inner = wrapped.into_inner(),
+            Err(other) => {
+                return match other.downcast::<io::Error>() {
+                    Ok(io) => *io,
+                    Err(other) => io::Error::other(other),
+                }
+            }
+        }
+    }
 }
 
 /// `body` with the transfer limits applied, as a body again (the server

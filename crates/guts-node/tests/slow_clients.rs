@@ -116,15 +116,15 @@ fn client_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8))
 }
 
-/// Runs one slow client until the node closes its connection (true) or
-/// `wait` passes (false).
+/// Runs one slow client until the node closes its connection (`Some` of
+/// what the node sent before closing) or `wait` passes (`None`).
 async fn slow_client(
     ip: IpAddr,
     node: SocketAddr,
     kind: Slow,
     connected: Arc<AtomicUsize>,
     wait: Duration,
-) -> Result<bool, String> {
+) -> Result<Option<String>, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
         .bind(SocketAddr::new(ip, 0))
@@ -141,23 +141,23 @@ async fn slow_client(
     let trickle = !matches!(kind, Slow::Headers);
     let run = async move {
         let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(3));
         tick.tick().await;
         loop {
             tokio::select! {
                 read = rd.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                    Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
                 },
                 _ = tick.tick(), if trickle => {
-                    if wr.write_all(b"0").await.is_err() {
-                        return;
-                    }
+                    // A failed write means the node closed; the read says so.
+                    let _ = wr.write_all(b"0").await;
                 }
             }
         }
     };
-    Ok(tokio::time::timeout(wait, run).await.is_ok())
+    Ok(tokio::time::timeout(wait, run).await.ok())
 }
 
 #[test]
@@ -210,6 +210,7 @@ fn slow_clients_do_not_stop_git_or_rest() {
     let health = node.get("/api/v1/health");
     assert_eq!(health.status, 200, "health: {}", health.text());
     let finished = clients.iter().filter(|c| c.is_finished()).count();
+    // (Informational: they are normally all still connected here.)
     println!("slow clients closed by the time git and REST were done: {finished}/{CLIENTS}");
 
     // And the node closes every slow connection in the end.
@@ -220,11 +221,24 @@ fn slow_clients_do_not_stop_git_or_rest() {
         }
         out
     });
-    for (i, outcome) in outcomes.iter().enumerate() {
-        match outcome {
-            Ok(true) => {}
-            Ok(false) => panic!("slow client {i} ({:?}) was never closed", Slow::of(i)),
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let kind = Slow::of(i);
+        let answer = match outcome {
+            Ok(Some(answer)) => answer,
+            Ok(None) => panic!("slow client {i} ({kind:?}) was never closed"),
             Err(e) => panic!("slow client {i}: {e}"),
+        };
+        let status = answer.get(..12).unwrap_or("");
+        match kind {
+            Slow::Headers => assert_eq!(answer, "", "client {i}"),
+            Slow::GitBody => {
+                assert_eq!(status, "HTTP/1.1 408", "client {i}: {answer}");
+                assert!(
+                    answer.contains("less than 1024 bytes/s"),
+                    "client {i}: {answer}"
+                );
+            }
+            Slow::RestBody => assert!(status.starts_with("HTTP/1.1 4"), "client {i}: {answer}"),
         }
     }
     // The node still serves afterwards.
