@@ -24,6 +24,26 @@ pub struct FileConfig {
     /// Who may create repositories, quotas, public URLs (`[rules]`).
     #[serde(default)]
     pub rules: crate::rules::RulesConfig,
+    /// Seconds to send complete request headers; 0: no limit.
+    pub header_read_timeout: Option<u64>,
+    /// Connections served at once, node-wide.
+    pub max_connections: Option<usize>,
+    /// Connections at once from one client address.
+    pub max_connections_per_client: Option<usize>,
+    /// Least bytes/s of a git request body or response; 0: no minimum.
+    pub min_transfer_rate: Option<u64>,
+    /// Seconds over which `min_transfer_rate` is averaged.
+    pub min_rate_window: Option<u64>,
+    /// Pushes processed at once.
+    pub max_concurrent_pushes: Option<usize>,
+    /// Pack generations (clones, fetches) at once.
+    pub max_concurrent_fetches: Option<usize>,
+    /// Seconds a push or fetch waits for a slot before a 503.
+    pub queue_timeout: Option<u64>,
+    /// Requests per second per client address; 0: no limit.
+    pub rate_limit: Option<f64>,
+    /// Requests per client address in a burst.
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl FileConfig {
@@ -57,6 +77,8 @@ pub struct Config {
     pub push_cert_nonce_slop: u64,
     /// The `[rules]` table, with flags applied.
     pub rules: crate::rules::RulesConfig,
+    /// Limits of the HTTP server.
+    pub http: crate::limits::HttpLimits,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

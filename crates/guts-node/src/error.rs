@@ -2,7 +2,10 @@
 //! HTTP statuses ([`status_for`]), REST bodies ([`ApiError`]) and git
 //! messages ([`GitHttpError`], [`NodeError::into_git`]).
 
-use axum::http::StatusCode;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Errors of the node binary.
@@ -56,6 +59,28 @@ pub enum NodeError {
     /// Local I/O.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The client made more requests than its rate limit allows.
+    #[error("rate limit exceeded for {client}: retry after {} s", retry_after.as_secs())]
+    RateLimited {
+        /// The client's address.
+        client: IpAddr,
+        /// When a request will be accepted again.
+        retry_after: Duration,
+    },
+    /// Every slot for this kind of work stayed taken for the queue timeout.
+    #[error("too many concurrent {what} on this node; retry after {} s", retry_after.as_secs())]
+    Busy {
+        /// `pushes` or `fetches`.
+        what: &'static str,
+        /// A suggested wait.
+        retry_after: Duration,
+    },
+    /// The client has too many connections open, or the node has.
+    #[error("{0}")]
+    TooManyConnections(String),
+    /// The client sent its request too slowly.
+    #[error("{0}")]
+    TooSlow(String),
 }
 
 impl NodeError {
@@ -70,6 +95,37 @@ impl NodeError {
             }
             other => guts_git::Error::Metadata(other.to_string()),
         }
+    }
+
+    /// How long the client should wait before trying again, if the error
+    /// says so (the `Retry-After` header).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            NodeError::RateLimited { retry_after, .. } | NodeError::Busy { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            NodeError::TooManyConnections(_) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection should be closed after the answer.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            NodeError::TooSlow(_) | NodeError::TooManyConnections(_)
+        )
+    }
+
+    /// Whether the error is a client going over a limit (logged at debug
+    /// level only, so a flood does not flood the log).
+    fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            NodeError::RateLimited { .. }
+                | NodeError::TooManyConnections(_)
+                | NodeError::TooSlow(_)
+        )
     }
 }
 
@@ -106,6 +162,11 @@ pub fn status_for(e: &NodeError) -> StatusCode {
         NodeError::LowDisk(_) => StatusCode::INSUFFICIENT_STORAGE,
         NodeError::Conflict(_) | NodeError::P2pOff => StatusCode::CONFLICT,
         NodeError::Network(_) => StatusCode::BAD_GATEWAY,
+        NodeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        NodeError::Busy { .. } | NodeError::TooManyConnections(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        NodeError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
         NodeError::Internal(_) | NodeError::Config(_) | NodeError::Client(_) | NodeError::Io(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -124,7 +185,11 @@ impl<E: Into<NodeError>> From<E> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_for(&self.0);
-        if status.is_server_error() {
+        if self.0.is_limit() {
+            tracing::debug!(error = %self.0, "request refused");
+        } else if let NodeError::Busy { .. } = self.0 {
+            tracing::warn!(error = %self.0, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
         let mut resp = (
@@ -138,8 +203,40 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer realm=\"guts-node\""),
             );
         }
+        limit_headers(&self.0, &mut resp);
         resp
     }
+}
+
+/// `Retry-After` and `Connection: close` where the error asks for them.
+fn limit_headers(e: &NodeError, resp: &mut Response) {
+    if let Some(after) = e.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+    }
+    if e.closes_connection() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// A complete HTTP/1.1 answer for `e` as bytes, for refusing a connection
+/// without serving it (plain text, `Connection: close`).
+pub fn raw_http_answer(e: &NodeError) -> Vec<u8> {
+    let status = status_for(e);
+    let body = format!("{e}\n");
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some(after) = e.retry_after() {
+        head.push_str(&format!("Retry-After: {}\r\n", after.as_secs()));
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    head.into_bytes()
 }
 
 /// An error answered as `text/plain`, which git shows to the user as `remote: ...`.
@@ -160,19 +257,22 @@ impl IntoResponse for GitHttpError {
                 "repository {name} does not exist on this node; create it with `guts-node repo create {name}` (or POST /api/v1/repos) and try again"
             );
         }
-        if status.is_server_error() {
+        if self.0.is_limit() {
+            tracing::debug!(error = %msg, "git request refused");
+        } else if let NodeError::Busy { .. } = self.0 {
+            tracing::warn!(error = %msg, "git request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %msg, "git request failed");
         } else {
             tracing::info!(error = %msg, "git request refused");
         }
-        (
+        let mut resp = (
             status,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{msg}\n"),
         )
-            .into_response()
+            .into_response();
+        limit_headers(&self.0, &mut resp);
+        resp
     }
 }

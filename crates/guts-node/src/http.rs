@@ -12,8 +12,11 @@ use guts_git::protocol::{Service, Version};
 use guts_git::receive_pack::PushPolicy;
 use serde::Deserialize;
 
-use crate::body::{blocking_reader, response_channel};
+use crate::body::{
+    blocking_reader, prefetch, response_channel, stream_of, BodyStream, Prefetched, TransferLimits,
+};
 use crate::error::{GitHttpError, NodeError};
+use crate::limits::{Work, WorkSlots, PREFETCH_BYTES, PROBE_BYTES};
 use crate::policy::SignedPushPolicy;
 use crate::repos::Repos;
 
@@ -25,6 +28,10 @@ pub struct AppState {
     pub p2p: Option<Arc<crate::p2p::P2p>>,
     /// The operator's bearer token.
     pub token: crate::auth::OperatorToken,
+    /// How slow a git client may be in reading a response.
+    pub transfer: TransferLimits,
+    /// Caps on concurrent pushes and pack generations.
+    pub slots: WorkSlots,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -149,6 +156,22 @@ async fn open(
     .map_err(|e| NodeError::Internal(e.to_string()))?
 }
 
+/// The request body (the server applies the transfer limits to it) and its
+/// first [`PREFETCH_BYTES`], read without a blocking thread: a client too
+/// slow to send them is refused before it waits for a work slot.
+async fn start_body(body: Body) -> Result<(Prefetched, BodyStream), NodeError> {
+    let mut body = stream_of(body);
+    match prefetch(&mut body, PREFETCH_BYTES).await {
+        Ok(pre) => Ok((pre, body)),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(NodeError::TooSlow(e.to_string()))
+        }
+        Err(e) => Err(NodeError::Invalid(format!(
+            "reading the request failed: {e}"
+        ))),
+    }
+}
+
 async fn upload_pack(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
@@ -158,9 +181,12 @@ async fn upload_pack(
     let gzip = check_request(&headers, Service::UploadPack)?;
     let (name, repo) = open(&state, owner, name).await?;
     let version = protocol_version(&headers);
-    let (mut writer, out) = response_channel();
+    let (pre, body) = start_body(body).await?;
+    let permit = state.slots.acquire(Work::Fetch).await?;
+    let (mut writer, out) = response_channel(&state.transfer);
     tokio::task::spawn_blocking(move || {
-        let mut input = blocking_reader(body, gzip);
+        let _permit = permit;
+        let mut input = blocking_reader(pre, body, gzip);
         let started = std::time::Instant::now();
         match guts_git::upload_pack::upload_pack(&repo, version, &mut input, &mut writer) {
             Ok(()) => {
@@ -192,9 +218,17 @@ async fn receive_pack(
         tokio::task::spawn_blocking(move || r.identity(&n).map(|i| (i, r.push_room(&n))))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
-    let (mut writer, out) = response_channel();
+    let (pre, body) = start_body(body).await?;
+    // git's `0000` probe before a large push does no work: no slot for it.
+    let permit = if pre.complete && pre.len <= PROBE_BYTES {
+        None
+    } else {
+        Some(state.slots.acquire(Work::Push).await?)
+    };
+    let (mut writer, out) = response_channel(&state.transfer);
     tokio::task::spawn_blocking(move || {
-        let mut input = blocking_reader(body, gzip);
+        let _permit = permit;
+        let mut input = blocking_reader(pre, body, gzip);
         let mut opts = repos.receive_options();
         let refusal = match room {
             Ok(room) => {

@@ -9,10 +9,12 @@
 mod auth;
 mod body;
 mod client;
+mod clients;
 mod config;
 mod error;
 mod http;
 mod identity;
+mod limits;
 mod log;
 mod p2p;
 mod policy;
@@ -20,6 +22,7 @@ mod replica;
 mod repos;
 mod rest;
 mod rules;
+mod server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +46,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the node and serve git smart HTTP and the REST API until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage repositories on a running node (over its REST API).
     Repo {
         #[command(subcommand)]
@@ -123,7 +126,7 @@ struct RunArgs {
     /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
     #[arg(long, env = "GUTS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop` and a `[rules]` table (create policy, quotas, public URLs; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`) and a `[rules]` table (create policy, quotas, public URLs, seeding; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
     #[arg(long, env = "GUTS_CONFIG")]
     config: Option<PathBuf>,
     /// Largest pack a push may send, in bytes [default: 4 GiB].
@@ -163,6 +166,8 @@ struct RunArgs {
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,7 +235,7 @@ enum RepoAction {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Repo { action, client } => client::repo_command(action, &client),
         Command::Id { action, client } => client::id_command(action, &client),
         Command::Status { client } => client::status(&client),
@@ -279,6 +284,7 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             .push_cert_nonce_slop
             .or(file.push_cert_nonce_slop)
             .unwrap_or(policy::DEFAULT_NONCE_SLOP_SECS),
+        http: args.limits.resolve(&file)?,
         rules: rules_config(args, file.rules)?,
         data_dir,
     })
@@ -345,7 +351,13 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };
-        let state = Arc::new(http::AppState { repos, p2p, token });
+        let state = Arc::new(http::AppState {
+            repos,
+            p2p,
+            token,
+            transfer: config.http.transfer,
+            slots: limits::WorkSlots::new(&config.http),
+        });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;
@@ -355,9 +367,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, &addr_file)?;
         tracing::info!(%addr, "serving git smart HTTP on http://{addr}/OWNER/NAME.git and the REST API on http://{addr}/api/v1");
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        server::serve(listener, http::router(state), &config.http, shutdown_signal()).await;
         let _ = std::fs::remove_file(&addr_file);
         tracing::info!("node stopped");
         Ok(())
