@@ -217,6 +217,9 @@ pub fn require_operator_or_delegates(
             signed_action.action
         )));
     }
+    for did in &signers {
+        repos.charge(did)?;
+    }
     repos.check_nonce(repo, &signed_action.nonce)?;
     Ok(Caller::Delegates(signers))
 }

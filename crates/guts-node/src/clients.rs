@@ -113,17 +113,38 @@ struct Bucket {
     at: Instant,
 }
 
-/// A token bucket per client address, for at most `capacity` addresses.
-pub struct RateLimiter {
+/// A token bucket per key (a client address, or a DID), for at most
+/// `capacity` keys.
+pub struct RateLimiter<K = ClientKey> {
     limit: RateLimit,
     capacity: usize,
-    buckets: Mutex<HashMap<ClientKey, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
-    /// `limit` per client, remembering at most [`MAX_TRACKED_CLIENTS`].
+impl RateLimiter<ClientKey> {
+    /// Takes a token for a request from `ip`, or says how long to wait.
+    pub fn check(&self, ip: IpAddr) -> Result<(), NodeError> {
+        self.check_at(ip, Instant::now())
+    }
+
+    fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), NodeError> {
+        self.take_at(ClientKey::of(ip), now)
+            .map_err(|retry_after| NodeError::RateLimited {
+                client: ip.to_string(),
+                retry_after,
+            })
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
+    /// `limit` per key, remembering at most [`MAX_TRACKED_CLIENTS`].
     pub fn new(limit: RateLimit) -> Self {
         Self::with_capacity(limit, MAX_TRACKED_CLIENTS)
+    }
+
+    /// Takes a token for `key`, or says how long to wait.
+    pub fn take(&self, key: K) -> Result<(), Duration> {
+        self.take_at(key, Instant::now())
     }
 
     fn with_capacity(limit: RateLimit, capacity: usize) -> Self {
@@ -139,13 +160,7 @@ impl RateLimiter {
         (b.tokens + elapsed * self.limit.per_sec).min(f64::from(self.limit.burst))
     }
 
-    /// Takes a token for a request from `ip`, or says how long to wait.
-    pub fn check(&self, ip: IpAddr) -> Result<(), NodeError> {
-        self.check_at(ip, Instant::now())
-    }
-
-    fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), NodeError> {
-        let key = ClientKey::of(ip);
+    fn take_at(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut buckets = lock(&self.buckets);
         if !buckets.contains_key(&key) && buckets.len() >= self.capacity {
             self.evict(&mut buckets, now);
@@ -164,24 +179,21 @@ impl RateLimiter {
             return Ok(());
         }
         let wait = (1.0 - tokens) / self.limit.per_sec;
-        Err(NodeError::RateLimited {
-            client: ip,
-            retry_after: Duration::from_secs(wait.ceil().max(1.0) as u64),
-        })
+        Err(Duration::from_secs(wait.ceil().max(1.0) as u64))
     }
 
     /// Forgets clients whose bucket is full again (as if never seen); if
     /// that frees less than a tenth of the table, forgets arbitrary ones
     /// down to nine tenths, so a flood of addresses costs amortized O(1).
-    fn evict(&self, buckets: &mut HashMap<ClientKey, Bucket>, now: Instant) {
+    fn evict(&self, buckets: &mut HashMap<K, Bucket>, now: Instant) {
         let burst = f64::from(self.limit.burst);
         buckets.retain(|_, b| self.refilled(*b, now) < burst);
         let target = self.capacity - self.capacity / 10;
         if buckets.len() > target {
-            let extra: Vec<ClientKey> = buckets
+            let extra: Vec<K> = buckets
                 .keys()
                 .take(buckets.len() - target)
-                .copied()
+                .cloned()
                 .collect();
             for key in extra {
                 buckets.remove(&key);

@@ -2,7 +2,6 @@
 //! HTTP statuses ([`status_for`]), REST bodies ([`ApiError`]) and git
 //! messages ([`GitHttpError`], [`NodeError::into_git`]).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -62,8 +61,8 @@ pub enum NodeError {
     /// The client made more requests than its rate limit allows.
     #[error("rate limit exceeded for {client}: retry after {} s", retry_after.as_secs())]
     RateLimited {
-        /// The client's address.
-        client: IpAddr,
+        /// The client: its address, or the DID that signed.
+        client: String,
         /// When a request will be accepted again.
         retry_after: Duration,
     },

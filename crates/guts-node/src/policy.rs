@@ -149,6 +149,9 @@ impl PushPolicy for SignedPushPolicy<'_> {
             .and_then(PushCert::verify)
             .map_err(|e| e.to_string())?;
         guts_identity::update::authorize(&cert, &self.identity.doc).map_err(|e| e.to_string())?;
+        self.repos
+            .charge(&cert.signer())
+            .map_err(|e| e.to_string())?;
         let nonce = cert
             .nonce()
             .ok_or("push certificate refused: it carries no nonce")?;

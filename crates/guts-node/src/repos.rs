@@ -74,6 +74,7 @@ pub struct Repos {
     nonce_slop: u64,
     receive: ReceiveOptions,
     rules: Rules,
+    did_writes: crate::clients::RateLimiter<String>,
     locks: Vec<Mutex<()>>,
     events: broadcast::Sender<RepoEvent>,
 }
@@ -103,6 +104,7 @@ impl Repos {
             used_nonces,
             nonce_slop,
             receive,
+            did_writes: crate::clients::RateLimiter::new(rules.did_rate),
             rules,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             events,
@@ -170,6 +172,7 @@ impl Repos {
         let name = RepoName::new(&doc.owner().method_id(), &doc.body().name)?;
         self.rules.check_create(&doc.owner())?;
         self.rules.check_blocked(&name)?;
+        self.charge(&doc.owner())?;
         self.rules.check_disk()?;
         let owned = self
             .storage
@@ -277,6 +280,9 @@ impl Repos {
         document: &[u8],
     ) -> Result<Doc<Verified>, NodeError> {
         let _guard = self.lock(name);
+        if let Some(current) = self.identities.current(name)? {
+            self.charge(&current.doc.owner())?;
+        }
         let doc = self.identities.update(name, document)?;
         tracing::info!(repo = %name, version = doc.body().version, delegates = doc.delegates().len(), "identity document updated");
         Ok(doc)
@@ -348,6 +354,19 @@ impl Repos {
             ));
         }
         Ok(())
+    }
+
+    /// Count one write by `did` against its rate limit (`rules.did_rate_limit`).
+    pub fn charge(&self, did: &guts_identity::Did) -> Result<(), NodeError> {
+        if self.rules.did_rate.per_sec <= 0.0 {
+            return Ok(());
+        }
+        self.did_writes
+            .take(did.method_id())
+            .map_err(|retry_after| NodeError::RateLimited {
+                client: did.to_string(),
+                retry_after,
+            })
     }
 
     /// The node's rules (policies, quotas).

@@ -17,6 +17,11 @@ pub const DEFAULT_MAX_REPO_BYTES: u64 = 10 << 30;
 pub const DEFAULT_MAX_OWNER_BYTES: u64 = 20 << 30;
 /// Free bytes under which the node refuses new writes, by default (1 GiB).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
+/// Writes (creations, pushes, identity updates, signed actions) per second
+/// one DID may make, by default.
+pub const DEFAULT_DID_RATE: f64 = 1.0;
+/// Writes one DID may make in a burst, by default.
+pub const DEFAULT_DID_BURST: u32 = 60;
 /// How long a deleted repository's aliases stay reserved for its owner, by default (30 days).
 pub const DEFAULT_ALIAS_GRACE_SECS: u64 = 30 * 24 * 3600;
 
@@ -69,6 +74,10 @@ pub struct RulesConfig {
     /// Repositories or owner DIDs this node never creates nor seeds.
     #[serde(default)]
     pub block: Vec<String>,
+    /// Writes per second one DID may make (0: no limit).
+    pub did_rate_limit: Option<f64>,
+    /// Writes one DID may make in a burst.
+    pub did_rate_burst: Option<u32>,
 }
 
 /// Which repositories a node takes from peers (Radicle's "follow all" or
@@ -134,6 +143,8 @@ pub struct Rules {
     pub seed_allow: Vec<Scope>,
     /// Never created nor seeded.
     pub block: Vec<Scope>,
+    /// Writes per DID (`per_sec` 0: no limit).
+    pub did_rate: crate::limits::RateLimit,
     /// Where free space is measured.
     pub data_dir: PathBuf,
 }
@@ -166,6 +177,10 @@ impl Rules {
             seed: config.seed.unwrap_or(SeedPolicy::All),
             seed_allow: parse_scopes(&config.seed_allow)?,
             block: parse_scopes(&config.block)?,
+            did_rate: crate::limits::RateLimit {
+                per_sec: config.did_rate_limit.unwrap_or(DEFAULT_DID_RATE).max(0.0),
+                burst: config.did_rate_burst.unwrap_or(DEFAULT_DID_BURST).max(1),
+            },
             public_urls: config.public_urls,
             data_dir: data_dir.to_owned(),
         })

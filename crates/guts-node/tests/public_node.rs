@@ -404,3 +404,45 @@ fn the_seeding_policy_decides_what_the_node_takes_from_peers() {
     assert_eq!(resp.status, 403, "{}", resp.text());
     assert!(resp.text().contains("blocked"), "{}", resp.text());
 }
+
+#[test]
+fn one_did_is_rate_limited_and_recovers() {
+    let tmp = TempDir::new().expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(
+        data.join("config.toml"),
+        "[rules]\ndid_rate_limit = 0.5\ndid_rate_burst = 2\n",
+    )
+    .expect("config");
+    let node = Node::start_in(&data);
+    node.create_repo("alice", "r1");
+    node.create_repo("alice", "r2");
+    let doc = genesis_document(test_identity(), "r3", &["alice"]);
+    let resp = node.post_json("/api/v1/repos", &serde_json::json!({ "document": doc }));
+    assert_eq!(resp.status, 429, "{}", resp.text());
+    assert!(
+        resp.text().contains("rate limit exceeded for did:key:"),
+        "{}",
+        resp.text()
+    );
+    let wait: u64 = resp
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    // A push by the same DID meanwhile: git shows why.
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    let out = git_fail(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "r1"), "main"],
+    );
+    assert!(
+        stderr_of(&out).contains("rate limit exceeded"),
+        "{}",
+        stderr_of(&out)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(wait + 1));
+    let resp = node.post_json("/api/v1/repos", &serde_json::json!({ "document": doc }));
+    assert_eq!(resp.status, 201, "after Retry-After: {}", resp.text());
+}
