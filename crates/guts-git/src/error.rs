@@ -15,6 +15,15 @@ pub enum Error {
     /// A request exceeded one of the protocol limits in [`crate::limits`].
     #[error("request too large: {0}")]
     TooLarge(String),
+    /// A pushed or fetched pack would take more work than this node allows
+    /// (see [`crate::pack_in::PackLimits`]): it is refused before that work is done.
+    #[error("pack refused: {what}, over this node's limit of {limit}")]
+    Limit {
+        /// What was too big, with the amount found.
+        what: String,
+        /// The limit it broke.
+        limit: u64,
+    },
     /// Reading or writing a stream or file failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -109,7 +109,7 @@ pub fn receive(
         &repo.objects_dir(),
         &odb,
         &mut reader,
-        max_pack_bytes,
+        &crate::pack_in::PackLimits::for_max_pack_bytes(max_pack_bytes),
         &mut |_| {},
     );
     let kept = partial.settle(reader.into_inner(), received.is_ok());
