@@ -38,12 +38,47 @@ pub(super) fn classify(bundle: &gix_pack::Bundle, max_depth: u32) -> Result<Vec<
     for start in 0..by_offset.len() {
         resolve_kind(bundle, &by_offset, &mut known, &mut chain, start, max_depth)?;
     }
+    let mut keep: Vec<bool> = known
+        .iter()
+        .map(|k| k.is_some_and(|(kind, _)| kind != Kind::Blob))
+        .collect();
+    keep_first_chain(bundle, &by_offset, &mut keep, max_depth)?;
     Ok(by_offset
         .into_iter()
-        .zip(known)
-        .filter(|(_, k)| k.is_some_and(|(kind, _)| kind != Kind::Blob))
+        .zip(keep)
+        .filter(|(_, keep)| *keep)
         .map(|(e, _)| e)
         .collect())
+}
+
+/// Keep the pack's first entry and its bases too: gix-pack's delta tree is
+/// built by reading entry headers from the first entry on.
+fn keep_first_chain(
+    bundle: &gix_pack::Bundle,
+    by_offset: &[Entry],
+    keep: &mut [bool],
+    max_depth: u32,
+) -> Result<()> {
+    let mut at = 0;
+    for _ in 0..=max_depth {
+        let Some(&(offset, _)) = by_offset.get(at) else {
+            return Ok(());
+        };
+        if let Some(k) = keep.get_mut(at) {
+            *k = true;
+        }
+        match step(bundle, offset)? {
+            Step::Kind(_) => return Ok(()),
+            Step::Base(base) => at = position(by_offset, offset, base)?,
+        }
+    }
+    Err(too_deep(0, max_depth as usize + 1, max_depth))
+}
+
+fn position(by_offset: &[Entry], offset: u64, base: u64) -> Result<usize> {
+    by_offset
+        .binary_search_by_key(&base, |e| e.0)
+        .map_err(|_| Error::Pack(format!("delta at pack offset {offset} has no base")))
 }
 
 /// Set `known[start]` (kind and depth), walking down its chain until an
@@ -71,9 +106,7 @@ fn resolve_kind(
         if chain.len() > max_depth as usize {
             return Err(too_deep(offset, chain.len(), max_depth));
         }
-        at = by_offset
-            .binary_search_by_key(&base_offset, |e| e.0)
-            .map_err(|_| Error::Pack(format!("delta at pack offset {offset} has no base")))?;
+        at = position(by_offset, offset, base_offset)?;
     };
     if let Some(slot @ None) = known.get_mut(at) {
         *slot = Some((kind, depth));
