@@ -15,10 +15,10 @@
 //! ref is fully connected, without walking the history that was already there.
 //!
 //! The work a pack can ask for is bounded by [`PackLimits`]: as the bytes
-//! stream in, [`scan`] reads every entry's declared size (and each delta's
+//! stream in, `scan` reads every entry's declared size (and each delta's
 //! result size) and refuses the pack before a too-large object is inflated,
 //! before the pack's inflated total exceeds its budget, and before an
-//! offset-delta chain gets too deep. After indexing, [`connect`] learns each
+//! offset-delta chain gets too deep. After indexing, `connect` learns each
 //! object's kind from the pack's entry headers alone (a delta has its base's
 //! kind, resolved once per chain), checks chain depths again (ref-deltas
 //! included), and the connectivity check inflates only the commits, trees
@@ -202,7 +202,7 @@ impl Quarantine {
     /// Check that every object the pack references, and every one of `tips`,
     /// is in the pack or in `odb`. Errors name the first missing object.
     ///
-    /// Only commits, trees and tags are inflated, each once (see [`connect`]).
+    /// Only commits, trees and tags are inflated, each once (see the `connect` module).
     pub fn check_connectivity(&self, odb: &ObjectStore, tips: &[ObjectId]) -> Result<()> {
         let mut outside = match &self.bundle {
             Some(bundle) => connect::referenced_outside(bundle, &self.non_blobs, self.alloc_limit)?,

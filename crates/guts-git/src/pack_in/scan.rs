@@ -418,4 +418,63 @@ mod tests {
         assert!(parse_entry_header(&[0x51], 12).is_err());
         Ok(())
     }
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut w = gix_zlib::stream::deflate::Write::new(Vec::new(), gix_zlib::Compression::BEST);
+        assert!(w.write_all(data).and_then(|_| w.flush()).is_ok());
+        w.into_inner()
+    }
+
+    /// A blob of 40 bytes, an offset delta making 41 from it and a ref delta
+    /// making `result` bytes (no trailer: the scanner does not check it).
+    fn pack(result: u8) -> Vec<u8> {
+        let mut p = b"PACK\0\0\0\x02\0\0\0\x03".to_vec();
+        p.extend([0xb0 | 0x08, 0x02]); // blob, 40 bytes
+        p.extend(deflate(&[b'a'; 40]));
+        let delta = [40, 41, 1, b'b', 0x90, 40];
+        let distance = p.len() - 12;
+        assert!(distance < 0x80);
+        p.extend([0x60 | delta.len() as u8, distance as u8]);
+        p.extend(deflate(&delta));
+        let delta = [40, result, 0x90, 40];
+        p.push(0x70 | delta.len() as u8);
+        p.extend([7; 20]);
+        p.extend(deflate(&delta));
+        p
+    }
+
+    fn limits(max_object_bytes: u64) -> PackLimits {
+        PackLimits {
+            max_object_bytes,
+            ..PackLimits::DEFAULT
+        }
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_answer() -> Result<()> {
+        let p = pack(40);
+        let mut whole = Scanner::new(limits(100));
+        whole.feed(&p)?;
+        assert_eq!(whole.inflated(), 40 + (6 + 41) + (4 + 40));
+        assert_eq!(whole.depths, vec![0, 1, 1]);
+        let mut bytes = Scanner::new(limits(100));
+        for b in &p {
+            bytes.feed(std::slice::from_ref(b))?;
+        }
+        assert_eq!(bytes.inflated(), whole.inflated());
+        assert_eq!(bytes.state, State::Done);
+        Ok(())
+    }
+
+    #[test]
+    fn delta_result_over_the_limit_is_refused_byte_by_byte() {
+        let p = pack(100);
+        let mut s = Scanner::new(limits(99));
+        let err = p.iter().find_map(|b| s.feed(std::slice::from_ref(b)).err());
+        assert!(
+            matches!(&err, Some(Error::Limit { what, limit: 99 }) if what.contains("100 bytes")),
+            "{err:?}"
+        );
+    }
 }
