@@ -4,13 +4,18 @@ bounded memory and CPU.
 
 Three packs, each sent as a signed push (stock `git push`, with the pack that
 `git pack-objects` would have made replaced by the attack pack through a
-`git` wrapper first in PATH), each to a fresh repository:
+`git` wrapper in git's exec-path), each to a fresh repository:
 
 - delta bomb: a 1 MiB blob of zeros and two deltas on it that each make a
   512 MiB object (copy instructions), a pack of a few KB;
 - zlib bombs: four blobs of 500 MB of zeros, about 2 MB of pack;
 - deep chain: a blob and 60,000 offset deltas, each on the one before
-  (about 1.2 MB of pack).
+  (about 1.2 MB of pack);
+
+and, for the record, what a push costs at the limits: sixteen deltas each
+making an object of exactly the default object limit (100 MiB). They are
+within every limit, so the node indexes them all; the push is refused only
+afterwards (its tip is not in the pack).
 
 For each: refused or not (git's exit status, and whether the ref exists on
 the node afterwards), the node's message, the node's peak resident memory
@@ -18,12 +23,13 @@ above its idle level (VmHWM after resetting it through
 /proc/PID/clear_refs, or sampled VmRSS where that is not allowed), the
 node's CPU seconds (utime+stime from /proc/PID/stat) and the wall time.
 
-Usage: bench/bombs.py [--no-build]   (builds guts-node --release first;
-honours CARGO_TARGET_DIR). Stdlib only.
+Usage: bench/bombs.py [--no-build | --node-bin PATH]   (builds guts-node
+--release first; honours CARGO_TARGET_DIR). Stdlib only.
 """
 import argparse, glob, hashlib, os, shutil, stat, subprocess, threading, time, zlib
 
-from benchlib import NODE_BIN, Bench, build_node, sh
+import benchlib
+from benchlib import Bench, build_node, sh
 
 MIB = 1 << 20
 OFS_DELTA, BLOB = 6, 3
@@ -92,6 +98,19 @@ def delta_bomb():
     return p.finish()
 
 
+def limit_deltas(count=16, size=100 * MIB):
+    """Not an attack the node refuses up front: `count` deltas each making an
+    object of exactly the default object limit, to show what a push costs
+    at the limits (it is refused later, the pushed tip not being in it)."""
+    p = Pack()
+    base = p.obj(BLOB, bytes(MIB))
+    for i in range(count):
+        d = varint(MIB) + varint(size) + bytes([1, i]) + bytes([0xC0, 0x10]) * (size // MIB - 1)
+        d += bytes([0x80 | 0x10 | 0x20 | 0x40, 0xFF, 0xFF, 0x0F])  # the last MiB less one byte
+        p.ofs_delta(base, d)
+    return p.finish()
+
+
 def zeros_stream(n):
     """A zlib stream of n zero bytes, built from one repeated full-flush block
     (compressing 500 MB at level 9 would take seconds per blob)."""
@@ -155,10 +174,16 @@ def reset_hwm(pid):
 
 
 def git_wrapper(tmp):
-    """A directory holding a `git` that replaces pack-objects' output with $GUTS_BOMB_PACK."""
-    real = shutil.which("git")
-    d = os.path.join(tmp, "bin")
+    """A git exec-path whose `git` replaces pack-objects' output with
+    $GUTS_BOMB_PACK (git puts its exec-path first in PATH for the commands
+    it runs, so a wrapper must live there); the rest links to git's own."""
+    real_dir = subprocess.run(["git", "--exec-path"], stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    real = os.path.join(real_dir, "git")
+    d = os.path.join(tmp, "git-exec")
     os.makedirs(d)
+    for name in os.listdir(real_dir):
+        if name != "git":
+            os.symlink(os.path.join(real_dir, name), os.path.join(d, name))
     path = os.path.join(d, "git")
     with open(path, "w") as f:
         f.write(f"""#!/bin/sh
@@ -216,23 +241,27 @@ def attack(b, node, addr, work, env, name, pack_path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
+    ap.add_argument("--node-bin", help="run this guts-node binary (implies --no-build)")
     args = ap.parse_args()
-    if not args.no_build:
+    if args.node_bin:
+        benchlib.NODE_BIN = os.path.abspath(args.node_bin)
+    elif not args.no_build:
         build_node()
     b = Bench(fixture=False)
     try:
-        env = dict(b.env, PATH=git_wrapper(b.tmp) + os.pathsep + os.environ.get("PATH", ""))
+        env = dict(b.env, GIT_EXEC_PATH=git_wrapper(b.tmp))
         work = os.path.join(b.tmp, "work")
         sh("git", "init", "-q", "-b", "main", work, env=env)
         with open(os.path.join(work, "README"), "w") as f:
             f.write("bombs\n")
         sh("git", "-C", work, "add", "README", env=env)
         sh("git", "-C", work, "-c", "user.name=b", "-c", "user.email=b@example.com", "commit", "-qm", "one", env=env)
-        sh(NODE_BIN, "git-setup", "--repo", work, "--key", b.key, env=env)
+        sh(benchlib.NODE_BIN, "git-setup", "--repo", work, "--key", b.key, env=env)
         node, addr = b.start_node("guts")
         attacks = [("delta bomb (2 x 512 MiB results)", "deltas", delta_bomb),
                    ("zlib bombs (4 x 500 MB zeros)", "zeros", zlib_bombs),
-                   ("delta chain 60,000 deep", "chain", deep_chain)]
+                   ("delta chain 60,000 deep", "chain", deep_chain),
+                   ("(at the limits: 16 x 100 MiB deltas)", "limits", limit_deltas)]
         rows = []
         for label, name, make in attacks:
             path = os.path.join(b.tmp, f"{name}.pack")

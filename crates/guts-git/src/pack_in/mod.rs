@@ -166,12 +166,17 @@ impl Quarantine {
         odb: &ObjectStore,
     ) -> Result<gix_pack::bundle::write::Outcome> {
         let mut buffered = io::BufReader::with_capacity(64 * 1024, intake);
+        // Ref-delta bases are looked up in the store (thin packs); a pack of
+        // many ref-deltas on bases it holds itself misses every time, and a
+        // miss must not make the store look for new packs on disk.
+        let mut thin_bases = odb.handle().clone();
+        thin_bases.refresh_never();
         gix_pack::Bundle::write_to_directory(
             &mut buffered,
             Some(&self.dir),
             &mut gix_utils::progress::Discard,
             &AtomicBool::new(false),
-            Some(odb.handle().clone()),
+            Some(thin_bases),
             HASH,
             gix_pack::bundle::write::Options {
                 thread_limit: None,
