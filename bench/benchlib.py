@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 BUNDLE = os.path.join(SHARED, "fixtures", "ripgrep.bundle")
 REFSERVER = os.path.join(SHARED, "tools", "reference-server")
-NODE_BIN = os.path.join(ROOT, "target", "release", "guts-node")
+NODE_BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "guts-node")
 
 
 def sh(*args, cwd=None, env=None, check=True):
@@ -105,16 +105,17 @@ class Bench:
     """A scratch directory with a git environment, the fixture as a bare
     repository (`src`), and a signing identity (`key`, `owner`)."""
 
-    def __init__(self):
-        if not os.path.exists(BUNDLE):
+    def __init__(self, fixture=True):
+        if fixture and not os.path.exists(BUNDLE):
             print(f"SKIP: fixture missing at {BUNDLE}")
             sys.exit(0)
         self.tmp = tempfile.mkdtemp(prefix="guts-bench-")
         self.env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", HOME=self.tmp, GIT_TERMINAL_PROMPT="0")
         self.src = os.path.join(self.tmp, "src.git")
         sh("git", "init", "-q", "--bare", self.src, env=self.env)
-        sh("git", "-C", self.src, "fetch", "-q", BUNDLE, "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*",
-           env=self.env)
+        if fixture:
+            sh("git", "-C", self.src, "fetch", "-q", BUNDLE, "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*",
+               env=self.env)
         # The identity that owns the benchmark repositories and signs pushes.
         self.user = os.path.join(self.tmp, "user")
         self.key = os.path.join(self.user, "identity", "id_ed25519")

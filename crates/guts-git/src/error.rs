@@ -15,9 +15,18 @@ pub enum Error {
     /// A request exceeded one of the protocol limits in [`crate::limits`].
     #[error("request too large: {0}")]
     TooLarge(String),
+    /// A pushed or fetched pack would take more work than this node allows
+    /// (see [`crate::pack_in::PackLimits`]): it is refused before that work is done.
+    #[error("pack refused: {what}, over this node's limit of {limit}")]
+    Limit {
+        /// What was too big, with the amount found.
+        what: String,
+        /// The limit it broke.
+        limit: u64,
+    },
     /// Reading or writing a stream or file failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A repository name does not follow the `OWNER/NAME` rules.
     #[error("invalid repository name {name:?}: {reason}")]
     InvalidRepoName {
@@ -67,6 +76,9 @@ pub enum Error {
     /// (the node's signed-update log), e.g. an update already recorded.
     #[error("{0}")]
     Rejected(String),
+    /// This node's disk is full (ENOSPC while writing).
+    #[error("the node's disk is full (no space left on device); nothing was stored")]
+    DiskFull,
     /// An operation the protocol allows but this node does not implement.
     #[error("not supported by this server: {0}")]
     Unsupported(String),
@@ -82,8 +94,37 @@ impl From<sled::Error> for Error {
 }
 
 impl Error {
-    /// Wrap an error from gitoxide with a short context.
-    pub(crate) fn pack(context: &str, err: impl std::fmt::Display) -> Self {
+    /// Wrap an error from gitoxide with a short context; a full disk
+    /// anywhere in its causes is reported as [`Error::DiskFull`], not as a
+    /// bad pack.
+    pub(crate) fn pack(context: &str, err: impl std::error::Error + 'static) -> Self {
+        if is_disk_full(&err) {
+            return Error::DiskFull;
+        }
         Error::Pack(format!("{context}: {err}"))
+    }
+}
+
+/// Whether `err` or one of its causes is ENOSPC.
+pub fn is_disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        if is_disk_full(&e) {
+            Error::DiskFull
+        } else {
+            Error::Io(e)
+        }
     }
 }

@@ -44,6 +44,7 @@ impl FetchError {
             | Error::NotConnected { .. }
             | Error::CorruptObject { .. }
             | Error::MissingObject(_)
+            | Error::Limit { .. }
             | Error::Unsupported(_) => FetchError::Invalid(e),
             other => FetchError::Local(other),
         }
@@ -118,7 +119,7 @@ pub fn receive(
         &repo.objects_dir(),
         &odb,
         &mut reader,
-        max_pack_bytes,
+        &crate::pack_in::PackLimits::for_max_pack_bytes(max_pack_bytes),
         &mut |_| {},
     );
     let kept = partial.settle(reader.into_inner(), received.is_ok());

@@ -37,6 +37,7 @@ impl PushPolicy for Open {
 
 const OPTS: ReceiveOptions = ReceiveOptions {
     max_pack_bytes: 1 << 30,
+    ..ReceiveOptions::DEFAULT
 };
 
 fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {

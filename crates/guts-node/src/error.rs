@@ -140,8 +140,9 @@ pub fn status_for(e: &NodeError) -> StatusCode {
             | G::NotConnected { .. } => StatusCode::BAD_REQUEST,
             G::RepoNotFound(_) => StatusCode::NOT_FOUND,
             G::RepoExists(_) | G::Rejected(_) => StatusCode::CONFLICT,
-            G::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            G::TooLarge(_) | G::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             G::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            G::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             G::Io(_)
             | G::MissingObject(_)
             | G::CorruptObject { .. }

@@ -232,7 +232,12 @@ async fn receive_pack(
         let mut opts = repos.receive_options();
         let refusal = match room {
             Ok(room) => {
+                // The quota left bounds the pack and, through it, the
+                // bytes its objects may inflate to.
                 opts.max_pack_bytes = opts.max_pack_bytes.min(room);
+                opts.max_inflated_bytes = opts
+                    .max_inflated_bytes
+                    .min(guts_git::limits::inflated_budget(room));
                 None
             }
             Err(e) => Some(e.to_string()),

@@ -327,9 +327,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     let repos = repos::Repos::open(
         storage,
         config.push_cert_nonce_slop,
-        ReceiveOptions {
-            max_pack_bytes: config.max_pack_bytes,
-        },
+        ReceiveOptions::for_max_pack_bytes(config.max_pack_bytes),
         rules,
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -446,3 +446,60 @@ fn one_did_is_rate_limited_and_recovers() {
     let resp = node.post_json("/api/v1/repos", &serde_json::json!({ "document": doc }));
     assert_eq!(resp.status, 201, "after Retry-After: {}", resp.text());
 }
+
+/// A node whose `repos/` is a small tmpfs (in a user and mount namespace of
+/// its own): a push larger than the free space fills the disk.
+#[test]
+fn a_full_disk_is_reported_as_such_and_changes_nothing() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-Urm", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: unshare -Urm is not available here (no user namespaces)");
+        return;
+    }
+    let tmp = TempDir::new().expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("repos")).expect("data dir");
+    std::fs::write(data.join("config.toml"), "[rules]\nmin_free_bytes = 0\n").expect("config");
+    let script = "mount -t tmpfs -o size=3m tmpfs \"$0/repos\" && exec \"$@\"";
+    let data_str = data.to_str().expect("utf-8");
+    let node = Node::start_under(
+        &data,
+        &["unshare", "-Urm", "sh", "-c", script, data_str],
+        &[],
+    );
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+    let before = snapshot(&node, "alice", "demo");
+    commit_file(
+        &work,
+        "big.txt",
+        &letters(6_000_000, 3),
+        "too big for the disk",
+    );
+    let out = git_fail(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+    let err = stderr_of(&out);
+    assert!(err.contains("disk is full"), "{err}");
+    assert!(!err.contains("invalid pack"), "{err}");
+    assert_eq!(snapshot(&node, "alice", "demo"), before, "nothing changed");
+    // Reads go on.
+    let clone = tmp.path().join("clone");
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &node.repo_url("alice", "demo"),
+            clone.to_str().expect("utf-8"),
+        ],
+    );
+}

@@ -22,16 +22,58 @@ mod request;
 use crate::error::{Error, Result};
 use crate::names::check_ref_name;
 use crate::odb::ObjectStore;
-use crate::pack_in::{self, Quarantine};
+use crate::pack_in::{self, PackLimits, Quarantine};
 use crate::pktline::{PktReader, PktWriter, SideBand, SideBandMode};
 use crate::storage::{RefRejection, RefUpdate, Repo};
 use crate::walk::is_ancestor;
 
-/// Node-wide settings for pushes.
-#[derive(Debug, Clone, Copy)]
+/// Node-wide settings for pushes: the bounds on the work one push may ask
+/// for (see [`PackLimits`] and [`crate::limits`] for the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiveOptions {
     /// Largest pack accepted, in bytes.
     pub max_pack_bytes: u64,
+    /// Largest object accepted: its inflated size, or the size of the object
+    /// a delta makes ([`crate::limits::DEFAULT_MAX_OBJECT_BYTES`]).
+    pub max_object_bytes: u64,
+    /// Most bytes a pack may inflate to, delta results included
+    /// ([`crate::limits::inflated_budget`] of `max_pack_bytes`).
+    pub max_inflated_bytes: u64,
+    /// Deepest delta chain accepted ([`crate::limits::DEFAULT_MAX_DELTA_DEPTH`]).
+    pub max_delta_depth: u32,
+}
+
+impl ReceiveOptions {
+    /// The defaults of [`crate::limits`].
+    pub const DEFAULT: ReceiveOptions =
+        ReceiveOptions::for_max_pack_bytes(crate::limits::DEFAULT_MAX_PACK_BYTES);
+
+    /// The defaults for a node whose pack size limit is `max_pack_bytes`.
+    pub const fn for_max_pack_bytes(max_pack_bytes: u64) -> Self {
+        let l = PackLimits::for_max_pack_bytes(max_pack_bytes);
+        ReceiveOptions {
+            max_pack_bytes: l.max_pack_bytes,
+            max_object_bytes: l.max_object_bytes,
+            max_inflated_bytes: l.max_inflated_bytes,
+            max_delta_depth: l.max_delta_depth,
+        }
+    }
+
+    /// The limits a received pack is held to.
+    pub fn pack_limits(&self) -> PackLimits {
+        PackLimits {
+            max_pack_bytes: self.max_pack_bytes,
+            max_object_bytes: self.max_object_bytes,
+            max_inflated_bytes: self.max_inflated_bytes,
+            max_delta_depth: self.max_delta_depth,
+        }
+    }
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions::DEFAULT
+    }
 }
 
 /// One `old new ref` command as sent by the client.
@@ -190,8 +232,10 @@ pub fn receive_pack<P: PushPolicy + ?Sized>(
                 Error::Pack(_)
                 | Error::NotConnected { .. }
                 | Error::TooLarge(_)
+                | Error::Limit { .. }
                 | Error::CorruptObject { .. } => "unpacker error",
                 Error::Unsupported(_) => "not supported by this node",
+                Error::DiskFull => "the node's disk is full",
                 _ => "server error",
             };
             let results = push
@@ -309,7 +353,7 @@ fn receive_objects(
             &repo.objects_dir(),
             odb,
             input,
-            opts.max_pack_bytes,
+            &opts.pack_limits(),
             &mut report,
         )?
     };

@@ -68,6 +68,12 @@ impl Node {
 
     /// Like [`Node::start_in`] with extra `run` flags.
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Node {
+        Node::start_under(data_dir, &[], extra_args)
+    }
+
+    /// Like [`Node::start_with`], the node's command line prefixed by
+    /// `wrapper` (e.g. `unshare ... sh -c '...; exec "$@"' sh`).
+    pub fn start_under(data_dir: &Path, wrapper: &[&str], extra_args: &[&str]) -> Node {
         let addr_file = data_dir.join("http.addr");
         // A previous node on the same data dir leaves a stale address behind.
         match fs::remove_file(&addr_file) {
@@ -78,7 +84,15 @@ impl Node {
         let log_dir = TempDir::new().expect("create log dir");
         let log_path = log_dir.path().join("node.log");
         let log = fs::File::create(&log_path).expect("create node log");
-        let child = Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_guts-node"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_guts-node")),
+        };
+        let child = command
             .arg("run")
             .arg("--data-dir")
             .arg(data_dir)

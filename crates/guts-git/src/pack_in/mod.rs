@@ -13,8 +13,20 @@
 //! object it references is in the new pack or already stored, and every new
 //! ref tip is in one of the two. By induction the store stays closed, so every
 //! ref is fully connected, without walking the history that was already there.
+//!
+//! The work a pack can ask for is bounded by [`PackLimits`]: as the bytes
+//! stream in, `scan` reads every entry's declared size (and each delta's
+//! result size) and refuses the pack before a too-large object is inflated,
+//! before the pack's inflated total exceeds its budget, and before an
+//! offset-delta chain gets too deep. After indexing, `connect` learns each
+//! object's kind from the pack's entry headers alone (a delta has its base's
+//! kind, resolved once per chain), checks chain depths again (ref-deltas
+//! included), and the connectivity check inflates only the commits, trees
+//! and tags, each once, walking their delta trees: blobs need only exist.
 
-use std::collections::HashSet;
+mod connect;
+mod scan;
+
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -23,7 +35,45 @@ use std::sync::Arc;
 use gix_hash::ObjectId;
 
 use crate::error::{Error, Result};
-use crate::odb::{for_each_tree_entry, parse_commit, tag_target, ObjectStore, HASH};
+use crate::limits;
+use crate::odb::{ObjectStore, HASH};
+
+/// Bounds on the work one received pack may ask of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackLimits {
+    /// Largest pack, in bytes as received.
+    pub max_pack_bytes: u64,
+    /// Largest object: an entry's inflated size, or the size of the object a
+    /// delta makes ([`limits::DEFAULT_MAX_OBJECT_BYTES`]).
+    pub max_object_bytes: u64,
+    /// Most bytes the pack may inflate to: every entry's inflated size plus
+    /// each delta's result ([`limits::DEFAULT_MAX_INFLATED_BYTES`]).
+    pub max_inflated_bytes: u64,
+    /// Deepest delta chain ([`limits::DEFAULT_MAX_DELTA_DEPTH`]).
+    pub max_delta_depth: u32,
+}
+
+impl PackLimits {
+    /// The defaults of [`crate::limits`].
+    pub const DEFAULT: PackLimits = PackLimits::for_max_pack_bytes(limits::DEFAULT_MAX_PACK_BYTES);
+
+    /// The default limits for a node whose pack size limit is `max_pack_bytes`
+    /// (the inflated budget follows it, see [`limits::inflated_budget`]).
+    pub const fn for_max_pack_bytes(max_pack_bytes: u64) -> Self {
+        PackLimits {
+            max_pack_bytes,
+            max_object_bytes: limits::DEFAULT_MAX_OBJECT_BYTES,
+            max_inflated_bytes: limits::inflated_budget(max_pack_bytes),
+            max_delta_depth: limits::DEFAULT_MAX_DELTA_DEPTH,
+        }
+    }
+}
+
+impl Default for PackLimits {
+    fn default() -> Self {
+        PackLimits::DEFAULT
+    }
+}
 
 /// A pushed pack, indexed and waiting in quarantine.
 pub struct Quarantine {
@@ -31,19 +81,25 @@ pub struct Quarantine {
     bundle: Option<Arc<gix_pack::Bundle>>,
     pack_path: Option<PathBuf>,
     index_path: Option<PathBuf>,
+    /// The pack's commits, trees and tags (pack offset, index position).
+    non_blobs: Vec<connect::Entry>,
+    alloc_limit: Option<usize>,
     /// Objects in the pack, bases appended for a thin pack included.
     pub objects: u32,
     /// Bytes read from the client.
     pub bytes_received: u64,
+    /// What the pack inflates to (entries and delta results), as declared.
+    pub bytes_inflated: u64,
 }
 
-/// Read a pack from `input` (at most `max_bytes`) into a new quarantine
-/// directory under `objects_dir`. Bases for thin-pack deltas come from `odb`.
+/// Read a pack from `input` into a new quarantine directory under
+/// `objects_dir`, within `limits`. Bases for thin-pack deltas come from `odb`.
+/// On error nothing is left behind.
 pub fn receive(
     objects_dir: &Path,
     odb: &ObjectStore,
     input: &mut dyn BufRead,
-    max_bytes: u64,
+    limits: &PackLimits,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Quarantine> {
     let dir = objects_dir.join(format!(
@@ -60,56 +116,79 @@ pub fn receive(
         bundle: None,
         pack_path: None,
         index_path: None,
+        non_blobs: Vec::new(),
+        alloc_limit: Some(usize::try_from(limits.max_object_bytes).unwrap_or(usize::MAX)),
         objects: 0,
         bytes_received: 0,
+        bytes_inflated: 0,
     };
-    let mut limited = LimitedReader {
+    let mut intake = Intake {
         inner: input,
-        remaining: max_bytes,
-        limit: max_bytes,
+        remaining: limits.max_pack_bytes,
         read: 0,
         progress,
         next_report: PROGRESS_EVERY,
+        scanner: scan::Scanner::new(*limits),
+        refusal: None,
     };
-    let mut buffered = io::BufReader::with_capacity(64 * 1024, &mut limited);
-    let outcome = gix_pack::Bundle::write_to_directory(
-        &mut buffered,
-        Some(&q.dir),
-        &mut gix_utils::progress::Discard,
-        &AtomicBool::new(false),
-        Some(odb.handle().clone()),
-        HASH,
-        gix_pack::bundle::write::Options {
-            thread_limit: None,
-            iteration_mode: gix_pack::data::input::Mode::Verify,
-            index_version: gix_pack::index::Version::V2,
-            alloc_limit_bytes: Some(crate::limits::MAX_OBJECT_BYTES),
-            compression: gix_zlib::Compression::BEST_SPEED,
-        },
-    );
-    drop(buffered);
-    q.bytes_received = limited.read;
-    if limited.remaining == 0 && limited.hit_limit() {
+    let outcome = q.index(&mut intake, odb);
+    q.bytes_received = intake.read;
+    q.bytes_inflated = intake.scanner.inflated();
+    if let Some(refusal) = intake.refusal.take() {
+        return Err(refusal);
+    }
+    if intake.read >= limits.max_pack_bytes {
         return Err(Error::TooLarge(format!(
-            "pack exceeds this node's limit of {max_bytes} bytes"
+            "pack exceeds this node's limit of {} bytes",
+            limits.max_pack_bytes
         )));
     }
-    let outcome = outcome.map_err(|e| Error::pack("invalid pack", e))?;
+    let outcome = outcome?;
     q.objects = outcome.index.num_objects;
     q.pack_path = outcome.data_path;
     q.index_path = outcome.index_path;
     if let Some(idx) = &q.index_path {
         if q.objects > 0 {
-            q.bundle = Some(Arc::new(
-                gix_pack::Bundle::at(idx, HASH)
-                    .map_err(|e| Error::pack("opening received pack", e))?,
-            ));
+            let bundle = gix_pack::Bundle::at(idx, HASH)
+                .map_err(|e| Error::pack("opening received pack", e))?;
+            q.non_blobs = connect::classify(&bundle, limits.max_delta_depth)?;
+            q.bundle = Some(Arc::new(bundle));
         }
     }
     Ok(q)
 }
 
 impl Quarantine {
+    /// Stream the pack from `intake` into the quarantine and index it.
+    fn index(
+        &self,
+        intake: &mut Intake<'_>,
+        odb: &ObjectStore,
+    ) -> Result<gix_pack::bundle::write::Outcome> {
+        let mut buffered = io::BufReader::with_capacity(64 * 1024, intake);
+        // Ref-delta bases are looked up in the store (thin packs); a pack of
+        // many ref-deltas on bases it holds itself misses every time, and a
+        // miss must not make the store look for new packs on disk.
+        let mut thin_bases = odb.handle().clone();
+        thin_bases.refresh_never();
+        gix_pack::Bundle::write_to_directory(
+            &mut buffered,
+            Some(&self.dir),
+            &mut gix_utils::progress::Discard,
+            &AtomicBool::new(false),
+            Some(thin_bases),
+            HASH,
+            gix_pack::bundle::write::Options {
+                thread_limit: None,
+                iteration_mode: gix_pack::data::input::Mode::Verify,
+                index_version: gix_pack::index::Version::V2,
+                alloc_limit_bytes: self.alloc_limit,
+                compression: gix_zlib::Compression::BEST_SPEED,
+            },
+        )
+        .map_err(|e| Error::pack("invalid pack", e))
+    }
+
     /// A view of `odb` that also sees the quarantined objects.
     pub fn overlay(&self, odb: &ObjectStore) -> ObjectStore {
         match &self.bundle {
@@ -127,34 +206,13 @@ impl Quarantine {
 
     /// Check that every object the pack references, and every one of `tips`,
     /// is in the pack or in `odb`. Errors name the first missing object.
+    ///
+    /// Only commits, trees and tags are inflated, each once (see the `connect` module).
     pub fn check_connectivity(&self, odb: &ObjectStore, tips: &[ObjectId]) -> Result<()> {
-        let mut outside: HashSet<ObjectId> = HashSet::new();
-        if let Some(bundle) = &self.bundle {
-            let mut buf = Vec::new();
-            let mut inflate = gix_zlib::Inflate::default();
-            let mut cache = gix_pack::cache::lru::StaticLinkedList::<64>::default();
-            for idx in 0..bundle.index.num_objects() {
-                let id = bundle.index.oid_at_index(idx).to_owned();
-                let (data, _) = bundle
-                    .get_object_by_index(idx, &mut buf, &mut inflate, &mut cache)
-                    .map_err(|e| Error::pack("decoding received object", e))?;
-                let mut note = |r: ObjectId| {
-                    if bundle.index.lookup(r).is_none() {
-                        outside.insert(r);
-                    }
-                };
-                match data.kind {
-                    gix_object::Kind::Commit => {
-                        let info = parse_commit(&id, data.data)?;
-                        note(info.tree);
-                        info.parents.into_iter().for_each(&mut note);
-                    }
-                    gix_object::Kind::Tree => for_each_tree_entry(&id, data.data, |e, _| note(e))?,
-                    gix_object::Kind::Tag => note(tag_target(&id, data.data)?),
-                    gix_object::Kind::Blob => {}
-                }
-            }
-        }
+        let mut outside = match &self.bundle {
+            Some(bundle) => connect::referenced_outside(bundle, &self.non_blobs, self.alloc_limit)?,
+            None => Default::default(),
+        };
         for tip in tips {
             if !self.contains(tip) {
                 outside.insert(*tip);
@@ -206,23 +264,25 @@ impl Drop for Quarantine {
 /// Report receive progress every this many bytes.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 
-struct LimitedReader<'a> {
+/// The request body on its way to gix-pack: counted against the pack size
+/// limit, reported, and checked by the [`scan::Scanner`] before gix-pack
+/// sees a byte of it.
+struct Intake<'a> {
     inner: &'a mut dyn BufRead,
     remaining: u64,
-    limit: u64,
     read: u64,
     progress: &'a mut dyn FnMut(u64),
     next_report: u64,
+    scanner: scan::Scanner,
+    /// Why the scanner refused the pack; gix-pack only sees an I/O error.
+    refusal: Option<Error>,
 }
 
-impl LimitedReader<'_> {
-    fn hit_limit(&self) -> bool {
-        self.read >= self.limit
-    }
-}
-
-impl Read for LimitedReader<'_> {
+impl Read for Intake<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.refusal.is_some() {
+            return Err(io::Error::other("pack refused"));
+        }
         if self.remaining == 0 {
             return Err(io::Error::other("pack size limit exceeded"));
         }
@@ -230,6 +290,10 @@ impl Read for LimitedReader<'_> {
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
+        if let Err(e) = self.scanner.feed(&buf[..n]) {
+            self.refusal = Some(e);
+            return Err(io::Error::other("pack refused"));
+        }
         self.remaining -= n as u64;
         self.read += n as u64;
         if self.read >= self.next_report {
