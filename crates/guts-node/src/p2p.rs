@@ -154,9 +154,26 @@ async fn announce_pushes(
     loop {
         let (repo, id, update) = match events.recv().await {
             Ok(RepoEvent::Pushed {
-                repo, id, update, ..
-            }) => (repo, id, update),
-            Ok(_) => continue,
+                repo,
+                id,
+                update,
+                seq,
+            }) => {
+                tracing::debug!(%repo, seq, "announcing a pushed update");
+                (repo, id, update)
+            }
+            Ok(RepoEvent::RefsMoved {
+                repo,
+                moves,
+                replicated,
+            }) => {
+                if replicated {
+                    for (name, old, new) in moves {
+                        tracing::info!(%repo, r#ref = %name, ?old, ?new, "ref moved by a replicated update");
+                    }
+                }
+                continue;
+            }
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,

@@ -40,7 +40,6 @@ const EVENT_BUFFER: usize = 1024;
 
 /// Something that happened to a repository.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // `seq` and `RefsMoved` are for the event stream and metrics subscribers
 pub enum RepoEvent {
     /// A push to this node was accepted and logged.
     Pushed {
