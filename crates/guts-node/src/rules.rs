@@ -9,8 +9,11 @@ use serde::Deserialize;
 
 use crate::error::NodeError;
 
-/// Repositories one owner may have on a node, by default.
+/// Repositories one owner may have on a public node, by default.
 pub const DEFAULT_MAX_REPOS_PER_OWNER: u64 = 100;
+/// Repositories one owner may have on a personal node (HTTP on loopback
+/// only), by default.
+pub const DEFAULT_MAX_REPOS_PER_OWNER_LOCAL: u64 = 10_000;
 /// Bytes of packs one repository may hold, by default (10 GiB).
 pub const DEFAULT_MAX_REPO_BYTES: u64 = 10 << 30;
 /// Bytes of packs all of one owner's repositories may hold, by default (20 GiB).
@@ -18,7 +21,8 @@ pub const DEFAULT_MAX_OWNER_BYTES: u64 = 20 << 30;
 /// Free bytes under which the node refuses new writes, by default (1 GiB).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
 /// Writes (creations, pushes, identity updates, signed actions) per second
-/// one DID may make, by default.
+/// one DID may make on a public node, by default (a personal node, HTTP on
+/// loopback only, has no per-DID limit unless configured).
 pub const DEFAULT_DID_RATE: f64 = 1.0;
 /// Writes one DID may make in a burst, by default.
 pub const DEFAULT_DID_BURST: u32 = 60;
@@ -167,9 +171,11 @@ impl Rules {
         Ok(Rules {
             create: config.create.unwrap_or(default_create),
             create_allow,
-            max_repos_per_owner: config
-                .max_repos_per_owner
-                .unwrap_or(DEFAULT_MAX_REPOS_PER_OWNER),
+            max_repos_per_owner: config.max_repos_per_owner.unwrap_or(if public {
+                DEFAULT_MAX_REPOS_PER_OWNER
+            } else {
+                DEFAULT_MAX_REPOS_PER_OWNER_LOCAL
+            }),
             max_repo_bytes: config.max_repo_bytes.unwrap_or(DEFAULT_MAX_REPO_BYTES),
             max_owner_bytes: config.max_owner_bytes.unwrap_or(DEFAULT_MAX_OWNER_BYTES),
             min_free_bytes: config.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
@@ -178,7 +184,10 @@ impl Rules {
             seed_allow: parse_scopes(&config.seed_allow)?,
             block: parse_scopes(&config.block)?,
             did_rate: crate::limits::RateLimit {
-                per_sec: config.did_rate_limit.unwrap_or(DEFAULT_DID_RATE).max(0.0),
+                per_sec: config
+                    .did_rate_limit
+                    .unwrap_or(if public { DEFAULT_DID_RATE } else { 0.0 })
+                    .max(0.0),
                 burst: config.did_rate_burst.unwrap_or(DEFAULT_DID_BURST).max(1),
             },
             public_urls: config.public_urls,
@@ -196,8 +205,16 @@ impl Rules {
             ),
             CreatePolicy::Closed => "nobody may create repositories here".to_owned(),
         };
+        let rate = if self.did_rate.per_sec > 0.0 {
+            format!(
+                "{} writes/s per DID (bursts of {})",
+                self.did_rate.per_sec, self.did_rate.burst
+            )
+        } else {
+            "no per-DID write limit".to_owned()
+        };
         format!(
-            "{create}; at most {} repositories and {} bytes per owner, {} bytes per repository; writes stop under {} free bytes",
+            "{create}; at most {} repositories and {} bytes per owner, {} bytes per repository; {rate}; writes stop under {} free bytes",
             self.max_repos_per_owner, self.max_owner_bytes, self.max_repo_bytes, self.min_free_bytes
         )
     }
