@@ -701,3 +701,34 @@ fn oversized_or_pathological_requests_are_refused() {
         "refused with a clear error: {result:?} {text}"
     );
 }
+
+#[test]
+fn pack_data_goes_out_in_full_side_band_packets() {
+    let f = pushed_fixture();
+    let mut req = pkt("command=fetch\n");
+    req.extend(pkt("object-format=sha1\n"));
+    req.extend(b"0001");
+    for a in ["ofs-delta", "no-progress", &format!("want {}", f.c2), "done"] {
+        req.extend(pkt(&format!("{a}\n")));
+    }
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out).expect("fetch");
+    let mut reader = PktReader::new(&out[..]);
+    let (mut sizes, mut in_pack) = (Vec::new(), false);
+    while let Some(p) = reader.read().expect("valid response") {
+        match p {
+            Packet::Data(d) if in_pack && d[0] == 1 => sizes.push(d.len() - 1),
+            Packet::Data(d) => in_pack |= d == b"packfile\n",
+            _ => {}
+        }
+    }
+    let total: usize = sizes.iter().sum();
+    assert!(total > 0, "no pack");
+    // Every packet but the last is full.
+    let max = guts_git::pktline::MAX_PKT_DATA - 1;
+    let (last, full) = sizes.split_last().expect("packets");
+    assert!(full.iter().all(|n| *n == max), "{sizes:?}");
+    assert!(*last <= max && *last > 0, "{sizes:?}");
+    assert_eq!(sizes.len(), total.div_ceil(max), "{sizes:?}");
+}

@@ -229,7 +229,13 @@ fn send_pack(
         .progress(&format!("Enumerating objects: {total}, done.\n"))?;
     let mut last = Instant::now();
     let mut finished = false;
-    let mut writer = SharedWriter(&sb);
+    // gix writes each entry's header and data separately: gathered here,
+    // band-1 packets go out full (65,515 payload bytes with side-band-64k),
+    // as git sends them, not one per small write.
+    let mut writer = std::io::BufWriter::with_capacity(
+        band_payload(req.sideband),
+        SharedWriter(&sb),
+    );
     let stats = write_pack(odb, objects.ids, &mut writer, &mut |done, total| {
         if finished {
             return;
@@ -244,6 +250,8 @@ fn send_pack(
                 .progress(&format!("Writing objects: {pct:3}% ({done}/{total}){end}"));
         }
     })?;
+    writer.flush()?;
+    drop(writer);
     let mut sb = sb.into_inner();
     sb.progress(&format!(
         "Total {} (delta {}), reused deltas from stored packs\n",
@@ -260,6 +268,15 @@ fn send_pack(
         "sent pack"
     );
     Ok(())
+}
+
+/// Pack bytes per band-1 packet (or per write without side-band).
+fn band_payload(mode: SideBandMode) -> usize {
+    match mode {
+        SideBandMode::Large => crate::pktline::MAX_PKT_DATA - 1,
+        SideBandMode::Small => crate::pktline::SIDE_BAND_SMALL_MAX - 1,
+        SideBandMode::None => 64 * 1024,
+    }
 }
 
 struct SharedWriter<'a, W: Write>(&'a RefCell<SideBand<W>>);
