@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         &objects_dir,
         &odb,
         &mut input,
-        OPTS.max_pack_bytes,
+        &OPTS.pack_limits(),
         &mut progress,
     ) {
         assert!(q.bytes_received <= data.len() as u64);

@@ -23,6 +23,9 @@ pub const SMALL_REFS: &str = include_str!("../fixtures/small.refs");
 /// Limits of the push targets: small, so one input costs little.
 pub const OPTS: ReceiveOptions = ReceiveOptions {
     max_pack_bytes: 1 << 20,
+    max_object_bytes: 1 << 20,
+    max_inflated_bytes: 4 << 20,
+    ..ReceiveOptions::DEFAULT
 };
 
 /// Accepts every push and applies it (no journal): the git layer's checks
