@@ -2,11 +2,14 @@
 //! for deep chains within the limit, checked in linear time) with nothing
 //! left behind. Packs are written here byte by byte; no git, no sockets.
 
+mod common;
+use common::Open;
+
 use guts_git::limits::{DEFAULT_MAX_DELTA_DEPTH, DEFAULT_MAX_OBJECT_BYTES};
 use guts_git::names::RepoName;
 use guts_git::pack_in::{self, PackLimits, Quarantine};
-use guts_git::receive_pack::{receive_pack, Command as PushCommand, PushPolicy, ReceiveOptions};
-use guts_git::storage::{RefRejection, RefUpdate, Repo, Storage};
+use guts_git::receive_pack::{receive_pack, ReceiveOptions};
+use guts_git::storage::{Repo, Storage};
 use guts_git::{Error, ObjectId};
 
 const BLOB: u8 = 3;
@@ -169,28 +172,6 @@ fn assert_clean(repo: &Repo) {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(packs, 0, "a refused pack was kept");
-}
-
-/// Accepts every push.
-struct Open;
-
-impl PushPolicy for Open {
-    type Authorized = ();
-    fn cert_nonce(&self) -> Option<String> {
-        None
-    }
-    fn authorize(&self, _: Option<&str>, _: &[PushCommand]) -> Result<(), String> {
-        Ok(())
-    }
-    fn commit(
-        &self,
-        repo: &Repo,
-        _: (),
-        updates: &[RefUpdate],
-        atomic: bool,
-    ) -> guts_git::Result<Vec<Result<(), RefRejection>>> {
-        repo.update_refs(updates, atomic)
-    }
 }
 
 /// Push `pack` as a new `refs/heads/main` at `tip`; returns the report.

@@ -1,6 +1,9 @@
 //! The protocol core driven with byte buffers only: no sockets, no HTTP.
 //! `git` is used to make packs and to check the packs we produce.
 
+mod common;
+use common::Open;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,27 +16,6 @@ use guts_git::storage::{RefRejection, RefUpdate, Repo, Storage};
 use guts_git::upload_pack::upload_pack;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
-/// Accepts every push: the git layer's own tests are not about authorization.
-struct Open;
-
-impl PushPolicy for Open {
-    type Authorized = ();
-    fn cert_nonce(&self) -> Option<String> {
-        None
-    }
-    fn authorize(&self, _: Option<&str>, _: &[PushCommand]) -> Result<(), String> {
-        Ok(())
-    }
-    fn commit(
-        &self,
-        repo: &Repo,
-        _: (),
-        updates: &[RefUpdate],
-        atomic: bool,
-    ) -> guts_git::Result<Vec<Result<(), RefRejection>>> {
-        repo.update_refs(updates, atomic)
-    }
-}
 
 const OPTS: ReceiveOptions = ReceiveOptions {
     max_pack_bytes: 1 << 30,
@@ -708,7 +690,12 @@ fn pack_data_goes_out_in_full_side_band_packets() {
     let mut req = pkt("command=fetch\n");
     req.extend(pkt("object-format=sha1\n"));
     req.extend(b"0001");
-    for a in ["ofs-delta", "no-progress", &format!("want {}", f.c2), "done"] {
+    for a in [
+        "ofs-delta",
+        "no-progress",
+        &format!("want {}", f.c2),
+        "done",
+    ] {
         req.extend(pkt(&format!("{a}\n")));
     }
     req.extend(b"0000");

@@ -7,12 +7,9 @@
 //! least the current document's threshold of its delegates signed it, the
 //! same rule as for a new document version.
 
-use std::collections::BTreeSet;
-
-use ed25519_dalek::{Signature, Verifier};
 use prost::Message;
 
-use crate::doc::{Doc, DocSignature, RepoId};
+use crate::doc::{sign_all, valid_signers, Doc, DocSignature, RepoId};
 use crate::error::{Error, Result};
 use crate::{Did, Keypair, Verified};
 
@@ -46,23 +43,11 @@ pub struct SignedAction {
     pub signatures: Vec<DocSignature>,
 }
 
-fn message(body: &[u8]) -> Vec<u8> {
-    let mut m = SIGNING_CONTEXT.to_vec();
-    m.extend_from_slice(body);
-    m
-}
-
 impl RepoAction {
     /// Encode and sign with each of `keys`.
     pub fn sign(&self, keys: &[&Keypair]) -> SignedAction {
         let body = self.encode_to_vec();
-        let signatures = keys
-            .iter()
-            .map(|k| DocSignature {
-                signer: k.did().to_string(),
-                signature: k.sign(&message(&body)).to_vec(),
-            })
-            .collect();
+        let signatures = sign_all(SIGNING_CONTEXT, &body, keys);
         SignedAction { body, signatures }
     }
 }
@@ -89,17 +74,7 @@ impl SignedAction {
                 "the action is signed for another repository".into(),
             ));
         }
-        let msg = message(&self.body);
-        let mut signers = BTreeSet::new();
-        for s in &self.signatures {
-            let did: Did = s.signer.parse()?;
-            let sig = Signature::from_slice(&s.signature)
-                .map_err(|_| Error::BadSignature(format!("malformed signature by {did}")))?;
-            did.verifying_key()?
-                .verify(&msg, &sig)
-                .map_err(|_| Error::BadSignature(format!("invalid signature by {did}")))?;
-            signers.insert(did);
-        }
+        let signers = valid_signers(SIGNING_CONTEXT, &self.body, &self.signatures)?;
         let delegates: Vec<Did> = signers.into_iter().filter(|d| doc.is_delegate(d)).collect();
         let needed = doc.body().threshold as usize;
         if delegates.len() < needed.max(1) {

@@ -154,21 +154,43 @@ impl DocumentBody {
     /// Encode and sign with each of `keys`.
     pub fn sign(&self, keys: &[&Keypair]) -> SignedDocument {
         let body = self.encode_to_vec();
-        let signatures = keys
-            .iter()
-            .map(|k| DocSignature {
-                signer: k.did().to_string(),
-                signature: k.sign(&signing_message(&body)).to_vec(),
-            })
-            .collect();
+        let signatures = sign_all(SIGNING_CONTEXT, &body, keys);
         SignedDocument { body, signatures }
     }
 }
 
-fn signing_message(body: &[u8]) -> Vec<u8> {
-    let mut m = SIGNING_CONTEXT.to_vec();
-    m.extend_from_slice(body);
-    m
+/// Each of `keys`' Ed25519 signature of `context` followed by `body`.
+pub(crate) fn sign_all(context: &[u8], body: &[u8], keys: &[&Keypair]) -> Vec<DocSignature> {
+    let mut msg = context.to_vec();
+    msg.extend_from_slice(body);
+    keys.iter()
+        .map(|k| DocSignature {
+            signer: k.did().to_string(),
+            signature: k.sign(&msg).to_vec(),
+        })
+        .collect()
+}
+
+/// The signers of `signatures` over `context` followed by `body`. Any
+/// invalid signature is an error.
+pub(crate) fn valid_signers(
+    context: &[u8],
+    body: &[u8],
+    signatures: &[DocSignature],
+) -> Result<BTreeSet<Did>> {
+    let mut msg = context.to_vec();
+    msg.extend_from_slice(body);
+    let mut out = BTreeSet::new();
+    for s in signatures {
+        let did: Did = s.signer.parse()?;
+        let sig = Signature::from_slice(&s.signature)
+            .map_err(|_| Error::BadSignature(format!("malformed signature by {did}")))?;
+        did.verifying_key()?
+            .verify(&msg, &sig)
+            .map_err(|_| Error::BadSignature(format!("invalid signature by {did}")))?;
+        out.insert(did);
+    }
+    Ok(out)
 }
 
 impl SignedDocument {
@@ -176,10 +198,8 @@ impl SignedDocument {
     pub fn add_signature(&mut self, key: &Keypair) {
         let signer = key.did().to_string();
         self.signatures.retain(|s| s.signer != signer);
-        self.signatures.push(DocSignature {
-            signer,
-            signature: key.sign(&signing_message(&self.body)).to_vec(),
-        });
+        self.signatures
+            .extend(sign_all(SIGNING_CONTEXT, &self.body, &[key]));
     }
 }
 
@@ -300,18 +320,7 @@ impl Doc<Unverified> {
 
     /// Signers whose signature is valid. Any invalid signature is an error.
     fn valid_signers(&self) -> Result<BTreeSet<Did>> {
-        let msg = signing_message(&self.signed.body);
-        let mut out = BTreeSet::new();
-        for s in &self.signed.signatures {
-            let did: Did = s.signer.parse()?;
-            let sig = Signature::from_slice(&s.signature)
-                .map_err(|_| Error::BadSignature(format!("malformed signature by {did}")))?;
-            did.verifying_key()?
-                .verify(&msg, &sig)
-                .map_err(|_| Error::BadSignature(format!("invalid signature by {did}")))?;
-            out.insert(did);
-        }
-        Ok(out)
+        valid_signers(SIGNING_CONTEXT, &self.signed.body, &self.signed.signatures)
     }
 
     fn into_verified(self) -> Doc<Verified> {

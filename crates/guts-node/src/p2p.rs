@@ -60,21 +60,7 @@ fn node_key(path: &Path) -> Result<NodeKeypair, NodeError> {
     let bytes = key
         .to_protobuf_encoding()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    crate::auth::write_private(path, &bytes)?;
     tracing::info!(path = %path.display(), "created the node key");
     Ok(key)
 }

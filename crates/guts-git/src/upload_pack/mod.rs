@@ -232,10 +232,8 @@ fn send_pack(
     // gix writes each entry's header and data separately: gathered here,
     // band-1 packets go out full (65,515 payload bytes with side-band-64k),
     // as git sends them, not one per small write.
-    let mut writer = std::io::BufWriter::with_capacity(
-        band_payload(req.sideband),
-        SharedWriter(&sb),
-    );
+    let mut writer =
+        std::io::BufWriter::with_capacity(band_payload(req.sideband), SharedWriter(&sb));
     let stats = write_pack(odb, objects.ids, &mut writer, &mut |done, total| {
         if finished {
             return;
