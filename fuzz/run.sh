@@ -9,6 +9,8 @@
 # is kept in fuzz/target/corpus/TARGET (not committed, reused by later runs
 # on the same machine). Crash inputs go to fuzz/artifacts/TARGET/, logs to
 # fuzz/target/logs/TARGET.log. Extra libFuzzer flags: FUZZ_ARGS="...".
+# FUZZ_TARGET_DIR (default fuzz/target) moves the build, e.g. to a directory
+# a CI machine keeps between clean clones: the first build is long.
 set -euo pipefail
 FUZZ="$(cd "$(dirname "$0")" && pwd)"
 SECONDS_EACH="${1:?usage: fuzz/run.sh SECONDS [TARGET...]}"
@@ -32,23 +34,24 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
     mapfile -t TARGETS <<<"$ALL"
 fi
 
+OUT="${FUZZ_TARGET_DIR:-$FUZZ/target}"
 build_start=$(date +%s)
-cargo +nightly fuzz build
+cargo +nightly fuzz build --target-dir "$OUT"
 echo "== fuzz build: $(($(date +%s) - build_start)) s"
 
 TRIPLE=$(rustc +nightly -vV | sed -n 's/^host: //p')
-BIN="$FUZZ/target/$TRIPLE/release"
+BIN="$OUT/$TRIPLE/release"
 # Storage of the targets (temporary repositories) stays inside fuzz/target.
-export TMPDIR="$FUZZ/target/tmp"
+export TMPDIR="$OUT/tmp"
 rm -rf "$TMPDIR"
-mkdir -p "$TMPDIR" "$FUZZ/target/logs"
+mkdir -p "$TMPDIR" "$OUT/logs"
 
 summary=()
 failed=()
 for t in "${TARGETS[@]}"; do
     grep -qx "$t" <<<"$ALL" || { echo "unknown target $t (have: $(echo $ALL))" >&2; exit 2; }
-    mkdir -p "$FUZZ/target/corpus/$t" "$FUZZ/artifacts/$t"
-    log="$FUZZ/target/logs/$t.log"
+    mkdir -p "$OUT/corpus/$t" "$FUZZ/artifacts/$t"
+    log="$OUT/logs/$t.log"
     echo "== $t: ${SECONDS_EACH}s"
     start=$(date +%s)
     set +e
@@ -57,7 +60,7 @@ for t in "${TARGETS[@]}"; do
         -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 \
         -print_final_stats=1 -artifact_prefix="$FUZZ/artifacts/$t/" \
         ${FUZZ_ARGS:-} \
-        "$FUZZ/target/corpus/$t" "$FUZZ/corpus/$t" >"$log" 2>&1
+        "$OUT/corpus/$t" "$FUZZ/corpus/$t" >"$log" 2>&1
     rc=$?
     set -e
     took=$(($(date +%s) - start))
