@@ -140,9 +140,8 @@ impl UsedNonces {
             )
             .map_err(internal)?
             .is_ok();
-        if fresh {
-            self.tree.flush().map_err(internal)?;
-        }
+        // No flush of its own: the commit or change the nonce authorizes
+        // flushes the database (this tree with it) before it is answered.
         if self
             .claims
             .fetch_add(1, Ordering::Relaxed)

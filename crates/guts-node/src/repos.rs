@@ -386,7 +386,7 @@ impl Repos {
             .iter()
             .filter(|n| n.owner() == name.owner())
         {
-            let (_, bytes) = self.storage.open_repo(n)?.disk_usage()?;
+            let bytes = self.storage.open_repo(n)?.pack_bytes()?;
             owner_bytes = owner_bytes.saturating_add(bytes);
             if n == name {
                 repo_bytes = bytes;

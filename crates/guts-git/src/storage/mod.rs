@@ -343,6 +343,16 @@ impl Repo {
         }
         Ok((objects, bytes))
     }
+
+    /// Bytes of the repository's pack files and indexes (file sizes only,
+    /// nothing opened: cheap enough for every push's quota check).
+    pub fn pack_bytes(&self) -> Result<u64> {
+        let mut bytes = 0u64;
+        for entry in std::fs::read_dir(self.objects_dir().join("pack"))? {
+            bytes = bytes.saturating_add(entry?.metadata()?.len());
+        }
+        Ok(bytes)
+    }
 }
 
 fn decode_ref(key: &[u8], value: &[u8]) -> Result<Ref> {
