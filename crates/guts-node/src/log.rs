@@ -374,31 +374,42 @@ fn decode_line(v: &[u8]) -> Result<conflict::RefUpdate, NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guts_git::storage::Storage;
+    use guts_git::storage::{Repo, Storage};
 
-    #[test]
-    fn concurrent_appends_keep_every_entry() {
+    /// A log beside an empty repository `z6Mkowner/demo`.
+    fn setup() -> (tempfile::TempDir, SignedLog, RepoName, Repo) {
         let dir = tempfile::tempdir().expect("tmp");
         let storage = Storage::open(dir.path()).expect("storage");
         let log = SignedLog::open(storage.db()).expect("log");
-        let repo_name = RepoName::new("z6Mkowner", "demo").expect("name");
-        let repo = storage.create(&repo_name).expect("repo");
+        let name = RepoName::new("z6Mkowner", "demo").expect("name");
+        let repo = storage.create(&name).expect("repo");
+        (dir, log, name, repo)
+    }
+
+    /// An entry with no ref lines, distinct per `certificate`.
+    fn entry(repo_id: Vec<u8>, certificate: String) -> Entry {
+        let update = SignedRefUpdate {
+            repo_id,
+            certificate,
+            doc_version: 1,
+            refused: Vec::new(),
+        };
+        Entry {
+            key: update.key(),
+            update,
+            lines: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_keep_every_entry() {
+        let (_dir, log, repo_name, repo) = setup();
         std::thread::scope(|s| {
             for t in 0..8u8 {
                 let (log, repo, repo_name) = (&log, &repo, &repo_name);
                 s.spawn(move || {
                     for i in 0..25u8 {
-                        let update = SignedRefUpdate {
-                            repo_id: vec![t, i],
-                            certificate: format!("{t}-{i}"),
-                            doc_version: 1,
-                            refused: Vec::new(),
-                        };
-                        let entry = Entry {
-                            key: update.key(),
-                            update,
-                            lines: Vec::new(),
-                        };
+                        let entry = entry(vec![t, i], format!("{t}-{i}"));
                         repo.commit_refs(&[], true, &log.append(repo_name, &entry))
                             .expect("append");
                     }
@@ -414,22 +425,8 @@ mod tests {
 
     #[test]
     fn an_entry_is_logged_once() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let storage = Storage::open(dir.path()).expect("storage");
-        let log = SignedLog::open(storage.db()).expect("log");
-        let name = RepoName::new("z6Mkowner", "demo").expect("name");
-        let repo = storage.create(&name).expect("repo");
-        let update = SignedRefUpdate {
-            repo_id: vec![1],
-            certificate: "c".into(),
-            doc_version: 1,
-            refused: Vec::new(),
-        };
-        let entry = Entry {
-            key: update.key(),
-            update,
-            lines: Vec::new(),
-        };
+        let (_dir, log, name, repo) = setup();
+        let entry = entry(vec![1], "c".into());
         repo.commit_refs(&[], true, &log.append(&name, &entry))
             .expect("first");
         let again = repo.commit_refs(&[], true, &log.append(&name, &entry));
