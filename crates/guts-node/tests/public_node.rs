@@ -314,16 +314,7 @@ fn a_node_low_on_disk_serves_reads_and_refuses_writes() {
     )
     .expect("config");
     let node = Node::start_in(&data);
-    let clone = tmp.path().join("clone");
-    git_ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &node.repo_url("alice", "demo"),
-            clone.to_str().expect("utf-8"),
-        ],
-    );
+    clone_refs(&node, "alice", "demo", &tmp.path().join("clone.git"));
     commit_file(&work, "c.txt", "three\n", "third");
     let out = git_fail(
         &work,
@@ -492,14 +483,5 @@ fn a_full_disk_is_reported_as_such_and_changes_nothing() {
     assert!(!err.contains("invalid pack"), "{err}");
     assert_eq!(snapshot(&node, "alice", "demo"), before, "nothing changed");
     // Reads go on.
-    let clone = tmp.path().join("clone");
-    git_ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &node.repo_url("alice", "demo"),
-            clone.to_str().expect("utf-8"),
-        ],
-    );
+    clone_refs(&node, "alice", "demo", &tmp.path().join("clone.git"));
 }
