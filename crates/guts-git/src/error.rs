@@ -79,6 +79,10 @@ pub enum Error {
     /// This node's disk is full (ENOSPC while writing).
     #[error("the node's disk is full (no space left on device); nothing was stored")]
     DiskFull,
+    /// The node is at its limit for this kind of work (e.g. every pack
+    /// generation slot stayed busy); the client may retry later.
+    #[error("server busy: {0}")]
+    Busy(String),
     /// An operation the protocol allows but this node does not implement.
     #[error("not supported by this server: {0}")]
     Unsupported(String),

@@ -20,6 +20,7 @@ pub mod filter;
 pub mod limits;
 pub mod names;
 pub mod odb;
+pub mod pack_cache;
 pub mod pack_in;
 pub mod pack_out;
 pub mod pktline;

@@ -2,11 +2,9 @@
 //! `git` is used to make packs and to check the packs we produce.
 
 mod common;
-use common::Open;
+use common::{git, git_env, pkt, text, v2, Open};
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use guts_git::names::RepoName;
 use guts_git::pktline::{Packet, PktReader};
@@ -21,58 +19,6 @@ const OPTS: ReceiveOptions = ReceiveOptions {
     max_pack_bytes: 1 << 30,
     ..ReceiveOptions::DEFAULT
 };
-
-fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    git_env(dir, args, stdin, &[])
-}
-
-/// [`git`] with more environment variables.
-fn git_env(dir: &Path, args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> Vec<u8> {
-    let mut child = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .envs(envs.iter().copied())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn git");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("git output");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn text(dir: &Path, args: &[&str]) -> String {
-    String::from_utf8(git(dir, args, None))
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-fn pkt(s: &str) -> Vec<u8> {
-    let mut v = format!("{:04x}", s.len() + 4).into_bytes();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -294,38 +240,6 @@ fn pack_missing_its_parent_is_refused_and_leaves_nothing() {
         .expect("pack dir")
         .count();
     assert_eq!(packs, 0, "objects of a refused push were kept");
-}
-
-/// Send a v2 command with `args`; return the response's packets as text
-/// (band-1 prefix stripped) up to `packfile`, and the pack bytes after it.
-fn v2(repo: &Repo, command: &str, args: &[String]) -> (Vec<String>, Vec<u8>) {
-    let mut req = pkt(&format!("command={command}\n"));
-    req.extend(pkt("object-format=sha1\n"));
-    req.extend(b"0001");
-    for a in args {
-        req.extend(pkt(&format!("{a}\n")));
-    }
-    req.extend(b"0000");
-    let mut out = Vec::new();
-    upload_pack(repo, Version::V2, &mut &req[..], &mut out).expect("v2 request");
-    let mut reader = PktReader::new(&out[..]);
-    let mut lines = Vec::new();
-    let mut pack = Vec::new();
-    let mut in_pack = false;
-    while let Some(p) = reader.read().expect("valid response") {
-        match p {
-            Packet::Data(d) if in_pack && d[0] == 1 => pack.extend_from_slice(&d[1..]),
-            Packet::Data(d) if in_pack => assert_ne!(d[0], 3, "{:?}", String::from_utf8_lossy(d)),
-            Packet::Data(d) => {
-                let line = String::from_utf8_lossy(d).trim_end().to_owned();
-                in_pack = line == "packfile";
-                lines.push(line);
-            }
-            Packet::Delim => lines.push("<delim>".into()),
-            Packet::Flush | Packet::ResponseEnd => break,
-        }
-    }
-    (lines, pack)
 }
 
 fn pack_count(pack: &[u8]) -> u32 {

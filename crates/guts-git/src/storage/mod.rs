@@ -14,6 +14,7 @@
 //! annotated tags. Every ref update is a compare-and-swap inside a sled
 //! transaction, and the database is flushed before a push is acknowledged.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,7 +27,25 @@ use crate::names::RepoName;
 use crate::odb::ObjectStore;
 
 mod commit;
+pub mod maintain;
 pub use commit::{Journal, NoJournal};
+pub use maintain::{MaintainOptions, MaintainReport, MaintainedState};
+
+/// What every handle on one storage shares: per-repository maintenance
+/// locks and the limits of serving fetches.
+#[derive(Default)]
+pub(crate) struct Shared {
+    maintenance: Mutex<HashMap<RepoName, Arc<Mutex<()>>>>,
+    /// Pack-generation slots and the pack cache ([`crate::upload_pack`]).
+    pub(crate) serving: crate::upload_pack::Serving,
+}
+
+impl Shared {
+    fn maintenance_lock(&self, name: &RepoName) -> Arc<Mutex<()>> {
+        let mut map = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.clone()).or_default().clone()
+    }
+}
 
 /// The branch a new repository's HEAD points to.
 pub const DEFAULT_BRANCH: &str = "refs/heads/main";
@@ -51,12 +70,18 @@ pub struct Storage {
     repos: sled::Tree,
     /// Serializes creating and deleting repositories (directory and settings together).
     lifecycle: Arc<Mutex<()>>,
+    shared: Arc<Shared>,
 }
 
 impl Storage {
     /// Open (creating if needed) the storage in `data_dir`, and remove what
     /// interrupted pushes and deletions left behind.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, crate::upload_pack::Serving::default())
+    }
+
+    /// [`Storage::open`] with the node's limits for serving fetches.
+    pub fn open_with(data_dir: &Path, serving: crate::upload_pack::Serving) -> Result<Self> {
         std::fs::create_dir_all(data_dir.join("repos"))?;
         let db = sled::Config::new().path(data_dir.join("meta")).open()?;
         let repos = db.open_tree("repos")?;
@@ -65,6 +90,10 @@ impl Storage {
             db,
             repos,
             lifecycle: Arc::new(Mutex::new(())),
+            shared: Arc::new(Shared {
+                maintenance: Mutex::default(),
+                serving,
+            }),
         };
         storage.cleanup()?;
         Ok(storage)
@@ -81,8 +110,14 @@ impl Storage {
                 continue;
             };
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if file_name.starts_with("incoming-") {
                     tracing::info!(repo = %name, dir = %entry.path().display(), "removing quarantine left by an interrupted push");
+                    std::fs::remove_dir_all(entry.path())?;
+                } else if file_name.starts_with("maintain-") || file_name == "retired" {
+                    // Scratch of an interrupted maintenance, or indexes of
+                    // retired packs (no reader is left at startup).
+                    tracing::info!(repo = %name, dir = %entry.path().display(), "removing what maintenance left");
                     std::fs::remove_dir_all(entry.path())?;
                 }
             }
@@ -93,7 +128,7 @@ impl Storage {
                 if path.extension().is_some_and(|e| e == "pack")
                     && !path.with_extension("idx").exists()
                 {
-                    tracing::info!(repo = %name, pack = %path.display(), "removing pack without index left by an interrupted push");
+                    tracing::info!(repo = %name, pack = %path.display(), "removing pack without index (interrupted push, or retired by maintenance)");
                     std::fs::remove_file(&path)?;
                 }
             }
@@ -164,6 +199,7 @@ impl Storage {
             refs: self.db.open_tree(refs_tree_name(name))?,
             repos: self.repos.clone(),
             db: self.db.clone(),
+            shared: self.shared.clone(),
         })
     }
 
@@ -259,12 +295,18 @@ pub struct Repo {
     refs: sled::Tree,
     repos: sled::Tree,
     db: sled::Db,
+    shared: Arc<Shared>,
 }
 
 impl Repo {
     /// The repository's name.
     pub fn name(&self) -> &RepoName {
         &self.name
+    }
+
+    /// What serving fetches shares across requests (slots, pack cache).
+    pub(crate) fn serving(&self) -> &crate::upload_pack::Serving {
+        &self.shared.serving
     }
 
     /// The `objects/` directory.

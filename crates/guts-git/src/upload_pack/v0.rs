@@ -12,7 +12,8 @@ use std::io::BufRead;
 use gix_hash::ObjectId;
 
 use super::args::{check_wants, parse_oid, FetchArgs};
-use super::{send_fetch_pack, write_shallow_lines, Session};
+use super::send::send_fetch_pack;
+use super::{write_shallow_lines, Session};
 use crate::error::{Error, Result};
 use crate::odb::ObjectStore;
 use crate::pktline::{write_flush, Packet, PktReader, SideBandMode};
@@ -78,7 +79,7 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
         return Ok(());
     }
     set_pack_options(&mut args, &caps);
-    send_fetch_pack(&odb, &refs, &args, &round.neg.common, &plan, session)
+    send_fetch_pack(repo, &odb, &refs, &args, &round.neg.common, &plan, session)
 }
 
 /// Read the first section of a request, up to its flush: the `want` lines

@@ -4,7 +4,8 @@
 use std::io::BufRead;
 
 use super::args::{check_wants, parse_oid, unsupported, FetchArgs};
-use super::{send_fetch_pack, write_shallow_lines, Session};
+use super::send::send_fetch_pack;
+use super::{write_shallow_lines, Session};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_HAVES, MAX_REF_PREFIXES, MAX_REQUEST_BYTES, MAX_WANTS};
 use crate::pktline::{Packet, PktReader, SideBandMode};
@@ -234,7 +235,7 @@ fn fetch(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()>
         session.delim()?;
     }
     session.line("packfile")?;
-    send_fetch_pack(&odb, &refs, &args, &neg.common, &plan, session)
+    send_fetch_pack(repo, &odb, &refs, &args, &neg.common, &plan, session)
 }
 
 /// `object-info`: the size of each named object (empty for unknown objects).

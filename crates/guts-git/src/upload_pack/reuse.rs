@@ -1,0 +1,106 @@
+//! Serving a clone from the reachable pack that maintenance wrote.
+//!
+//! Maintenance ([`crate::storage::maintain`]) records which refs its
+//! reachable pack holds everything for. A clone (no haves, no shallow
+//! boundary, no filter) that wants every one of those refs, at its current
+//! value, can be served from that pack without walking trees:
+//!
+//! - **verbatim**: the refs have not moved and nothing else is wanted: the
+//!   pack file is sent as it is, bytes unchanged;
+//! - **prefix**: refs moved or were added since: the pack's entries are sent
+//!   unchanged, followed by the objects the wants reach beyond the recorded
+//!   tips (a walk of the new history only), under a new header and trailer.
+//!
+//! Either way the client may receive objects of refs deleted since
+//! maintenance: a superset, which git accepts.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
+use gix_hash::ObjectId;
+
+use crate::storage::maintain::MaintainedState;
+use crate::storage::{Ref, Repo};
+use crate::walk::WalkSpec;
+
+/// How a request can use the reachable pack.
+pub(super) enum Reuse {
+    /// Send this file unchanged.
+    Verbatim {
+        /// The pack, at offset 0.
+        file: File,
+        /// Its length.
+        len: u64,
+        /// Its objects.
+        objects: u32,
+    },
+    /// Send the pack's entries, then what the walk from `tips` finds.
+    Prefix {
+        /// The pack, positioned after its header.
+        file: File,
+        /// Length of its entries (without header and trailer).
+        body_len: u64,
+        /// Its objects.
+        objects: u32,
+        /// Its index: what is already sent.
+        index: gix_pack::index::File,
+        /// The recorded tips as commits, the haves of the walk for the rest.
+        tips: Vec<ObjectId>,
+    },
+}
+
+/// Whether and how `walk` can be served from the reachable pack.
+pub(super) fn plan(repo: &Repo, refs: &[Ref], walk: &WalkSpec<'_>) -> Option<Reuse> {
+    let is_clone =
+        walk.haves.is_empty() && walk.filter.is_none() && walk.shallow.is_none_or(|s| s.is_empty());
+    if !is_clone || walk.wants.is_empty() {
+        return None;
+    }
+    let state = repo.maintenance_state()?;
+    let wants: HashSet<ObjectId> = walk.wants.iter().copied().collect();
+    if !covers_recorded_refs(&state, refs, &wants) {
+        return None;
+    }
+    let pack_dir = repo.objects_dir().join("pack");
+    let mut file = File::open(pack_dir.join(format!("{}.pack", state.pack))).ok()?;
+    let len = file.metadata().ok()?.len();
+    let unchanged: HashSet<ObjectId> = state.tips.iter().map(|t| t.id).collect();
+    if wants == unchanged {
+        return Some(Reuse::Verbatim {
+            file,
+            len,
+            objects: state.objects,
+        });
+    }
+    let index = gix_pack::index::File::at(
+        pack_dir.join(format!("{}.idx", state.pack)),
+        crate::odb::HASH,
+    )
+    .ok()?;
+    let mut header = [0u8; 12];
+    file.read_exact(&mut header).ok()?;
+    file.seek(SeekFrom::Start(12)).ok()?;
+    Some(Reuse::Prefix {
+        file,
+        body_len: len.checked_sub(32)?,
+        objects: index.num_objects(),
+        index,
+        tips: state
+            .tips
+            .iter()
+            .map(|t| t.peeled.unwrap_or(t.id))
+            .collect(),
+    })
+}
+
+/// Every ref the pack was made for is wanted at its current value (or was
+/// deleted since): the client asks for at least what the pack holds.
+fn covers_recorded_refs(state: &MaintainedState, refs: &[Ref], wants: &HashSet<ObjectId>) -> bool {
+    state.tips.iter().all(
+        |tip| match refs.binary_search_by(|r| r.name.as_str().cmp(&tip.name)) {
+            Ok(i) => wants.contains(&refs[i].id),
+            Err(_) => true,
+        },
+    )
+}

@@ -1,0 +1,199 @@
+//! Repository maintenance and the clone paths it enables, driven without
+//! sockets; stock `git` makes the packs and checks what comes out.
+
+mod common;
+use common::{git, pkt, text, v2, Open};
+
+use std::path::Path;
+
+use guts_git::names::RepoName;
+use guts_git::receive_pack::{receive_pack, ReceiveOptions};
+use guts_git::storage::{MaintainOptions, Repo, Storage};
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+const OPTS: ReceiveOptions = ReceiveOptions {
+    max_pack_bytes: 1 << 30,
+    ..ReceiveOptions::DEFAULT
+};
+
+/// Push `revs`' objects (a `pack-objects --revs` input) with one command.
+fn push(repo: &Repo, work: &Path, command: &str, revs: &str) {
+    let pack = git(
+        work,
+        &["pack-objects", "--stdout", "--revs", "-q"],
+        Some(revs.as_bytes()),
+    );
+    let mut body = pkt(&format!("{command}\0report-status\n"));
+    body.extend(b"0000");
+    body.extend_from_slice(&pack);
+    let mut out = Vec::new();
+    receive_pack(repo, &mut &body[..], &mut out, OPTS, &Open).expect("push");
+    let report = String::from_utf8_lossy(&out);
+    assert!(
+        report.contains("unpack ok") && !report.contains(" ng "),
+        "{report}"
+    );
+}
+
+fn commit(work: &Path, file: &str, body: &str) -> String {
+    std::fs::write(work.join(file), body).expect("write");
+    git(work, &["add", file], None);
+    git(work, &["commit", "-q", "-m", file], None);
+    text(work, &["rev-parse", "HEAD"])
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    work: std::path::PathBuf,
+    repo: Repo,
+    main: String,
+}
+
+/// Three pushes (three packs) to main, and a branch pushed then deleted.
+fn setup() -> Setup {
+    let tmp = tempfile::TempDir::new().expect("tmp");
+    let storage = Storage::open(&tmp.path().join("data")).expect("storage");
+    let repo = storage
+        .create(&RepoName::new("alice", "demo").expect("name"))
+        .expect("create");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q", "-b", "main"], None);
+    let mut old = ZERO.to_owned();
+    for i in 0..3 {
+        let c = commit(&work, "a.txt", &format!("{}\n", "line\n".repeat(100 + i)));
+        let revs = if old == ZERO {
+            format!("{c}\n")
+        } else {
+            format!("{c}\n^{old}\n")
+        };
+        push(&repo, &work, &format!("{old} {c} refs/heads/main"), &revs);
+        old = c;
+    }
+    git(&work, &["checkout", "-q", "-b", "gone"], None);
+    let gone = commit(&work, "b.txt", "a branch that will be deleted\n");
+    push(
+        &repo,
+        &work,
+        &format!("{ZERO} {gone} refs/heads/gone"),
+        &format!("{gone}\n^{old}\n"),
+    );
+    push(&repo, &work, &format!("{gone} {ZERO} refs/heads/gone"), "");
+    git(&work, &["checkout", "-q", "main"], None);
+    Setup {
+        tmp,
+        work,
+        repo,
+        main: old,
+    }
+}
+
+/// A bare git repository holding a copy of `repo`'s packs and its refs:
+/// what `git fsck --full` and `git verify-pack` check.
+fn as_git_repo(s: &Setup, name: &str) -> std::path::PathBuf {
+    let bare = s.tmp.path().join(name);
+    git(s.tmp.path(), &["init", "-q", "--bare", name], None);
+    for e in std::fs::read_dir(s.repo.objects_dir().join("pack")).expect("pack dir") {
+        let p = e.expect("entry").path();
+        std::fs::copy(
+            &p,
+            bare.join("objects/pack").join(p.file_name().expect("name")),
+        )
+        .expect("copy");
+    }
+    for r in s.repo.refs().expect("refs") {
+        git(&bare, &["update-ref", &r.name, &r.id.to_string()], None);
+    }
+    bare
+}
+
+fn clone_args(wants: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = wants.iter().map(|w| format!("want {w}")).collect();
+    args.extend(["ofs-delta".into(), "no-progress".into(), "done".into()]);
+    args
+}
+
+#[test]
+fn maintenance_consolidates_and_keeps_every_object() {
+    let s = setup();
+    assert_eq!(s.repo.pack_count().expect("count"), 4);
+    let report = s
+        .repo
+        .maintain(MaintainOptions::default())
+        .expect("maintain");
+    assert_eq!(report.packs_before, 4);
+    assert_eq!(report.packs_after, 2, "{report:?}");
+    assert_eq!(
+        report.reachable_objects, 9,
+        "3 commits, 3 trees, 3 blobs: {report:?}"
+    );
+    assert_eq!(
+        report.cruft_objects, 3,
+        "the deleted branch's commit, tree, blob"
+    );
+    assert_eq!(s.repo.pack_count().expect("count"), 2);
+    let state = s.repo.maintenance_state().expect("state");
+    assert_eq!(state.tips.len(), 1);
+    assert_eq!(state.objects, 9);
+    let bare = as_git_repo(&s, "check.git");
+    git(&bare, &["fsck", "--full", "--strict"], None);
+    for e in std::fs::read_dir(bare.join("objects/pack")).expect("dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "idx") {
+            git(&bare, &["verify-pack", p.to_str().expect("utf-8")], None);
+        }
+    }
+    let again = s.repo.maintain(MaintainOptions::default()).expect("again");
+    assert!(again.up_to_date, "{again:?}");
+}
+
+#[test]
+fn a_clone_of_the_maintained_refs_is_the_pack_file_itself() {
+    let s = setup();
+    s.repo
+        .maintain(MaintainOptions::default())
+        .expect("maintain");
+    let state = s.repo.maintenance_state().expect("state");
+    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&[s.main.clone()]));
+    let stored = std::fs::read(
+        s.repo
+            .objects_dir()
+            .join("pack")
+            .join(format!("{}.pack", state.pack)),
+    )
+    .expect("stored pack");
+    assert_eq!(pack, stored, "the clone is not the stored pack's bytes");
+}
+
+#[test]
+fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
+    let s = setup();
+    s.repo
+        .maintain(MaintainOptions::default())
+        .expect("maintain");
+    let next = commit(&s.work, "c.txt", "after maintenance\n");
+    push(
+        &s.repo,
+        &s.work,
+        &format!("{} {next} refs/heads/main", s.main),
+        &format!("{next}\n^{}\n", s.main),
+    );
+    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&[next.clone()]));
+    assert_eq!(
+        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        12
+    );
+    // git checks the trailer and every object, and the result is complete.
+    let bare = s.tmp.path().join("client.git");
+    git(s.tmp.path(), &["init", "-q", "--bare", "client.git"], None);
+    git(&bare, &["index-pack", "--strict", "--stdin"], Some(&pack));
+    git(&bare, &["update-ref", "refs/heads/main", &next], None);
+    git(&bare, &["fsck", "--full", "--strict"], None);
+    // A partial request (a filter) is generated as before, and still right.
+    let mut args = clone_args(&[next.clone()]);
+    args.push("filter blob:none".into());
+    let (_, filtered) = v2(&s.repo, "fetch", &args);
+    let objects = u32::from_be_bytes([filtered[8], filtered[9], filtered[10], filtered[11]]);
+    assert_eq!(objects, 8, "4 commits and 4 trees, no blobs");
+}
