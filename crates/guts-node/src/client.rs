@@ -276,6 +276,7 @@ pub fn repo_command(action: RepoAction, args: &ClientArgs) -> Result<(), NodeErr
         RepoAction::List => list_repos(&base, &agent),
         RepoAction::Show { name } => show_repo(&base, &agent, &name),
         RepoAction::Delete { name } => delete_repo(&base, &agent, args, &name),
+        RepoAction::Maintain { name } => maintain_repo(&base, &agent, args, &name),
         RepoAction::Set {
             name,
             deny_non_fast_forwards,
@@ -379,6 +380,11 @@ fn show_repo(base: &str, agent: &ureq::Agent, name: &str) -> Result<(), NodeErro
     println!("HEAD        {}", d.head);
     println!("objects     {}", d.object_count);
     println!("size        {} bytes", d.size_bytes);
+    println!("packs       {}", d.packs);
+    match d.maintained_at {
+        Some(at) => println!("maintained  {at} (seconds since the epoch)"),
+        None => println!("maintained  never"),
+    }
     println!("deny non-fast-forwards  {}", d.deny_non_fast_forwards);
     for (r, id) in d.refs {
         println!("{id} {r}");
@@ -458,6 +464,39 @@ fn delete_repo(
         "delete",
     )?;
     println!("deleted {name}");
+    Ok(())
+}
+
+/// `repo maintain`: ask the node to consolidate packs and write indexes;
+/// prints what the run did when it is done.
+fn maintain_repo(
+    base: &str,
+    agent: &ureq::Agent,
+    args: &ClientArgs,
+    name: &str,
+) -> Result<(), NodeError> {
+    let auth = operator_auth(args)?;
+    eprintln!("maintaining {name} (consolidating packs, writing the commit-graph)...");
+    let resp = agent
+        .post(&format!("{base}/api/v1/repos/{name}/maintain"))
+        .header("Authorization", &auth)
+        .send_empty()
+        .map_err(unreachable_node(base))?;
+    let r: guts_git::storage::MaintainReport = read_json(check(resp, "maintain")?)?;
+    if r.up_to_date {
+        println!("{name}: already maintained ({} packs)", r.packs_after);
+        return Ok(());
+    }
+    println!(
+        "{name}: {} packs -> {}; {} reachable objects, {} other objects kept; {} commits in the commit-graph; {} bytes of packs; {:.1} s",
+        r.packs_before,
+        r.packs_after,
+        r.reachable_objects,
+        r.cruft_objects,
+        r.commits,
+        r.pack_bytes,
+        r.millis as f64 / 1000.0
+    );
     Ok(())
 }
 

@@ -44,6 +44,12 @@ pub struct FileConfig {
     pub rate_limit: Option<f64>,
     /// Requests per client address in a burst.
     pub rate_limit_burst: Option<u32>,
+    /// Pack generations at once (`--pack-generations`).
+    pub pack_generations: Option<usize>,
+    /// Pack cache size in bytes; 0: off (`--pack-cache-bytes`).
+    pub pack_cache_bytes: Option<u64>,
+    /// Maintain repositories in the background (default true).
+    pub auto_maintenance: Option<bool>,
 }
 
 impl FileConfig {
@@ -79,6 +85,8 @@ pub struct Config {
     pub rules: crate::rules::RulesConfig,
     /// Limits of the HTTP server.
     pub http: crate::limits::HttpLimits,
+    /// Pack generation, the pack cache, background maintenance.
+    pub serve: crate::serving::ServeConfig,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

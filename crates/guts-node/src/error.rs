@@ -143,6 +143,7 @@ pub fn status_for(e: &NodeError) -> StatusCode {
             G::TooLarge(_) | G::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             G::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             G::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            G::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             G::Io(_)
             | G::MissingObject(_)
             | G::CorruptObject { .. }

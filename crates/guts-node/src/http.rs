@@ -32,6 +32,8 @@ pub struct AppState {
     pub transfer: TransferLimits,
     /// Caps on concurrent pushes and pack generations.
     pub slots: WorkSlots,
+    /// Repository maintenance (on request and in the background).
+    pub maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -40,6 +42,7 @@ pub(crate) type Shared = Arc<AppState>;
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(crate::rest::routes())
+        .merge(crate::maintenance::routes())
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),

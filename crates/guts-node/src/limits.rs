@@ -51,10 +51,13 @@ pub fn default_max_concurrent_pushes() -> usize {
     (2 * cores()).max(4)
 }
 
-/// Default cap on concurrent pack generations (upload-pack): four times the
-/// cores, at least 8.
+/// Default cap on concurrent upload-pack requests (clones, fetches):
+/// sixteen times the cores, at least 64. Most are cheap (a stored or cached
+/// pack streamed from disk); the costly part, generating a pack, has its
+/// own lower limit inside (`--pack-generations`), where a request waits
+/// with `remote: waiting for a free slot` instead of being refused.
 pub fn default_max_concurrent_fetches() -> usize {
-    (4 * cores()).max(8)
+    (16 * cores()).max(64)
 }
 
 /// The `run` flags for the limits (each also a config-file key).
@@ -78,7 +81,7 @@ pub struct LimitArgs {
     /// Most pushes (receive-pack requests) processed at once [default: 2 × CPU cores, at least 4].
     #[arg(long, env = "GUTS_MAX_CONCURRENT_PUSHES", value_name = "N")]
     pub max_concurrent_pushes: Option<usize>,
-    /// Most pack generations (upload-pack requests: clones, fetches) at once [default: 4 × CPU cores, at least 8].
+    /// Most upload-pack requests (clones, fetches) served at once; more wait, then get 503. Pack generation inside them is limited by --pack-generations [default: 16 × CPU cores, at least 64].
     #[arg(long, env = "GUTS_MAX_CONCURRENT_FETCHES", value_name = "N")]
     pub max_concurrent_fetches: Option<usize>,
     /// Seconds a push or fetch waits for a free slot before it is refused with 503 and Retry-After [default: 30].

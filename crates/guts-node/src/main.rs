@@ -23,6 +23,8 @@ mod repos;
 mod rest;
 mod rules;
 mod server;
+mod serving;
+mod maintenance;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -168,6 +170,8 @@ struct RunArgs {
     log: String,
     #[command(flatten)]
     limits: limits::LimitArgs,
+    #[command(flatten)]
+    serve: serving::ServeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +223,11 @@ enum RepoAction {
     },
     /// Delete OWNER/NAME with all its refs and objects.
     Delete {
+        /// Repository name, OWNER/NAME.
+        name: String,
+    },
+    /// Consolidate OWNER/NAME's packs and write its commit-graph now (the node also does this in the background after pushes). Needs the operator token (--data-dir of the node).
+    Maintain {
         /// Repository name, OWNER/NAME.
         name: String,
     },
@@ -285,6 +294,12 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             .or(file.push_cert_nonce_slop)
             .unwrap_or(policy::DEFAULT_NONCE_SLOP_SECS),
         http: args.limits.resolve(&file)?,
+        serve: args.serve.resolve(
+            &file,
+            file.rules
+                .min_free_bytes
+                .unwrap_or(rules::DEFAULT_MIN_FREE_BYTES),
+        )?,
         rules: rules_config(args, file.rules)?,
         data_dir,
     })
@@ -318,7 +333,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         .init();
     let config = resolve(&args)?;
     std::fs::create_dir_all(&config.data_dir)?;
-    let storage = Storage::open(&config.data_dir)?;
+    let storage = Storage::open_with(&config.data_dir, config.serve.serving(&config.data_dir)?)?;
     tracing::info!(data_dir = %config.data_dir.display(), repos = storage.list()?.len(), "storage opened");
     let public = !config.http_listen.ip().is_loopback();
     let rules = rules::Rules::resolve(config.rules.clone(), public, &config.data_dir)?;
@@ -349,7 +364,14 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };
+        let maintenance = maintenance::Maintenance::new(Arc::clone(&repos));
+        if config.serve.auto_maintenance {
+            maintenance.spawn_auto();
+        } else {
+            tracing::info!("background maintenance off (--no-auto-maintenance)");
+        }
         let state = Arc::new(http::AppState {
+            maintenance,
             repos,
             p2p,
             token,

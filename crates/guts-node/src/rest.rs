@@ -113,6 +113,12 @@ pub struct RepoDetail {
     pub object_count: u64,
     /// Bytes of packs and indexes on disk.
     pub size_bytes: u64,
+    /// Packs the objects are in (maintenance consolidates them).
+    #[serde(default)]
+    pub packs: usize,
+    /// When maintenance last ran, seconds since the epoch.
+    #[serde(default)]
+    pub maintained_at: Option<u64>,
     /// Whether non-fast-forward pushes are refused.
     pub deny_non_fast_forwards: bool,
 }
@@ -210,6 +216,7 @@ async fn show_repo(
             .map(|r| (r.name, r.id.to_string()))
             .collect();
         let (object_count, size_bytes) = repo.disk_usage()?;
+        let maintenance = crate::maintenance::MaintenanceView::of(&repo)?;
         let identity = state.repos.identities().current(&name)?;
         let body = identity.as_ref().map(|i| i.doc.body().clone());
         Ok(RepoDetail {
@@ -228,6 +235,8 @@ async fn show_repo(
             refs,
             object_count,
             size_bytes,
+            packs: maintenance.packs,
+            maintained_at: maintenance.maintained_at,
             deny_non_fast_forwards: settings.deny_non_fast_forwards,
         })
     })

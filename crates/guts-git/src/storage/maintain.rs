@@ -75,6 +75,9 @@ pub struct MaintainedState {
     pub pack: String,
     /// Objects in the reachable pack.
     pub objects: u32,
+    /// The cruft pack's file stem, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cruft: Option<String>,
     /// The refs it holds everything for.
     pub tips: Vec<Tip>,
 }
@@ -201,6 +204,7 @@ impl Repo {
                     at: now_secs(),
                     pack: reachable.stem.clone(),
                     objects: reachable.objects,
+                    cruft: new.get(1).map(|p| p.stem.clone()),
                     tips,
                 },
             )?;

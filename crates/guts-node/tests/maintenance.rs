@@ -1,0 +1,231 @@
+//! Repository maintenance on a real node with stock git: clones before and
+//! after are identical and fsck-clean, clones running during maintenance
+//! succeed, and `kill -9` at random moments of maintenance never leaves a
+//! repository that clones differently or fails `git fsck --full`.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const OWNER: &str = "burntsushi";
+const NAME: &str = "ripgrep";
+
+/// Push the fixture in three batches (three packs): heads, then half the
+/// tags, then the rest.
+fn push_in_batches(node: &Node, src: &Path) {
+    let url = node.repo_url(OWNER, NAME);
+    git_ok(src, &["push", "-q", &url, "refs/heads/*:refs/heads/*"]);
+    let tags: Vec<String> = refs_of(src)
+        .into_keys()
+        .filter(|r| r.starts_with("refs/tags/"))
+        .collect();
+    let (first, rest) = tags.split_at(tags.len() / 2);
+    for batch in [first, rest] {
+        let mut args = vec!["push", "-q", url.as_str()];
+        let specs: Vec<String> = batch.iter().map(|t| format!("{t}:{t}")).collect();
+        args.extend(specs.iter().map(String::as_str));
+        git_ok(src, &args);
+    }
+}
+
+/// `guts-node repo maintain` as the operator (the CLI reads the token from
+/// the node's data dir).
+fn maintain_cli(node: &Node) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(["repo", "maintain", &format!("{OWNER}/{NAME}")])
+        .arg("--node")
+        .arg(node.url())
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .output()
+        .expect("run guts-node repo maintain");
+    assert!(
+        out.status.success(),
+        "repo maintain failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn objects_dir(node: &Node) -> std::path::PathBuf {
+    node.data_dir()
+        .join("repos")
+        .join(OWNER)
+        .join(format!("{NAME}.git"))
+        .join("objects")
+}
+
+fn clone_v(node: &Node, dir: &Path, v: &str, dest: &str) -> BTreeMap<String, String> {
+    let dest = dir.join(dest);
+    let url = node.repo_url(OWNER, NAME);
+    git_ok(
+        dir,
+        &[
+            "-c",
+            &format!("protocol.version={v}"),
+            "clone",
+            "-q",
+            "--bare",
+            &url,
+            dest.to_str().expect("utf-8"),
+        ],
+    );
+    assert_fsck(&dest);
+    refs_of(&dest)
+}
+
+#[test]
+fn clones_before_and_after_maintenance_are_identical() {
+    let tmp = tempfile::TempDir::new().expect("tmp");
+    let Some(src) = ripgrep_bare(&tmp.path().join("src.git")) else {
+        return;
+    };
+    let source = refs_of(&src);
+    let node = Node::start_with(&tmp.path().join("data"), &["--no-auto-maintenance"]);
+    node.create_repo(OWNER, NAME);
+    push_in_batches(&node, &src);
+    let info = node.repo_info(OWNER, NAME);
+    assert_eq!(info["packs"], 3, "{info}");
+    assert!(info["maintained_at"].is_null(), "{info}");
+    let before = clone_v(&node, tmp.path(), "2", "before.git");
+    assert_eq!(before, source);
+
+    let printed = maintain_cli(&node);
+    assert!(printed.contains("3 packs -> 1"), "{printed}");
+    let info = node.repo_info(OWNER, NAME);
+    assert_eq!(info["packs"], 1, "{info}");
+    assert!(info["maintained_at"].as_u64().is_some(), "{info}");
+    for v in ["0", "1", "2"] {
+        assert_eq!(clone_v(&node, tmp.path(), v, &format!("after-v{v}.git")), source);
+    }
+    git_ok(
+        tmp.path(),
+        &[
+            "commit-graph",
+            "verify",
+            "--object-dir",
+            objects_dir(&node).to_str().expect("utf-8"),
+        ],
+    );
+    // History moves on: the next clone is the maintained pack plus the new
+    // objects, and a fetch into an old clone gets just the new commit.
+    let work = tmp.path().join("work");
+    git_ok(tmp.path(), &["clone", "-q", &node.repo_url(OWNER, NAME), "work"]);
+    let new = commit_file(&work, "NEW.md", "after maintenance\n", "after maintenance");
+    git_ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/master"]);
+    let moved = clone_v(&node, tmp.path(), "2", "moved.git");
+    assert_eq!(moved.get("refs/heads/master"), Some(&new));
+    assert_eq!(moved.len(), source.len());
+    let before_dir = tmp.path().join("before.git");
+    git_ok(&before_dir, &["fetch", "-q", &node.repo_url(OWNER, NAME), "+refs/heads/*:refs/heads/*"]);
+    assert_fsck(&before_dir);
+    assert_eq!(rev_parse(&before_dir, "refs/heads/master"), new);
+}
+
+#[test]
+fn clones_running_during_maintenance_succeed() {
+    let tmp = tempfile::TempDir::new().expect("tmp");
+    let Some(src) = ripgrep_bare(&tmp.path().join("src.git")) else {
+        return;
+    };
+    let source = refs_of(&src);
+    let node = Node::start_with(&tmp.path().join("data"), &["--no-auto-maintenance"]);
+    node.create_repo(OWNER, NAME);
+    push_in_batches(&node, &src);
+    std::thread::scope(|s| {
+        let cloners: Vec<_> = (0..3)
+            .map(|i| {
+                let node = &node;
+                let source = &source;
+                let dir = tmp.path();
+                s.spawn(move || {
+                    for round in 0..3 {
+                        let got = clone_v(node, dir, "2", &format!("c{i}-{round}.git"));
+                        assert_eq!(&got, source, "clone {i}/{round} differs");
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        maintain_cli(&node);
+        for c in cloners {
+            c.join().expect("a clone failed during maintenance");
+        }
+    });
+    assert_eq!(node.repo_info(OWNER, NAME)["packs"], 1);
+}
+
+/// splitmix64, for reproducible kill moments.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Start maintenance over HTTP and leave it running (the answer is not awaited).
+fn start_maintenance(node: &Node) -> std::thread::JoinHandle<()> {
+    let addr = node.addr().to_owned();
+    let auth = format!("Bearer {}", node.operator_token());
+    std::thread::spawn(move || {
+        let _ = try_http_request(
+            &addr,
+            "POST",
+            &format!("/api/v1/repos/{OWNER}/{NAME}/maintain"),
+            &[("Authorization", &auth)],
+            &[],
+        );
+    })
+}
+
+#[test]
+fn kill_9_during_maintenance_leaves_a_clonable_repository() {
+    const ROUNDS: usize = 20;
+    let tmp = tempfile::TempDir::new().expect("tmp");
+    let Some(src) = ripgrep_bare(&tmp.path().join("src.git")) else {
+        return;
+    };
+    let data = tmp.path().join("data");
+    let mut node = Node::start_with(&data, &["--no-auto-maintenance"]);
+    node.create_repo(OWNER, NAME);
+    push_in_batches(&node, &src);
+    let work = tmp.path().join("work");
+    git_ok(tmp.path(), &["clone", "-q", &node.repo_url(OWNER, NAME), "work"]);
+    // How long one maintenance takes here: kills land within it.
+    let started = Instant::now();
+    maintain_cli(&node);
+    let span = started.elapsed().as_millis().max(50) as u64;
+    let mut rng = Rng(0x6775_7473);
+    let mut landed = [0usize; 2];
+    for round in 0..ROUNDS {
+        // A new branch each round: a new pack, so maintenance has work.
+        let c = commit_file(&work, "round.txt", &format!("round {round}\n"), "round");
+        let url = node.repo_url(OWNER, NAME);
+        git_ok(&work, &["push", "-q", &url, &format!("{c}:refs/heads/round-{round}")]);
+        let expected = node.server_refs(OWNER, NAME);
+        let waiter = start_maintenance(&node);
+        let delay = rng.next() % (span + span / 4);
+        std::thread::sleep(Duration::from_millis(delay));
+        node.stop();
+        let _ = waiter.join();
+        node = Node::start_with(&data, &["--no-auto-maintenance"]);
+        let info = node.repo_info(OWNER, NAME);
+        landed[usize::from(info["packs"].as_u64() == Some(1))] += 1;
+        let got = clone_v(&node, tmp.path(), "2", &format!("kill-{round}.git"));
+        assert_eq!(got, expected, "round {round} (killed after {delay} ms): refs differ");
+    }
+    println!("kills: {} before maintenance finished, {} after (of {ROUNDS}; one maintenance took {span} ms)", landed[0], landed[1]);
+    // And the repository still maintains cleanly afterwards.
+    maintain_cli(&node);
+    assert_eq!(node.repo_info(OWNER, NAME)["packs"], 1);
+    clone_v(&node, tmp.path(), "0", "final.git");
+}
