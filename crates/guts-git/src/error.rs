@@ -1,5 +1,7 @@
 //! The one error type of this crate.
 
+use std::path::PathBuf;
+
 use gix_hash::ObjectId;
 
 /// Everything that can go wrong in `guts-git`.
@@ -64,6 +66,16 @@ pub enum Error {
     /// The metadata database failed.
     #[error("metadata store error: {0}")]
     Metadata(String),
+    /// A commit-graph file (`objects/info/commit-graph`) is damaged or of a
+    /// kind this node does not read, or the commits given to write one are
+    /// inconsistent (a parent missing from the set); see [`crate::commit_graph`].
+    #[error("commit-graph {}: {reason}", path.display())]
+    CommitGraph {
+        /// The file read or written.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The pushed objects do not reach everything the new ref values need.
     #[error("pack error: the pushed objects are not connected: {missing} object(s) missing, e.g. {example}")]
     NotConnected {

@@ -3,7 +3,7 @@
 //! Everything a node needs to speak git's smart protocol and keep
 //! repositories: pkt-line framing ([`pktline`]), ref advertisements
 //! ([`protocol`]), the server side of fetch ([`upload_pack`], v0/v1/v2) and
-//! push ([`receive_pack`]), history walks ([`walk`]), pack generation that
+//! push ([`receive_pack`]), history walks ([`walk`]), git's commit-graph file ([`commit_graph`]), pack generation that
 //! reuses stored deltas ([`pack_out`]), quarantined pack reception
 //! ([`pack_in`]) and storage of packs and refs ([`storage`]).
 //!
@@ -14,6 +14,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod commit_graph;
 pub mod error;
 pub mod fetch;
 pub mod filter;
