@@ -148,6 +148,7 @@ pub fn status_for(e: &NodeError) -> StatusCode {
             | G::MissingObject(_)
             | G::CorruptObject { .. }
             | G::Pack(_)
+            | G::CommitGraph { .. }
             | G::Metadata(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         NodeError::Identity(i) => match i {

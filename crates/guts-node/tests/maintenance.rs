@@ -103,7 +103,7 @@ fn clones_before_and_after_maintenance_are_identical() {
         assert_eq!(clone_v(&node, tmp.path(), v, &format!("after-v{v}.git")), source);
     }
     git_ok(
-        tmp.path(),
+        &tmp.path().join("before.git"),
         &[
             "commit-graph",
             "verify",

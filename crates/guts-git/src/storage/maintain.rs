@@ -398,8 +398,18 @@ fn write_commit_graph(
     objects_dir: &Path,
     commits: &[ObjectId],
 ) -> Result<usize> {
-    let _ = (odb, objects_dir);
-    Ok(commits.len())
+    let mut buf = Vec::new();
+    let mut graph = Vec::with_capacity(commits.len());
+    for id in commits {
+        let info = odb.commit(id, &mut buf)?;
+        graph.push(crate::commit_graph::GraphCommit {
+            id: *id,
+            tree: info.tree,
+            parents: info.parents,
+            time: info.time,
+        });
+    }
+    Ok(crate::commit_graph::write(objects_dir, graph)?.commits)
 }
 
 /// Object ids as hex strings in the state file.
