@@ -4,8 +4,9 @@
 //! repositories: pkt-line framing ([`pktline`]), ref advertisements
 //! ([`protocol`]), the server side of fetch ([`upload_pack`], v0/v1/v2) and
 //! push ([`receive_pack`]), history walks ([`walk`]), pack generation that
-//! reuses stored deltas ([`pack_out`]), quarantined pack reception
-//! ([`pack_in`]) and storage of packs and refs ([`storage`]).
+//! reuses stored deltas ([`pack_out`]), a disk cache of generated packs
+//! ([`pack_cache`]), quarantined pack reception ([`pack_in`]) and storage of
+//! packs and refs ([`storage`]).
 //!
 //! What this crate must not do: open sockets, spawn an async runtime, or know
 //! about HTTP. Its protocol functions take a [`std::io::BufRead`] for the
@@ -20,6 +21,7 @@ pub mod filter;
 pub mod limits;
 pub mod names;
 pub mod odb;
+pub mod pack_cache;
 pub mod pack_in;
 pub mod pack_out;
 pub mod pktline;
