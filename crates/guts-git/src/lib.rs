@@ -3,9 +3,11 @@
 //! Everything a node needs to speak git's smart protocol and keep
 //! repositories: pkt-line framing ([`pktline`]), ref advertisements
 //! ([`protocol`]), the server side of fetch ([`upload_pack`], v0/v1/v2) and
-//! push ([`receive_pack`]), history walks ([`walk`]), git's commit-graph file ([`commit_graph`]), pack generation that
-//! reuses stored deltas ([`pack_out`]), quarantined pack reception
-//! ([`pack_in`]) and storage of packs and refs ([`storage`]).
+//! push ([`receive_pack`]), history walks ([`walk`]), git's commit-graph
+//! file ([`commit_graph`]), pack generation that reuses stored deltas
+//! ([`pack_out`]), a disk cache of generated packs ([`pack_cache`]),
+//! quarantined pack reception ([`pack_in`]) and storage of packs and refs,
+//! with their maintenance ([`storage`]).
 //!
 //! What this crate must not do: open sockets, spawn an async runtime, or know
 //! about HTTP. Its protocol functions take a [`std::io::BufRead`] for the

@@ -41,6 +41,8 @@ use tracing::debug;
 
 use crate::error::{Error, Result};
 
+mod scan;
+
 /// Directory of packs being recorded.
 const TMP_DIR: &str = "tmp";
 /// Buffer between a recorder and its temp file.
@@ -147,24 +149,20 @@ impl Index {
         self.tick
     }
 
+    fn entries(&mut self, slot: &Slot) -> Option<&mut HashMap<[u8; 32], Entry>> {
+        let repo = self.repos.get_mut(&slot.repo)?;
+        (repo.refs == slot.refs).then_some(&mut repo.entries)
+    }
+
     /// The length of the entry, made the most recent.
     fn touch(&mut self, slot: &Slot) -> Option<u64> {
         let tick = self.next_tick();
-        let repo = self.repos.get_mut(&slot.repo)?;
-        let entry = repo
-            .entries
-            .get_mut(&slot.req)
-            .filter(|_| repo.refs == slot.refs)?;
-        self.lru.remove(&entry.tick);
-        entry.tick = tick;
+        let entry = self.entries(slot)?.get_mut(&slot.req)?;
+        let old = std::mem::replace(&mut entry.tick, tick);
+        let len = entry.len;
+        self.lru.remove(&old);
         self.lru.insert(tick, *slot);
-        Some(entry.len)
-    }
-
-    fn contains(&self, slot: &Slot) -> bool {
-        self.repos
-            .get(&slot.repo)
-            .is_some_and(|r| r.refs == slot.refs && r.entries.contains_key(&slot.req))
+        Some(len)
     }
 
     /// Add an entry as the most recent; the length of the one it replaces.
@@ -183,44 +181,40 @@ impl Index {
         Some(old.len)
     }
 
+    /// Drop an entry (and its repository once it has none); its length.
     fn remove(&mut self, slot: &Slot) -> Option<u64> {
-        let repo = self
-            .repos
-            .get_mut(&slot.repo)
-            .filter(|r| r.refs == slot.refs)?;
-        let entry = repo.entries.remove(&slot.req)?;
+        let entries = self.entries(slot)?;
+        let entry = entries.remove(&slot.req)?;
+        if entries.is_empty() {
+            self.repos.remove(&slot.repo);
+        }
         self.lru.remove(&entry.tick);
         self.total = self.total.saturating_sub(entry.len);
         Some(entry.len)
     }
 
-    /// Make `refs` the current refs digest of `repo`; the entries under
-    /// its former digest, now stale, are dropped and returned.
+    /// Make `refs` the current refs digest of `repo`, if it has entries or
+    /// had: those under its former digest, now stale, are dropped and
+    /// returned.
     fn set_refs(&mut self, repo: RepoId, refs: [u8; 32]) -> Vec<(Slot, u64)> {
-        let state = self.repos.entry(repo).or_insert_with(|| RepoState {
-            refs,
-            entries: HashMap::new(),
-        });
-        if state.refs == refs {
+        let Some(state) = self.repos.get_mut(&repo).filter(|s| s.refs != refs) else {
             return Vec::new();
-        }
+        };
         let old = std::mem::replace(&mut state.refs, refs);
-        let stale: Vec<_> = state.entries.drain().collect();
+        let mut stale = Vec::new();
+        for (req, entry) in state.entries.drain() {
+            self.lru.remove(&entry.tick);
+            self.total = self.total.saturating_sub(entry.len);
+            stale.push((
+                Slot {
+                    repo,
+                    refs: old,
+                    req,
+                },
+                entry.len,
+            ));
+        }
         stale
-            .into_iter()
-            .map(|(req, entry)| {
-                self.lru.remove(&entry.tick);
-                self.total = self.total.saturating_sub(entry.len);
-                (
-                    Slot {
-                        repo,
-                        refs: old,
-                        req,
-                    },
-                    entry.len,
-                )
-            })
-            .collect()
     }
 
     /// Drop least recently used entries until the total is at most `max`.
@@ -230,18 +224,7 @@ impl Index {
             let Some((_, slot)) = self.lru.pop_first() else {
                 break;
             };
-            let Some(state) = self.repos.get_mut(&slot.repo) else {
-                continue;
-            };
-            if state.refs == slot.refs {
-                if let Some(entry) = state.entries.remove(&slot.req) {
-                    self.total = self.total.saturating_sub(entry.len);
-                    out.push((slot, entry.len));
-                }
-            }
-            if state.entries.is_empty() {
-                self.repos.remove(&slot.repo);
-            }
+            out.extend(self.remove(&slot).map(|len| (slot, len)));
         }
         out
     }
@@ -250,15 +233,23 @@ impl Index {
 /// Node-wide cache of generated packs. A clone-able handle (`Arc` inside),
 /// `Send + Sync`: [`get`](Self::get) and [`record`](Self::record) may be
 /// called from many threads at once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PackCache {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     cfg: CacheConfig,
     index: Mutex<Index>,
+}
+
+impl std::fmt::Debug for PackCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the index: it can be large.
+        f.debug_struct("PackCache")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PackCache {
@@ -277,8 +268,9 @@ impl PackCache {
             remove_any(&tmp);
         }
         fs::create_dir(&tmp).map_err(|e| ctx("cannot create", &tmp, e))?;
-        let mut index = scan(&cfg.dir).map_err(|e| ctx("cannot read", &cfg.dir, e))?;
-        let victims = index.evict(cfg.max_bytes);
+        let (mut index, mut victims) =
+            scan::scan(&cfg.dir).map_err(|e| ctx("cannot read", &cfg.dir, e))?;
+        victims.extend(index.evict(cfg.max_bytes));
         let cache = PackCache {
             inner: Arc::new(Inner {
                 cfg,
@@ -299,7 +291,7 @@ impl PackCache {
         let (len, dead) = {
             let mut index = self.lock();
             let stale = index.set_refs(slot.repo, slot.refs);
-            (index.touch(&slot), self.retire_stale(&stale))
+            (index.touch(&slot), self.retire(&stale))
         };
         delete(dead);
         let len = len?;
@@ -325,28 +317,24 @@ impl PackCache {
     pub fn record(&self, key: &CacheKey) -> Option<Recorder> {
         let cfg = &self.inner.cfg;
         if cfg.min_free_bytes > 0 {
-            match free_bytes(&cfg.dir) {
-                Ok(free) if free >= cfg.min_free_bytes => {}
-                Ok(free) => {
-                    debug!(
-                        free,
-                        min = cfg.min_free_bytes,
-                        "pack cache: low disk, not recording"
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    debug!(error = %e, "pack cache: statvfs failed, not recording");
-                    return None;
-                }
+            let free = free_bytes(&cfg.dir);
+            if !free.as_ref().is_ok_and(|free| *free >= cfg.min_free_bytes) {
+                debug!(
+                    ?free,
+                    min = cfg.min_free_bytes,
+                    "pack cache: low disk, not recording"
+                );
+                return None;
             }
         }
         let slot = key.slot();
         let (claimed, dead) = {
             let mut index = self.lock();
             let stale = index.set_refs(slot.repo, slot.refs);
-            let claimed = !index.contains(&slot) && index.recording.insert(slot);
-            (claimed, self.retire_stale(&stale))
+            let cached = index
+                .entries(&slot)
+                .is_some_and(|e| e.contains_key(&slot.req));
+            (!cached && index.recording.insert(slot), self.retire(&stale))
         };
         delete(dead);
         if !claimed {
@@ -360,7 +348,6 @@ impl PackCache {
                 out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
                 written: 0,
                 claimed: true,
-                kept: false,
             }),
             Err(e) => {
                 debug!(error = %e, "pack cache: cannot create temp file");
@@ -385,17 +372,15 @@ impl PackCache {
     }
 
     fn refs_dir(&self, slot: &Slot) -> PathBuf {
-        self.inner
-            .cfg
-            .dir
-            .join(hex(&slot.repo))
-            .join(hex(&slot.refs))
+        let repo = self.inner.cfg.dir.join(hex(&slot.repo));
+        repo.join(hex(&slot.refs))
     }
 
-    /// Move the files of dropped entries into the temp directory, to be
-    /// deleted by the caller once the index lock is released. Called under
-    /// that lock: every change of an entry path is, so a new entry at the
-    /// same path is never removed by mistake.
+    /// Move the files of dropped entries into the temp directory (and
+    /// remove their directories once empty), to be deleted by the caller
+    /// once the index lock is released. Called under that lock, as every
+    /// change of an entry path is: a new entry at the same path is never
+    /// removed by mistake.
     fn retire(&self, entries: &[(Slot, u64)]) -> Vec<PathBuf> {
         let tmp = self.inner.cfg.dir.join(TMP_DIR);
         let mut dead = Vec::new();
@@ -407,23 +392,16 @@ impl PackCache {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(_) => remove_file(&path),
             }
-        }
-        dead
-    }
-
-    /// [`retire`](Self::retire) stale entries (all under one refs
-    /// directory) and remove that directory.
-    fn retire_stale(&self, stale: &[(Slot, u64)]) -> Vec<PathBuf> {
-        let dead = self.retire(stale);
-        if let Some((slot, _)) = stale.first() {
-            let _ = fs::remove_dir(self.refs_dir(slot));
+            for dir in path.ancestors().skip(1).take(2) {
+                let _ = fs::remove_dir(dir);
+            }
         }
         dead
     }
 
     /// Move a complete recording into place and evict down to the limit.
-    /// Releases the claim on `slot` in any case; whether the pack was kept.
-    fn commit(&self, slot: &Slot, tmp: &Path, len: u64) -> bool {
+    /// Releases the claim on `slot` in any case.
+    fn commit(&self, slot: &Slot, tmp: &Path, len: u64) {
         let path = self.entry_path(slot, len);
         let dead = {
             let mut index = self.lock();
@@ -431,11 +409,11 @@ impl PackCache {
             let current = index.repos.get(&slot.repo).map(|r| r.refs);
             if current.is_some_and(|refs| refs != slot.refs) {
                 debug!("pack cache: refs moved while recording, pack not kept");
-                return false;
+                return;
             }
             if let Err(e) = place(tmp, &path) {
                 debug!(path = %path.display(), error = %e, "pack cache: cannot keep pack");
-                return false;
+                return;
             }
             let replaced = index.insert(*slot, len).filter(|old| *old != len);
             let mut victims = index.evict(self.inner.cfg.max_bytes);
@@ -443,7 +421,6 @@ impl PackCache {
             self.retire(&victims)
         };
         delete(dead);
-        true
     }
 }
 
@@ -526,122 +503,8 @@ fn remove_any(path: &Path) {
     }
 }
 
-/// Index the entries under `dir`, removing damaged ones.
-fn scan(dir: &Path) -> io::Result<Index> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir)?.flatten() {
-        let name = entry.file_name();
-        let name = name.to_str().unwrap_or("");
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        match parse_hex::<16>(name) {
-            Some(repo) if is_dir => scan_repo(&entry.path(), repo, &mut found),
-            _ if name == TMP_DIR => {}
-            _ => debug!(name, "pack cache: not an entry, left alone"),
-        }
-    }
-    found.sort_by_key(|(_, _, mtime)| *mtime);
-    let mut index = Index::default();
-    for (slot, len, _) in found {
-        index.insert(slot, len);
-    }
-    Ok(index)
-}
-
-/// Add the entries of one repository directory to `found`; only those of
-/// its most recently used refs directory, the others are stale.
-fn scan_repo(dir: &Path, repo: RepoId, found: &mut Vec<(Slot, u64, SystemTime)>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut groups = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        let refs = entry.file_name().to_str().and_then(parse_hex::<32>);
-        match refs {
-            Some(refs) if is_dir => {
-                let packs = scan_refs(&path);
-                let newest = packs.iter().map(|p| p.2).max();
-                match newest {
-                    Some(newest) => groups.push((newest, refs, path, packs)),
-                    None => {
-                        let _ = fs::remove_dir(&path);
-                    }
-                }
-            }
-            _ => remove_any(&path),
-        }
-    }
-    groups.sort_by_key(|g| g.0);
-    if let Some((_, refs, _, packs)) = groups.pop() {
-        found.extend(
-            packs
-                .into_iter()
-                .map(|(req, len, mtime)| (Slot { repo, refs, req }, len, mtime)),
-        );
-    }
-    for (_, _, path, _) in groups {
-        remove_any(&path);
-    }
-}
-
-/// The complete entries of one refs directory; others are removed.
-fn scan_refs(dir: &Path) -> Vec<([u8; 32], u64, SystemTime)> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let parsed = entry.file_name().to_str().and_then(parse_entry_name);
-        let meta = path.symlink_metadata();
-        match (parsed, meta) {
-            (Some((req, len)), Ok(meta)) if meta.is_file() && meta.len() == len => {
-                out.push((req, len, meta.modified().unwrap_or(UNIX_EPOCH)));
-            }
-            _ => {
-                debug!(path = %path.display(), "pack cache: bad entry removed");
-                remove_any(&path);
-            }
-        }
-    }
-    out
-}
-
-/// `<hex request digest>-<decimal length>.pack`.
-fn parse_entry_name(name: &str) -> Option<([u8; 32], u64)> {
-    let (req, len) = name.strip_suffix(".pack")?.split_once('-')?;
-    let n: u64 = len.parse().ok()?;
-    (n.to_string() == len).then_some((parse_hex::<32>(req)?, n))
-}
-
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
-/// Lower-case hex of exactly `N` bytes.
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Tees the bytes of a pack into a temp file in the cache directory.
@@ -661,8 +524,6 @@ pub struct Recorder {
     written: u64,
     /// Whether this recorder still holds its key in [`Index::recording`].
     claimed: bool,
-    /// Whether the temp file became an entry.
-    kept: bool,
 }
 
 impl Recorder {
@@ -683,7 +544,7 @@ impl Recorder {
             return;
         }
         self.claimed = false;
-        self.kept = self.cache.commit(&self.slot, &self.tmp, self.written);
+        self.cache.commit(&self.slot, &self.tmp, self.written);
     }
 
     fn fail(&mut self, why: &dyn std::fmt::Display) {
@@ -721,9 +582,8 @@ impl Drop for Recorder {
         if let Some(out) = self.out.take() {
             drop(out.into_parts());
         }
-        if !self.kept {
-            remove_file(&self.tmp);
-        }
+        // Gone already if it became an entry.
+        remove_file(&self.tmp);
         if self.claimed {
             self.cache.lock().recording.remove(&self.slot);
         }
@@ -731,230 +591,4 @@ impl Drop for Recorder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    fn config(dir: &Path, max_bytes: u64) -> CacheConfig {
-        CacheConfig {
-            dir: dir.to_path_buf(),
-            max_bytes,
-            min_free_bytes: 0,
-            min_entry_bytes: 10,
-        }
-    }
-
-    fn key(repo: &str, refs: u8, req: u8) -> CacheKey {
-        CacheKey::new(repo, [refs; 32], [req; 32])
-    }
-
-    /// Bytes that differ for every key.
-    fn body(k: &CacheKey, len: usize) -> Vec<u8> {
-        let d = digest(&[k.repo.as_bytes(), &k.refs_digest, &k.request_digest]);
-        (0..len).map(|i| d[i % 32] ^ (i / 32) as u8).collect()
-    }
-
-    fn put(cache: &PackCache, k: &CacheKey, data: &[u8]) {
-        let mut r = cache.record(k).expect("recording starts");
-        for c in data.chunks(7000) {
-            r.write_all(c).expect("write");
-        }
-        r.finish();
-    }
-
-    fn read(cache: &PackCache, k: &CacheKey) -> Option<Vec<u8>> {
-        let (mut f, len) = cache.get(k)?;
-        let mut out = Vec::new();
-        f.read_to_end(&mut out).expect("read");
-        assert_eq!(out.len() as u64, len);
-        Some(out)
-    }
-
-    /// Every file under `dir`, recursively.
-    fn files(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(dir).expect("read_dir").flatten() {
-            if e.file_type().expect("type").is_dir() {
-                out.extend(files(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-        out
-    }
-
-    fn path_of(cache: &PackCache, k: &CacheKey, len: u64) -> PathBuf {
-        cache.entry_path(&k.slot(), len)
-    }
-
-    #[test]
-    fn pack_cache_digest_prefixes_lengths() {
-        assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
-        assert_ne!(digest(&[]), digest(&[b""]));
-        assert_eq!(digest(&[b"a", b"bc"]), digest(&[b"a", b"bc"]));
-    }
-
-    #[test]
-    fn pack_cache_roundtrip_and_invalidation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = PackCache::new(config(dir.path(), 1 << 20)).expect("new");
-        let (a, b, c) = (key("o/r1", 1, 1), key("o/r1", 1, 2), key("o/r2", 1, 1));
-        for k in [&a, &b, &c] {
-            put(&cache, k, &body(k, 20_000));
-        }
-        assert_eq!(read(&cache, &a), Some(body(&a, 20_000)));
-        assert_eq!(read(&cache, &key("o/r1", 1, 9)), None);
-        assert!(cache.record(&a).is_none(), "already cached");
-        assert_eq!(files(dir.path()).len(), 3);
-
-        // The refs of o/r1 moved: its old entries go, o/r2's stay.
-        assert!(cache.get(&key("o/r1", 2, 1)).is_none());
-        assert_eq!(files(dir.path()), vec![path_of(&cache, &c, 20_000)]);
-        assert!(!cache.refs_dir(&a.slot()).exists());
-        assert!(read(&cache, &a).is_none());
-        assert_eq!(read(&cache, &c), Some(body(&c, 20_000)));
-        assert_eq!(cache.lock().total, 20_000);
-
-        // A cache opened again on the directory sees the entries.
-        put(&cache, &key("o/r1", 2, 1), b"0123456789abc");
-        drop(cache);
-        let cache = PackCache::new(config(dir.path(), 1 << 20)).expect("reopen");
-        assert_eq!(read(&cache, &c), Some(body(&c, 20_000)));
-        assert_eq!(
-            read(&cache, &key("o/r1", 2, 1)),
-            Some(b"0123456789abc".to_vec())
-        );
-    }
-
-    #[test]
-    fn pack_cache_small_dropped_and_busy() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = PackCache::new(config(dir.path(), 1 << 20)).expect("new");
-        let k = key("o/r", 1, 1);
-        put(&cache, &k, b"tiny");
-        assert!(cache.get(&k).is_none(), "below min_entry_bytes");
-
-        let mut r = cache.record(&k).expect("recording starts");
-        r.write_all(&[7; 5000]).expect("write");
-        assert!(cache.record(&k).is_none(), "another writer records it");
-        drop(r);
-        assert!(cache.get(&k).is_none());
-        assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
-
-        // Larger than the whole cache: not kept.
-        let cache = PackCache::new(config(dir.path(), 1000)).expect("new");
-        put(&cache, &k, &[1; 1001]);
-        assert!(cache.get(&k).is_none());
-        assert!(files(dir.path()).is_empty());
-    }
-
-    #[test]
-    fn pack_cache_evicts_least_recently_used() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = PackCache::new(config(dir.path(), 2500)).expect("new");
-        let (a, b, c) = (key("o/r", 1, 1), key("o/r", 1, 2), key("o/s", 1, 3));
-        put(&cache, &a, &body(&a, 1000));
-        put(&cache, &b, &body(&b, 1000));
-        assert!(read(&cache, &a).is_some());
-        put(&cache, &c, &body(&c, 1000));
-        assert!(cache.get(&b).is_none());
-        assert!(!path_of(&cache, &b, 1000).exists());
-        assert_eq!(read(&cache, &a), Some(body(&a, 1000)));
-        assert_eq!(read(&cache, &c), Some(body(&c, 1000)));
-        assert_eq!(files(dir.path()).len(), 2);
-    }
-
-    #[test]
-    fn pack_cache_off_on_low_disk() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = config(dir.path(), 1 << 20);
-        cfg.min_free_bytes = u64::MAX;
-        let cache = PackCache::new(cfg).expect("new");
-        assert!(cache.record(&key("o/r", 1, 1)).is_none());
-        cfg = config(dir.path(), 1 << 20);
-        cfg.min_free_bytes = 1;
-        let cache = PackCache::new(cfg).expect("new");
-        assert!(cache.record(&key("o/r", 1, 1)).is_some());
-    }
-
-    #[test]
-    fn pack_cache_concurrent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = PackCache::new(config(dir.path(), 200_000)).expect("new");
-        let threads: Vec<_> = (0..8u8)
-            .map(|t| {
-                let cache = cache.clone();
-                std::thread::spawn(move || {
-                    for round in 0..60u8 {
-                        let repo = format!("o/r{}", round % 3);
-                        let k = key(&repo, round / 20, t % 4 + round % 5);
-                        let data = body(&k, 1000 + 7000 * usize::from(k.request_digest[0]));
-                        if let Some(got) = read(&cache, &k) {
-                            assert!(got == data, "wrong bytes for {k:?}");
-                        } else if let Some(mut r) = cache.record(&k) {
-                            for c in data.chunks(3000) {
-                                r.write_all(c).expect("write");
-                            }
-                            if round % 7 != 0 {
-                                r.finish();
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("no panic");
-        }
-        let on_disk: u64 = files(dir.path())
-            .iter()
-            .map(|p| p.metadata().expect("metadata").len())
-            .sum();
-        let total = cache.lock().total;
-        assert!(total <= 200_000);
-        assert_eq!(on_disk, total, "{:?}", files(dir.path()));
-    }
-
-    #[test]
-    fn pack_cache_survives_damage() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = PackCache::new(config(dir.path(), 1 << 20)).expect("new");
-        let (a, b, c) = (key("o/r", 1, 1), key("o/r", 1, 2), key("o/r", 1, 3));
-        for k in [&a, &b, &c] {
-            put(&cache, k, &body(k, 5000));
-        }
-        // Truncated under a running cache: a miss, and removed.
-        let pa = path_of(&cache, &a, 5000);
-        fs::write(&pa, b"PACK").expect("truncate");
-        assert!(cache.get(&a).is_none());
-        assert!(!pa.exists());
-
-        // Garbage everywhere, then a restart.
-        let pc = path_of(&cache, &c, 5000);
-        fs::write(&pc, b"").expect("truncate");
-        let refs = cache.refs_dir(&a.slot());
-        let repo = refs.parent().expect("repo dir").to_path_buf();
-        let junk = [
-            refs.join(format!("{}-99.pack", hex(&[9; 32]))),
-            refs.join("zzz.pack"),
-            repo.join("not-refs"),
-            dir.path().join(hex(&[5; 16])).join(hex(&[5; 32])).join("x"),
-            dir.path().join("tmp").join("1-2-3.part"),
-        ];
-        for p in &junk {
-            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            fs::write(p, b"garbage").expect("write");
-        }
-        fs::write(dir.path().join("README"), b"not ours").expect("write");
-        let cache = PackCache::new(config(dir.path(), 1 << 20)).expect("reopen");
-        assert!(cache.get(&c).is_none());
-        assert_eq!(read(&cache, &b), Some(body(&b, 5000)));
-        let mut left = files(dir.path());
-        left.sort();
-        assert_eq!(
-            left,
-            vec![path_of(&cache, &b, 5000), dir.path().join("README")]
-        );
-        assert_eq!(cache.lock().total, 5000);
-    }
-}
+mod tests;
