@@ -16,6 +16,7 @@ mod http;
 mod identity;
 mod limits;
 mod log;
+mod maintenance;
 mod p2p;
 mod policy;
 mod replica;
@@ -24,7 +25,6 @@ mod rest;
 mod rules;
 mod server;
 mod serving;
-mod maintenance;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

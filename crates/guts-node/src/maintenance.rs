@@ -112,7 +112,9 @@ impl Maintenance {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::debug!(repo = %name, error = %e, "cannot tell whether maintenance is due"),
+                Err(e) => {
+                    tracing::debug!(repo = %name, error = %e, "cannot tell whether maintenance is due")
+                }
             }
         }
     }
@@ -131,8 +133,7 @@ pub fn due(repo: &Repo) -> Result<Option<&'static str>, NodeError> {
         let Some(stem) = name.strip_suffix(".idx") else {
             continue;
         };
-        let bytes = std::fs::metadata(pack_dir.join(format!("{stem}.pack")))
-            .map_or(0, |m| m.len());
+        let bytes = std::fs::metadata(pack_dir.join(format!("{stem}.pack"))).map_or(0, |m| m.len());
         match &state {
             Some(s) if s.pack == stem || s.cruft.as_deref() == Some(stem) => maintained += bytes,
             _ => {
@@ -142,8 +143,7 @@ pub fn due(repo: &Repo) -> Result<Option<&'static str>, NodeError> {
         }
     }
     Ok(if state.is_none() {
-        (new_bytes >= AUTO_FIRST_BYTES || new_packs >= AUTO_NEW_PACKS)
-            .then_some("never maintained")
+        (new_bytes >= AUTO_FIRST_BYTES || new_packs >= AUTO_NEW_PACKS).then_some("never maintained")
     } else if new_packs >= AUTO_NEW_PACKS {
         Some("many packs since the last maintenance")
     } else if new_packs > 0 && new_bytes * 100 >= maintained * AUTO_NEW_BYTES_PERCENT {

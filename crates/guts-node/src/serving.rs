@@ -45,13 +45,19 @@ pub struct ServeConfig {
 
 impl ServeArgs {
     /// Flags, then the config file, then defaults.
-    pub fn resolve(&self, file: &FileConfig, min_free_bytes: u64) -> Result<ServeConfig, NodeError> {
+    pub fn resolve(
+        &self,
+        file: &FileConfig,
+        min_free_bytes: u64,
+    ) -> Result<ServeConfig, NodeError> {
         let generations = self
             .pack_generations
             .or(file.pack_generations)
             .unwrap_or_else(guts_git::upload_pack::slots::default_slots);
         if generations == 0 {
-            return Err(NodeError::Config("pack_generations must be at least 1".into()));
+            return Err(NodeError::Config(
+                "pack_generations must be at least 1".into(),
+            ));
         }
         Ok(ServeConfig {
             pack_generations: generations,

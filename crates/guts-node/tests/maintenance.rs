@@ -51,12 +51,13 @@ fn maintain_cli(node: &Node) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The repository's `objects/` (stored under its canonical owner id, not the alias).
 fn objects_dir(node: &Node) -> std::path::PathBuf {
-    node.data_dir()
-        .join("repos")
-        .join(OWNER)
-        .join(format!("{NAME}.git"))
-        .join("objects")
+    std::fs::read_dir(node.data_dir().join("repos"))
+        .expect("repos dir")
+        .map(|e| e.expect("entry").path().join(format!("{NAME}.git/objects")))
+        .find(|p| p.exists())
+        .expect("the repository's objects dir")
 }
 
 fn clone_v(node: &Node, dir: &Path, v: &str, dest: &str) -> BTreeMap<String, String> {
@@ -100,10 +101,22 @@ fn clones_before_and_after_maintenance_are_identical() {
     assert_eq!(info["packs"], 1, "{info}");
     assert!(info["maintained_at"].as_u64().is_some(), "{info}");
     for v in ["0", "1", "2"] {
-        assert_eq!(clone_v(&node, tmp.path(), v, &format!("after-v{v}.git")), source);
+        assert_eq!(
+            clone_v(&node, tmp.path(), v, &format!("after-v{v}.git")),
+            source
+        );
     }
+    assert!(objects_dir(&node).join("info/commit-graph").exists());
+    // git verifies a commit-graph of its own object dir or of an alternate.
+    let checker = tmp.path().join("checker.git");
+    git_ok(tmp.path(), &["init", "-q", "--bare", "checker.git"]);
+    std::fs::write(
+        checker.join("objects/info/alternates"),
+        format!("{}\n", objects_dir(&node).display()),
+    )
+    .expect("alternates");
     git_ok(
-        &tmp.path().join("before.git"),
+        &checker,
         &[
             "commit-graph",
             "verify",
@@ -114,14 +127,25 @@ fn clones_before_and_after_maintenance_are_identical() {
     // History moves on: the next clone is the maintained pack plus the new
     // objects, and a fetch into an old clone gets just the new commit.
     let work = tmp.path().join("work");
-    git_ok(tmp.path(), &["clone", "-q", &node.repo_url(OWNER, NAME), "work"]);
+    git_ok(
+        tmp.path(),
+        &["clone", "-q", &node.repo_url(OWNER, NAME), "work"],
+    );
     let new = commit_file(&work, "NEW.md", "after maintenance\n", "after maintenance");
     git_ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/master"]);
     let moved = clone_v(&node, tmp.path(), "2", "moved.git");
     assert_eq!(moved.get("refs/heads/master"), Some(&new));
     assert_eq!(moved.len(), source.len());
     let before_dir = tmp.path().join("before.git");
-    git_ok(&before_dir, &["fetch", "-q", &node.repo_url(OWNER, NAME), "+refs/heads/*:refs/heads/*"]);
+    git_ok(
+        &before_dir,
+        &[
+            "fetch",
+            "-q",
+            &node.repo_url(OWNER, NAME),
+            "+refs/heads/*:refs/heads/*",
+        ],
+    );
     assert_fsck(&before_dir);
     assert_eq!(rev_parse(&before_dir, "refs/heads/master"), new);
 }
@@ -199,7 +223,10 @@ fn kill_9_during_maintenance_leaves_a_clonable_repository() {
     node.create_repo(OWNER, NAME);
     push_in_batches(&node, &src);
     let work = tmp.path().join("work");
-    git_ok(tmp.path(), &["clone", "-q", &node.repo_url(OWNER, NAME), "work"]);
+    git_ok(
+        tmp.path(),
+        &["clone", "-q", &node.repo_url(OWNER, NAME), "work"],
+    );
     // How long one maintenance takes here: kills land within it.
     let started = Instant::now();
     maintain_cli(&node);
@@ -210,7 +237,10 @@ fn kill_9_during_maintenance_leaves_a_clonable_repository() {
         // A new branch each round: a new pack, so maintenance has work.
         let c = commit_file(&work, "round.txt", &format!("round {round}\n"), "round");
         let url = node.repo_url(OWNER, NAME);
-        git_ok(&work, &["push", "-q", &url, &format!("{c}:refs/heads/round-{round}")]);
+        git_ok(
+            &work,
+            &["push", "-q", &url, &format!("{c}:refs/heads/round-{round}")],
+        );
         let expected = node.server_refs(OWNER, NAME);
         let waiter = start_maintenance(&node);
         let delay = rng.next() % (span + span / 4);
@@ -221,7 +251,10 @@ fn kill_9_during_maintenance_leaves_a_clonable_repository() {
         let info = node.repo_info(OWNER, NAME);
         landed[usize::from(info["packs"].as_u64() == Some(1))] += 1;
         let got = clone_v(&node, tmp.path(), "2", &format!("kill-{round}.git"));
-        assert_eq!(got, expected, "round {round} (killed after {delay} ms): refs differ");
+        assert_eq!(
+            got, expected,
+            "round {round} (killed after {delay} ms): refs differ"
+        );
     }
     println!("kills: {} before maintenance finished, {} after (of {ROUNDS}; one maintenance took {span} ms)", landed[0], landed[1]);
     // And the repository still maintains cleanly afterwards.
