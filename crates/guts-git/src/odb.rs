@@ -21,6 +21,10 @@ pub const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
 #[derive(Clone)]
 pub struct ObjectStore {
     handle: gix_odb::Handle,
+    /// The same store, never re-reading the pack directory on a miss: for
+    /// lookups of ids a client names that we likely do not have (`have`
+    /// lines), where a miss must cost a hash lookup, not a directory scan.
+    probe: gix_odb::Handle,
     /// A quarantined pack whose objects are visible through this handle only.
     overlay: Option<Arc<gix_pack::Bundle>>,
 }
@@ -42,8 +46,11 @@ impl ObjectStore {
         let mut handle = gix_odb::at(objects_dir, HASH)?;
         handle.set_pack_cache(|| Box::new(gix_pack::cache::lru::StaticLinkedList::<64>::default()));
         handle.prevent_pack_unload();
+        let mut probe = handle.clone();
+        probe.refresh_never();
         Ok(ObjectStore {
             handle,
+            probe,
             overlay: None,
         })
     }
@@ -53,6 +60,7 @@ impl ObjectStore {
     pub fn with_overlay(&self, bundle: Arc<gix_pack::Bundle>) -> Self {
         ObjectStore {
             handle: self.handle.clone(),
+            probe: self.probe.clone(),
             overlay: Some(bundle),
         }
     }
@@ -108,6 +116,20 @@ impl ObjectStore {
         }
         let mut buf = Vec::new();
         Ok(self.read(id, &mut buf)?.data.len() as u64)
+    }
+
+    /// The kind of an object from its pack entry header, without re-reading
+    /// the pack directory when it is not found: `None` may then also mean
+    /// "in a pack published after this store was opened". For ids a client
+    /// names (haves), where a false "unknown" only costs a few more objects.
+    pub fn probe_kind(&self, id: &oid) -> Result<Option<gix_object::Kind>> {
+        if self.overlay_has(id) {
+            let mut buf = Vec::new();
+            return self.kind(id, &mut buf);
+        }
+        Ok(gix_object::FindHeader::try_header(&self.probe, id)
+            .map_err(|e| Error::pack(&format!("reading header of {id}"), e))?
+            .map(|h| h.kind))
     }
 
     /// The kind of an object, or `None` if it does not exist.

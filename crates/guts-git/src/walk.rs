@@ -431,7 +431,7 @@ impl<'a> Negotiation<'a> {
 
     /// Process one `have`; returns whether we have the object (then it is common).
     pub fn have(&mut self, id: ObjectId) -> Result<bool> {
-        let Some(kind) = self.odb.kind(&id, &mut self.buf)? else {
+        let Some(kind) = self.odb.probe_kind(&id)? else {
             return Ok(false);
         };
         if kind == gix_object::Kind::Commit && !self.they_have.contains(&id) {

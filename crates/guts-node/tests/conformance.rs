@@ -290,8 +290,11 @@ impl Servers {
         let tmp = TempDir::new().unwrap();
         let synth = build_synth(tmp.path());
         let ripgrep = ripgrep_bare(&tmp.path().join("ripgrep.git"));
+        // Every repository is maintained right after it is seeded (see
+        // `make_pair`); nothing else may run maintenance in between.
+        let node = Node::start_with(&tmp.path().join("node-data"), &["--no-auto-maintenance"]);
         Servers {
-            node: Node::start(),
+            node,
             oracle: Oracle::start(),
             _tmp: tmp,
             synth,
@@ -316,6 +319,18 @@ impl Servers {
         let url = self.node.repo_url(OWNER, name);
         let out = run_git(src, &["push", "-q", "--mirror", &url], &[]);
         assert!(out.ok(), "seeding node repo {name}: {}", out.stderr);
+        // The suite runs against maintained repositories: clones of the
+        // seeded refs are served from the maintained pack, and scenarios
+        // that push then fetch use the maintained pack plus new objects.
+        let auth = format!("Bearer {}", self.node.operator_token());
+        let resp = http_request(
+            self.node.addr(),
+            "POST",
+            &format!("/api/v1/repos/{OWNER}/{name}/maintain"),
+            &[("Authorization", &auth)],
+            &[],
+        );
+        assert_eq!(resp.status, 200, "maintaining {name}: {}", resp.text());
         // Oracle: mirror clone + config, HEAD as the node has it.
         let dest = self.oracle.repo_path(name);
         git_ok(
