@@ -144,11 +144,7 @@ impl Repo {
                 peeled: r.peeled,
             })
             .collect();
-        let state = self.maintenance_state();
-        if state
-            .as_ref()
-            .is_some_and(|s| s.tips == tips && old.len() <= 2 && old.contains(&s.pack))
-        {
+        if self.up_to_date(&old, &tips) {
             return Ok(MaintainReport {
                 packs_before: old.len(),
                 packs_after: old.len(),
@@ -187,15 +183,8 @@ impl Repo {
         drop(reach_set);
         report.reachable_objects = reach.ids.len();
         report.cruft_objects = cruft.len();
-        let mut new = Vec::new();
-        if !reach.ids.is_empty() {
-            new.push(write_pack_file(&odb, reach.ids, &scratch.0, opts)?);
-        }
-        if !cruft.is_empty() {
-            new.push(write_pack_file(&odb, cruft, &scratch.0, opts)?);
-        }
+        let new = write_and_publish(&odb, &objects_dir, reach.ids, cruft, &scratch.0, opts)?;
         report.pack_bytes = new.iter().map(|p| p.bytes).sum();
-        publish(&objects_dir.join("pack"), &new)?;
         report.commits = write_commit_graph(&odb, &objects_dir, &commit_ids)?;
         if let Some(reachable) = new.first().filter(|_| !wants.is_empty()) {
             write_state(
@@ -218,6 +207,17 @@ impl Repo {
         report.millis = started.elapsed().as_millis() as u64;
         tracing::info!(repo = %self.name(), ?report, "maintenance done");
         Ok(report)
+    }
+
+    /// Nothing changed since the last run: the same refs, and no pack but
+    /// the ones it wrote.
+    fn up_to_date(&self, packs: &[String], tips: &[Tip]) -> bool {
+        self.maintenance_state().is_some_and(|s| {
+            s.tips == tips
+                && packs
+                    .iter()
+                    .all(|p| *p == s.pack || s.cruft.as_deref() == Some(p.as_str()))
+        })
     }
 
     /// What the last maintenance left, if it ran and its file is readable.
@@ -277,6 +277,26 @@ fn cruft_ids(
         }
     }
     Ok(out)
+}
+
+/// Write the reachable and the cruft pack (those not empty) in `scratch`,
+/// then move them into `objects/pack`.
+fn write_and_publish(
+    odb: &crate::odb::ObjectStore,
+    objects_dir: &Path,
+    reachable: Vec<ObjectId>,
+    cruft: Vec<ObjectId>,
+    scratch: &Path,
+    opts: MaintainOptions,
+) -> Result<Vec<NewPack>> {
+    let mut new = Vec::new();
+    for ids in [reachable, cruft] {
+        if !ids.is_empty() {
+            new.push(write_pack_file(odb, ids, scratch, opts)?);
+        }
+    }
+    publish(&objects_dir.join("pack"), &new)?;
+    Ok(new)
 }
 
 /// Write a pack of `ids` and its index into `dir`.

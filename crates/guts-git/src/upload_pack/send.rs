@@ -107,39 +107,7 @@ fn send_pack(
         _ => None,
     };
     let mut tee = Tee { recorder, sb: &sb };
-    let stats = match reuse {
-        Some(Reuse::Prefix {
-            mut file,
-            body_len,
-            objects,
-            index,
-            tips,
-        }) => {
-            let tips = commits_only(odb, &tips)?;
-            let walk = WalkSpec {
-                haves: &tips,
-                ..req.walk
-            };
-            let mut extra = enumerate(odb, walk, &sb)?;
-            if req.include_tag {
-                add_included_tags(refs, &mut extra.ids);
-            }
-            extra.ids.retain(|id| index.lookup(id).is_none());
-            let prefix = Prefix {
-                body: &mut file,
-                len: body_len,
-                objects,
-            };
-            write_objects(odb, extra.ids, Some(prefix), &mut tee, req.sideband, &sb)?
-        }
-        _ => {
-            let mut objects = enumerate(odb, req.walk, &sb)?;
-            if req.include_tag {
-                add_included_tags(refs, &mut objects.ids);
-            }
-            write_objects(odb, objects.ids, None, &mut tee, req.sideband, &sb)?
-        }
-    };
+    let stats = generate(odb, refs, &req, reuse, &mut tee, &sb)?;
     if let Some(r) = tee.recorder.take() {
         r.finish();
     }
@@ -157,6 +125,48 @@ fn send_pack(
         "sent pack"
     );
     Ok(())
+}
+
+/// Walk and write: after the maintained pack's entries (prefix reuse), or a
+/// whole generated pack.
+fn generate(
+    odb: &ObjectStore,
+    refs: &[Ref],
+    req: &PackRequest<'_>,
+    reuse: Option<Reuse>,
+    tee: &mut Tee<'_, '_, '_>,
+    sb: &Band<'_, '_>,
+) -> Result<PackStats> {
+    if let Some(Reuse::Prefix {
+        mut file,
+        body_len,
+        objects,
+        index,
+        tips,
+    }) = reuse
+    {
+        let tips = commits_only(odb, &tips)?;
+        let walk = WalkSpec {
+            haves: &tips,
+            ..req.walk
+        };
+        let mut extra = enumerate(odb, walk, sb)?;
+        if req.include_tag {
+            add_included_tags(refs, &mut extra.ids);
+        }
+        extra.ids.retain(|id| index.lookup(id).is_none());
+        let prefix = Prefix {
+            body: &mut file,
+            len: body_len,
+            objects,
+        };
+        return write_objects(odb, extra.ids, Some(prefix), tee, req.sideband, sb);
+    }
+    let mut objects = enumerate(odb, req.walk, sb)?;
+    if req.include_tag {
+        add_included_tags(refs, &mut objects.ids);
+    }
+    write_objects(odb, objects.ids, None, tee, req.sideband, sb)
 }
 
 /// Identifies a generated pack: the refs (any move invalidates it) and
