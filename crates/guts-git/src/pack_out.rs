@@ -252,7 +252,7 @@ pub fn write_index(
     pack_checksum: &[u8; 20],
     out: &mut dyn Write,
 ) -> Result<[u8; 20]> {
-    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    entries.sort_by_key(|e| e.id);
     if entries.windows(2).any(|w| w[0].id == w[1].id) {
         return Err(Error::Pack(
             "an object appears twice in a generated pack".into(),

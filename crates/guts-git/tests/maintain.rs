@@ -108,8 +108,8 @@ fn as_git_repo(s: &Setup, name: &str) -> std::path::PathBuf {
     bare
 }
 
-fn clone_args(wants: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = wants.iter().map(|w| format!("want {w}")).collect();
+fn clone_args(want: &str) -> Vec<String> {
+    let mut args = vec![format!("want {want}")];
     args.extend(["ofs-delta".into(), "no-progress".into(), "done".into()]);
     args
 }
@@ -155,7 +155,7 @@ fn a_clone_of_the_maintained_refs_is_the_pack_file_itself() {
         .maintain(MaintainOptions::default())
         .expect("maintain");
     let state = s.repo.maintenance_state().expect("state");
-    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&[s.main.clone()]));
+    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&s.main));
     let stored = std::fs::read(
         s.repo
             .objects_dir()
@@ -179,7 +179,7 @@ fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
         &format!("{} {next} refs/heads/main", s.main),
         &format!("{next}\n^{}\n", s.main),
     );
-    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&[next.clone()]));
+    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&next));
     assert_eq!(
         u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
         12
@@ -191,7 +191,7 @@ fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
     git(&bare, &["update-ref", "refs/heads/main", &next], None);
     git(&bare, &["fsck", "--full", "--strict"], None);
     // A partial request (a filter) is generated as before, and still right.
-    let mut args = clone_args(&[next.clone()]);
+    let mut args = clone_args(&next);
     args.push("filter blob:none".into());
     let (_, filtered) = v2(&s.repo, "fetch", &args);
     let objects = u32::from_be_bytes([filtered[8], filtered[9], filtered[10], filtered[11]]);

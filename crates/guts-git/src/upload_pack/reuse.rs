@@ -44,7 +44,7 @@ pub(super) enum Reuse {
         /// Its objects.
         objects: u32,
         /// Its index: what is already sent.
-        index: gix_pack::index::File,
+        index: Box<gix_pack::index::File>,
         /// The recorded tips as commits, the haves of the walk for the rest.
         tips: Vec<ObjectId>,
     },
@@ -85,7 +85,7 @@ pub(super) fn plan(repo: &Repo, refs: &[Ref], walk: &WalkSpec<'_>) -> Option<Reu
         file,
         body_len: len.checked_sub(32)?,
         objects: index.num_objects(),
-        index,
+        index: Box::new(index),
         tips: state
             .tips
             .iter()
