@@ -71,13 +71,17 @@ pub fn plan(
     client: &[ObjectId],
     deepen: &Deepen,
 ) -> Result<ShallowPlan> {
-    let mut buf = Vec::new();
-    let heads = peel_heads(odb, wants, &mut buf)?;
     let client_set: HashSet<ObjectId> = client.iter().copied().collect();
     let mut plan = ShallowPlan {
         cut: client_set.clone(),
         ..ShallowPlan::default()
     };
+    if matches!(deepen, Deepen::None) {
+        // Nothing to read: a clone served from a stored pack touches no object.
+        return Ok(plan);
+    }
+    let mut buf = Vec::new();
+    let heads = peel_heads(odb, wants, &mut buf)?;
     let boundary = match deepen {
         Deepen::None => return Ok(plan),
         Deepen::Depth { depth, .. } if *depth >= INFINITE_DEPTH => Some(Boundary {

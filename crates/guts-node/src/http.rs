@@ -175,6 +175,10 @@ async fn start_body(body: Body) -> Result<(Prefetched, BodyStream), NodeError> {
     }
 }
 
+/// An upload-pack that ran this long (a generated pack, most likely) gives
+/// its freed memory back to the system when it ends.
+const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn upload_pack(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
@@ -196,6 +200,9 @@ async fn upload_pack(
                 tracing::debug!(repo = %name, ?version, elapsed_ms = started.elapsed().as_millis() as u64, "upload-pack done")
             }
             Err(e) => tracing::warn!(repo = %name, ?version, error = %e, "upload-pack failed"),
+        }
+        if started.elapsed() >= RELEASE_AFTER {
+            crate::maintenance::release_memory();
         }
     });
     Ok(streaming_response(Service::UploadPack, out))
@@ -252,6 +259,7 @@ async fn receive_pack(
         if let Err(e) = result {
             tracing::warn!(repo = %name, error = %e, "receive-pack failed");
         }
+        crate::maintenance::release_memory();
     });
     Ok(streaming_response(Service::ReceivePack, out))
 }

@@ -62,7 +62,9 @@ impl Maintenance {
             .name("guts-maintain".into())
             .spawn(move || {
                 lower_priority();
-                let _ = tx.send(repo.maintain(MaintainOptions { threads: Some(1) }));
+                let result = repo.maintain(MaintainOptions { threads: Some(1) });
+                release_memory();
+                let _ = tx.send(result);
             })?;
         let report = rx
             .await
@@ -204,5 +206,18 @@ impl MaintenanceView {
             packs: repo.pack_count()?,
             maintained_at: repo.maintenance_state().map(|s| s.at),
         })
+    }
+}
+
+/// Give memory freed by a large operation (a push, a generated pack, a
+/// maintenance run) back to the system. glibc keeps freed heap in its
+/// per-thread arenas, so a node that once indexed a large push would
+/// otherwise keep that much resident while idle.
+pub fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes the allocator's own locks and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
