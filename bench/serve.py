@@ -433,6 +433,15 @@ def scenario_churn(ctx):
     w, p = churn_clones(ctx, "churn", "after maintenance")
     label = f"7. clone after {n} pushes, maintained" + ("" if ctx.has_maintain else " (guts: unmaintained)")
     ctx.add(label, "s", w, p)
+    # The baseline of "within 10%": the same history pushed at once to a
+    # fresh repository (one pack, as a first push leaves it).
+    b.create_repo(ctx.addr, "churn-fresh")
+    fresh = b.reference_repo("churn-fresh")
+    sh("git", "-C", fresh, "symbolic-ref", "HEAD", "refs/heads/main", env=env)
+    for s in ctx.sides:
+        sh("git", "push", "-q", s.url("churn-fresh"), f"{shas[-1]}:refs/heads/main", cwd=work, env=env)
+    w, p = churn_clones(ctx, "churn-fresh", "the same history pushed at once")
+    ctx.add("7. clone of the same history pushed at once", "s", w, p)
 
 
 RUNNERS = {"cpu": scenario_cpu, "concurrent": scenario_concurrent, "rss": scenario_rss, "push": scenario_push,

@@ -27,6 +27,9 @@ pub struct ObjectStore {
     probe: gix_odb::Handle,
     /// A quarantined pack whose objects are visible through this handle only.
     overlay: Option<Arc<gix_pack::Bundle>>,
+    /// The commit-graph maintenance wrote, if any: commits it holds are
+    /// read from it (no inflation), with their generation numbers.
+    graph: Option<Arc<crate::commit_graph::CommitGraph>>,
 }
 
 /// The parts of a commit that history walks need.
@@ -38,6 +41,9 @@ pub struct CommitInfo {
     pub parents: Vec<ObjectId>,
     /// Committer time, seconds since the epoch.
     pub time: i64,
+    /// Topological level (git's generation number v1), when the commit is
+    /// in the commit-graph: a commit can only reach commits of a lower one.
+    pub generation: Option<u32>,
 }
 
 impl ObjectStore {
@@ -52,6 +58,7 @@ impl ObjectStore {
             handle,
             probe,
             overlay: None,
+            graph: None,
         })
     }
 
@@ -62,6 +69,7 @@ impl ObjectStore {
             handle: self.handle.clone(),
             probe: self.probe.clone(),
             overlay: Some(bundle),
+            graph: self.graph.clone(),
         }
     }
 
@@ -69,6 +77,17 @@ impl ObjectStore {
         self.overlay
             .as_ref()
             .is_some_and(|b| b.index.lookup(id).is_some())
+    }
+
+    /// Whether commits are read through a commit-graph.
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Read commits through `graph` where it has them.
+    pub fn with_graph(mut self, graph: Option<Arc<crate::commit_graph::CommitGraph>>) -> Self {
+        self.graph = graph;
+        self
     }
 
     /// The underlying gitoxide handle, for pack generation and thin-pack completion.
@@ -139,6 +158,14 @@ impl ObjectStore {
 
     /// Parse a commit's tree, parents and committer time.
     pub fn commit(&self, id: &oid, buf: &mut Vec<u8>) -> Result<CommitInfo> {
+        if let Some(entry) = self.graph.as_ref().map(|g| g.get(id)).transpose()?.flatten() {
+            return Ok(CommitInfo {
+                tree: entry.tree,
+                parents: entry.parents,
+                time: entry.time,
+                generation: Some(entry.generation),
+            });
+        }
         let data = self.read(id, buf)?;
         if data.kind != gix_object::Kind::Commit {
             return Err(corrupt(
@@ -184,6 +211,7 @@ pub fn parse_commit(id: &oid, data: &[u8]) -> Result<CommitInfo> {
         tree: tree.ok_or_else(|| corrupt(id, "commit has no tree".into()))?,
         parents,
         time,
+        generation: None,
     })
 }
 

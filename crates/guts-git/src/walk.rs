@@ -411,6 +411,11 @@ pub struct Negotiation<'a> {
     buf: Vec<u8>,
     they_have: HashSet<ObjectId>,
     oldest_have: Option<i64>,
+    /// The lowest generation among the acknowledged commits, while every one
+    /// of them has one (is in the commit-graph); `None` once one has not.
+    lowest_generation: Option<u32>,
+    /// Whether some acknowledged commit is outside the commit-graph.
+    ungraphed_have: bool,
     /// Common commits in the order they were acknowledged.
     pub common: Vec<ObjectId>,
     reachable_cache: HashMap<ObjectId, bool>,
@@ -424,6 +429,8 @@ impl<'a> Negotiation<'a> {
             buf: Vec::new(),
             they_have: HashSet::new(),
             oldest_have: None,
+            lowest_generation: None,
+            ungraphed_have: false,
             common: Vec::new(),
             reachable_cache: HashMap::new(),
         }
@@ -437,8 +444,19 @@ impl<'a> Negotiation<'a> {
         if kind == gix_object::Kind::Commit && !self.they_have.contains(&id) {
             let info = self.odb.commit(&id, &mut self.buf)?;
             self.they_have.insert(id);
-            self.they_have.extend(info.parents);
             self.oldest_have = Some(self.oldest_have.map_or(info.time, |t| t.min(info.time)));
+            self.note_generation(info.generation);
+            // The parents count as had too (as in git); their generations
+            // bound the search as well.
+            for p in &info.parents {
+                let generation = if self.odb.has_graph() {
+                    self.odb.commit(p, &mut self.buf)?.generation
+                } else {
+                    None
+                };
+                self.note_generation(generation);
+            }
+            self.they_have.extend(info.parents);
             self.reachable_cache.retain(|_, v| *v);
         }
         if !self.common.contains(&id) {
@@ -469,6 +487,23 @@ impl<'a> Negotiation<'a> {
         Ok(true)
     }
 
+    fn note_generation(&mut self, g: Option<u32>) {
+        match g {
+            Some(g) => self.lowest_generation = Some(self.lowest_generation.map_or(g, |l| l.min(g))),
+            None => self.ungraphed_have = true,
+        }
+    }
+
+    /// A commit of generation `g` reaches only commits of lower generations:
+    /// at or below every had commit's, it reaches none of them (and it is
+    /// not one of them: that was checked first).
+    fn below_every_have(&self, g: Option<u32>) -> bool {
+        match (g, self.lowest_generation) {
+            (Some(g), Some(lowest)) => !self.ungraphed_have && g <= lowest,
+            _ => false,
+        }
+    }
+
     fn reaches_common(&mut self, want: ObjectId, oldest: i64) -> Result<bool> {
         let (want, kind) = self.odb.peel(&want, &mut self.buf)?;
         if kind != gix_object::Kind::Commit {
@@ -481,7 +516,7 @@ impl<'a> Negotiation<'a> {
                 return Ok(true);
             }
             let info = self.odb.commit(&c, &mut self.buf)?;
-            if info.time < oldest {
+            if info.time < oldest || self.below_every_have(info.generation) {
                 continue;
             }
             for p in info.parents {

@@ -197,3 +197,28 @@ fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
     let objects = u32::from_be_bytes([filtered[8], filtered[9], filtered[10], filtered[11]]);
     assert_eq!(objects, 8, "4 commits and 4 trees, no blobs");
 }
+
+#[test]
+fn negotiation_and_incremental_fetch_through_the_commit_graph() {
+    let s = setup();
+    s.repo.maintain(MaintainOptions::default()).expect("maintain");
+    assert!(s.repo.objects_dir().join("info/commit-graph").exists());
+    let next = commit(&s.work, "c.txt", "after maintenance\n");
+    push(
+        &s.repo,
+        &s.work,
+        &format!("{} {next} refs/heads/main", s.main),
+        &format!("{next}\n^{}\n", s.main),
+    );
+    // Many unknown haves and one known: only the known one is acknowledged,
+    // and the server is ready (the want reaches it).
+    let mut args = vec![format!("want {next}"), "ofs-delta".to_owned()];
+    args.extend((0..1000).map(|i| format!("have {:040x}", i + 1)));
+    args.push(format!("have {}", s.main));
+    let (lines, pack) = v2(&s.repo, "fetch", &args);
+    assert!(lines.contains(&format!("ACK {}", s.main)), "{lines:?}");
+    assert!(lines.contains(&"ready".to_owned()), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("ACK")).count(), 1);
+    // The pack after `ready` holds just the new commit, its tree and blob.
+    assert_eq!(u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]), 3);
+}

@@ -36,11 +36,42 @@ pub use maintain::{MaintainOptions, MaintainReport, MaintainedState};
 #[derive(Default)]
 pub(crate) struct Shared {
     maintenance: Mutex<HashMap<RepoName, Arc<Mutex<()>>>>,
+    /// Opened commit-graphs, with the file's modification time and length
+    /// they were read at.
+    graphs: Mutex<HashMap<RepoName, GraphSlot>>,
     /// Pack-generation slots and the pack cache ([`crate::upload_pack`]).
     pub(crate) serving: crate::upload_pack::Serving,
 }
 
+/// One repository's opened commit-graph and the file state it came from.
+type GraphSlot = (SystemTime, u64, Arc<crate::commit_graph::CommitGraph>);
+
 impl Shared {
+    /// The repository's commit-graph, read again only when the file changed.
+    /// A missing or unreadable file is no graph (walks read objects then).
+    fn commit_graph(&self, name: &RepoName, objects_dir: &Path) -> Option<Arc<crate::commit_graph::CommitGraph>> {
+        let meta = std::fs::metadata(objects_dir.join("info/commit-graph")).ok()?;
+        let stamp = (meta.modified().ok()?, meta.len());
+        let mut map = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, len, graph)) = map.get(name) {
+            if (*at, *len) == stamp {
+                return Some(Arc::clone(graph));
+            }
+        }
+        match crate::commit_graph::CommitGraph::open(objects_dir) {
+            Ok(Some(graph)) => {
+                let graph = Arc::new(graph);
+                map.insert(name.clone(), (stamp.0, stamp.1, Arc::clone(&graph)));
+                Some(graph)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(repo = %name, error = %e, "ignoring an unreadable commit-graph");
+                None
+            }
+        }
+    }
+
     fn maintenance_lock(&self, name: &RepoName) -> Arc<Mutex<()>> {
         let mut map = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(name.clone()).or_default().clone()
@@ -92,6 +123,7 @@ impl Storage {
             lifecycle: Arc::new(Mutex::new(())),
             shared: Arc::new(Shared {
                 maintenance: Mutex::default(),
+                graphs: Mutex::default(),
                 serving,
             }),
         };
@@ -314,9 +346,11 @@ impl Repo {
         self.dir.join("objects")
     }
 
-    /// Open the object database.
+    /// Open the object database (commits read through the commit-graph
+    /// where maintenance wrote one).
     pub fn objects(&self) -> Result<ObjectStore> {
-        ObjectStore::open(&self.objects_dir())
+        let dir = self.objects_dir();
+        Ok(ObjectStore::open(&dir)?.with_graph(self.shared.commit_graph(&self.name, &dir)))
     }
 
     /// Current settings.
