@@ -158,7 +158,13 @@ impl ObjectStore {
 
     /// Parse a commit's tree, parents and committer time.
     pub fn commit(&self, id: &oid, buf: &mut Vec<u8>) -> Result<CommitInfo> {
-        if let Some(entry) = self.graph.as_ref().map(|g| g.get(id)).transpose()?.flatten() {
+        if let Some(entry) = self
+            .graph
+            .as_ref()
+            .map(|g| g.get(id))
+            .transpose()?
+            .flatten()
+        {
             return Ok(CommitInfo {
                 tree: entry.tree,
                 parents: entry.parents,

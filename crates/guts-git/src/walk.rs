@@ -489,7 +489,9 @@ impl<'a> Negotiation<'a> {
 
     fn note_generation(&mut self, g: Option<u32>) {
         match g {
-            Some(g) => self.lowest_generation = Some(self.lowest_generation.map_or(g, |l| l.min(g))),
+            Some(g) => {
+                self.lowest_generation = Some(self.lowest_generation.map_or(g, |l| l.min(g)))
+            }
             None => self.ungraphed_have = true,
         }
     }

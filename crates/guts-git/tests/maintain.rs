@@ -201,7 +201,9 @@ fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
 #[test]
 fn negotiation_and_incremental_fetch_through_the_commit_graph() {
     let s = setup();
-    s.repo.maintain(MaintainOptions::default()).expect("maintain");
+    s.repo
+        .maintain(MaintainOptions::default())
+        .expect("maintain");
     assert!(s.repo.objects_dir().join("info/commit-graph").exists());
     let next = commit(&s.work, "c.txt", "after maintenance\n");
     push(
@@ -220,5 +222,8 @@ fn negotiation_and_incremental_fetch_through_the_commit_graph() {
     assert!(lines.contains(&"ready".to_owned()), "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("ACK")).count(), 1);
     // The pack after `ready` holds just the new commit, its tree and blob.
-    assert_eq!(u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]), 3);
+    assert_eq!(
+        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        3
+    );
 }

@@ -49,7 +49,11 @@ type GraphSlot = (SystemTime, u64, Arc<crate::commit_graph::CommitGraph>);
 impl Shared {
     /// The repository's commit-graph, read again only when the file changed.
     /// A missing or unreadable file is no graph (walks read objects then).
-    fn commit_graph(&self, name: &RepoName, objects_dir: &Path) -> Option<Arc<crate::commit_graph::CommitGraph>> {
+    fn commit_graph(
+        &self,
+        name: &RepoName,
+        objects_dir: &Path,
+    ) -> Option<Arc<crate::commit_graph::CommitGraph>> {
         let meta = std::fs::metadata(objects_dir.join("info/commit-graph")).ok()?;
         let stamp = (meta.modified().ok()?, meta.len());
         let mut map = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
