@@ -250,11 +250,38 @@ def scenario_push(ctx):
                 b.create_repo(ctx.addr, repo)
             else:
                 b.reference_repo(repo)
+            idle = tree_rss_kib([s.pid])
+            split = {}
+            if s is ctx.guts:
+                split = sample_split(s.pid)
             secs, peak = timed(["git", "push", "-q", "--mirror", s.url(repo)], [s.pid], b.src, ctx.env)
             wall[s.label].append(secs)
             peaks[s.label].append(peak)
-            print(f"push run {i + 1} {s.label}: {secs:.2f} s, server peak RSS {mib(peak)}", flush=True)
+            detail = ""
+            if split:
+                split["stop"] = True
+                split["thread"].join()
+                detail = (f" (before: {mib(idle)}; peak heap {mib(split['anon'])}, peak file pages mapped "
+                          f"{mib(split['file'])}: the pack being indexed)")
+            print(f"push run {i + 1} {s.label}: {secs:.2f} s, server peak RSS {mib(peak)}{detail}", flush=True)
     ctx.add("4. push --mirror into an empty repo (signed)", "s", wall, peaks)
+
+
+def sample_split(pid):
+    """Sample a process's RssAnon and RssFile peaks every 5 ms in a thread
+    until `split["stop"]` is set: what of its RSS is heap, what mapped files."""
+    import threading
+    split = {"anon": 0, "file": 0, "stop": False}
+
+    def run():
+        while not split["stop"]:
+            split["anon"] = max(split["anon"], proc_kib(pid, "RssAnon"))
+            split["file"] = max(split["file"], proc_kib(pid, "RssFile"))
+            time.sleep(0.005)
+
+    split["thread"] = threading.Thread(target=run)
+    split["thread"].start()
+    return split
 
 
 def pkt(line):

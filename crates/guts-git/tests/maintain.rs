@@ -7,8 +7,11 @@ use common::{git, pkt, text, v2, Open};
 use std::path::Path;
 
 use guts_git::names::RepoName;
+use guts_git::pack_cache::{CacheConfig, PackCache};
+use guts_git::protocol::Version;
 use guts_git::receive_pack::{receive_pack, ReceiveOptions};
 use guts_git::storage::{MaintainOptions, Repo, Storage};
+use guts_git::upload_pack::{upload_pack, PackSlots, Serving};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -52,8 +55,14 @@ struct Setup {
 
 /// Three pushes (three packs) to main, and a branch pushed then deleted.
 fn setup() -> Setup {
+    setup_with(|_| Serving::default())
+}
+
+/// [`setup`] on a storage that serves with `serving(data dir)`.
+fn setup_with(serving: impl FnOnce(&Path) -> Serving) -> Setup {
     let tmp = tempfile::TempDir::new().expect("tmp");
-    let storage = Storage::open(&tmp.path().join("data")).expect("storage");
+    let data = tmp.path().join("data");
+    let storage = Storage::open_with(&data, serving(&data)).expect("storage");
     let repo = storage
         .create(&RepoName::new("alice", "demo").expect("name"))
         .expect("create");
@@ -225,5 +234,93 @@ fn negotiation_and_incremental_fetch_through_the_commit_graph() {
     assert_eq!(
         u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
         3
+    );
+}
+
+/// A v2 fetch of `want` with progress on; the raw response.
+fn raw_fetch(repo: &Repo, want: &str) -> Vec<u8> {
+    let mut req = pkt("command=fetch\n");
+    req.extend(b"0001");
+    for a in [format!("want {want}"), "ofs-delta".into(), "done".into()] {
+        req.extend(pkt(&format!("{a}\n")));
+    }
+    req.extend(b"0000");
+    let mut out = Vec::new();
+    upload_pack(repo, Version::V2, &mut &req[..], &mut out).expect("fetch");
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_fetch_waits_for_a_generation_slot_and_says_so() {
+    let s = setup_with(|_| Serving {
+        slots: PackSlots::new(1),
+        cache: None,
+    });
+    let slots = &s.repo.serving().slots;
+    let held = slots.try_acquire().expect("the only slot");
+    std::thread::scope(|scope| {
+        let fetch = scope.spawn(|| raw_fetch(&s.repo, &s.main));
+        // The fetch is queued behind the held slot, then runs once it frees.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while slots.usage().1 == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fetch never waited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(held);
+        let out = fetch.join().expect("fetch thread");
+        assert!(
+            contains(&out, "waiting for a free slot"),
+            "no waiting message"
+        );
+        assert!(contains(&out, "PACK"), "no pack after the wait");
+    });
+    assert_eq!(slots.usage(), (0, 0));
+}
+
+#[test]
+fn an_identical_fetch_is_served_from_the_pack_cache_until_refs_move() {
+    let s = setup_with(|data| Serving {
+        slots: PackSlots::new(2),
+        cache: Some(
+            PackCache::new(CacheConfig {
+                dir: data.join("pack-cache"),
+                max_bytes: 1 << 30,
+                min_free_bytes: 0,
+                min_entry_bytes: 0,
+            })
+            .expect("cache"),
+        ),
+    });
+    let first = raw_fetch(&s.repo, &s.main);
+    assert!(!contains(&first, "cached pack"));
+    let second = raw_fetch(&s.repo, &s.main);
+    assert!(
+        contains(&second, "reused a cached pack"),
+        "not served from the cache"
+    );
+    let (_, a) = v2(&s.repo, "fetch", &clone_args(&s.main));
+    let (_, b) = v2(&s.repo, "fetch", &clone_args(&s.main));
+    assert_eq!(a, b, "the cached pack differs from the generated one");
+    // A ref moves: the cache no longer answers for this repository.
+    let next = commit(&s.work, "d.txt", "moves a ref\n");
+    push(
+        &s.repo,
+        &s.work,
+        &format!("{} {next} refs/heads/main", s.main),
+        &format!("{next}\n^{}\n", s.main),
+    );
+    let third = raw_fetch(&s.repo, &s.main);
+    assert!(
+        !contains(&third, "cached pack"),
+        "served a pack cached before refs moved"
     );
 }

@@ -340,8 +340,9 @@ impl Repo {
         &self.name
     }
 
-    /// What serving fetches shares across requests (slots, pack cache).
-    pub(crate) fn serving(&self) -> &crate::upload_pack::Serving {
+    /// What serving fetches shares across requests (slots, pack cache),
+    /// node-wide: the same for every repository of this storage.
+    pub fn serving(&self) -> &crate::upload_pack::Serving {
         &self.shared.serving
     }
 
