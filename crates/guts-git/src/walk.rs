@@ -386,19 +386,26 @@ pub fn is_ancestor(odb: &ObjectStore, ancestor: ObjectId, descendant: ObjectId) 
     let mut buf = Vec::new();
     let mut seen = HashSet::new();
     let mut queue = BinaryHeap::new();
+    // With generation numbers (commit-graph), a commit at or below the
+    // ancestor's generation cannot reach it: the walk stops there.
+    let floor = odb.commit(&ancestor, &mut buf)?.generation;
     let first = odb.commit(&descendant, &mut buf)?;
-    queue.push((first.time, descendant, first.parents));
+    queue.push((first.time, descendant, first.parents, first.generation));
     // Newest first, to the end if need be: commit dates are the committer's
-    // claim, so no date can prove the ancestor is not further down (git
-    // itself cuts the walk only with commit-graph generation numbers).
-    while let Some((_, id, parents)) = queue.pop() {
+    // claim, so no date can prove the ancestor is not further down.
+    while let Some((_, id, parents, generation)) = queue.pop() {
         if id == ancestor {
             return Ok(true);
+        }
+        if let (Some(g), Some(floor)) = (generation, floor) {
+            if g <= floor {
+                continue;
+            }
         }
         for p in parents {
             if seen.insert(p) {
                 let info = odb.commit(&p, &mut buf)?;
-                queue.push((info.time, p, info.parents));
+                queue.push((info.time, p, info.parents, info.generation));
             }
         }
     }

@@ -324,3 +324,50 @@ fn an_identical_fetch_is_served_from_the_pack_cache_until_refs_move() {
         "served a pack cached before refs moved"
     );
 }
+
+#[test]
+fn a_deleted_branch_is_not_sent_from_the_maintained_pack() {
+    let s = setup();
+    git(&s.work, &["checkout", "-q", "-b", "secret"], None);
+    let secret = commit(&s.work, "secret.txt", "a leaked credential\n");
+    push(
+        &s.repo,
+        &s.work,
+        &format!("{ZERO} {secret} refs/heads/secret"),
+        &format!("{secret}\n^{}\n", s.main),
+    );
+    git(&s.work, &["checkout", "-q", "main"], None);
+    s.repo
+        .maintain(MaintainOptions::default())
+        .expect("maintain");
+    assert_eq!(s.repo.maintenance_state().expect("state").tips.len(), 2);
+    // The branch is deleted: its objects are in the maintained pack, and a
+    // clone of what is left must not receive them.
+    push(
+        &s.repo,
+        &s.work,
+        &format!("{secret} {ZERO} refs/heads/secret"),
+        "",
+    );
+    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&s.main));
+    assert_eq!(
+        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        9,
+        "the clone holds objects of the deleted branch"
+    );
+    // A non-fast-forward move is refused the same way: main rewound.
+    let first = text(&s.work, &["rev-list", "--max-parents=0", "HEAD"]);
+    let mut body = pkt(&format!(
+        "{} {first} refs/heads/main\0report-status\n",
+        s.main
+    ));
+    body.extend(b"0000");
+    let mut out = Vec::new();
+    receive_pack(&s.repo, &mut &body[..], &mut out, OPTS, &Open).expect("rewind");
+    let (_, pack) = v2(&s.repo, "fetch", &clone_args(&first));
+    assert_eq!(
+        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        3,
+        "a rewound branch's clone holds the commits it no longer reaches"
+    );
+}

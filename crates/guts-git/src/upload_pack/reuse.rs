@@ -11,8 +11,10 @@
 //!   unchanged, followed by the objects the wants reach beyond the recorded
 //!   tips (a walk of the new history only), under a new header and trailer.
 //!
-//! Either way the client may receive objects of refs deleted since
-//! maintenance: a superset, which git accepts.
+//! Neither is used once a recorded ref was deleted or moved other than by
+//! a fast-forward: the pack would then hold objects no wanted ref reaches
+//! (a branch deleted because it held a secret, say), and a clone must not
+//! receive them. Background maintenance soon records the new refs.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -20,6 +22,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 use gix_hash::ObjectId;
 
+use crate::odb::ObjectStore;
 use crate::storage::maintain::MaintainedState;
 use crate::storage::{Ref, Repo};
 use crate::walk::WalkSpec;
@@ -51,7 +54,12 @@ pub(super) enum Reuse {
 }
 
 /// Whether and how `walk` can be served from the reachable pack.
-pub(super) fn plan(repo: &Repo, refs: &[Ref], walk: &WalkSpec<'_>) -> Option<Reuse> {
+pub(super) fn plan(
+    repo: &Repo,
+    odb: &ObjectStore,
+    refs: &[Ref],
+    walk: &WalkSpec<'_>,
+) -> Option<Reuse> {
     let is_clone =
         walk.haves.is_empty() && walk.filter.is_none() && walk.shallow.is_none_or(|s| s.is_empty());
     if !is_clone || walk.wants.is_empty() {
@@ -59,7 +67,7 @@ pub(super) fn plan(repo: &Repo, refs: &[Ref], walk: &WalkSpec<'_>) -> Option<Reu
     }
     let state = repo.maintenance_state()?;
     let wants: HashSet<ObjectId> = walk.wants.iter().copied().collect();
-    if !covers_recorded_refs(&state, refs, &wants) {
+    if !covers_recorded_refs(&state, refs, &wants) || !only_fast_forwards(odb, &state, refs) {
         return None;
     }
     let pack_dir = repo.objects_dir().join("pack");
@@ -94,13 +102,32 @@ pub(super) fn plan(repo: &Repo, refs: &[Ref], walk: &WalkSpec<'_>) -> Option<Reu
     })
 }
 
-/// Every ref the pack was made for is wanted at its current value (or was
-/// deleted since): the client asks for at least what the pack holds.
+fn find<'r>(refs: &'r [Ref], name: &str) -> Option<&'r Ref> {
+    refs.binary_search_by(|r| r.name.as_str().cmp(name))
+        .ok()
+        .map(|i| &refs[i])
+}
+
+/// Every ref the pack was made for still exists and is wanted at its
+/// current value: the client asks for at least what the pack holds.
 fn covers_recorded_refs(state: &MaintainedState, refs: &[Ref], wants: &HashSet<ObjectId>) -> bool {
-    state.tips.iter().all(
-        |tip| match refs.binary_search_by(|r| r.name.as_str().cmp(&tip.name)) {
-            Ok(i) => wants.contains(&refs[i].id),
-            Err(_) => true,
-        },
-    )
+    state
+        .tips
+        .iter()
+        .all(|tip| find(refs, &tip.name).is_some_and(|r| wants.contains(&r.id)))
+}
+
+/// Every recorded ref that moved since moved forward: its old value is an
+/// ancestor of its new one, so everything in the pack is still reachable.
+fn only_fast_forwards(odb: &ObjectStore, state: &MaintainedState, refs: &[Ref]) -> bool {
+    state.tips.iter().all(|tip| {
+        let Some(r) = find(refs, &tip.name) else {
+            return false;
+        };
+        if r.id == tip.id {
+            return true;
+        }
+        let (old, new) = (tip.peeled.unwrap_or(tip.id), r.peeled.unwrap_or(r.id));
+        crate::walk::is_ancestor(odb, old, new).unwrap_or(false)
+    })
 }

@@ -84,7 +84,7 @@ fn send_pack(
     let sb: Band<'_, '_> =
         RefCell::new(SideBand::new(&mut *session.out, req.sideband, req.progress));
     let serving = repo.serving();
-    let reuse = reuse::plan(repo, refs, &req.walk);
+    let reuse = reuse::plan(repo, odb, refs, &req.walk);
     if let Some(Reuse::Verbatim { file, len, objects }) = reuse {
         let what = format!("Total {objects} (reused the maintained pack)\n");
         return stream_file(&sb, req.sideband, file, len, &what);
