@@ -324,6 +324,7 @@ fn rules_config(
 }
 
 fn run(args: RunArgs) -> Result<(), NodeError> {
+    maintenance::limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log)
