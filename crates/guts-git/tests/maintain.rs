@@ -117,6 +117,32 @@ fn as_git_repo(s: &Setup, name: &str) -> std::path::PathBuf {
     bare
 }
 
+/// [`setup`], then maintained.
+fn maintained() -> Setup {
+    let s = setup();
+    s.repo
+        .maintain(MaintainOptions::default())
+        .expect("maintain");
+    s
+}
+
+/// Commit `file` on main in the work tree and push it (fast-forward).
+fn push_next(s: &Setup, file: &str, content: &str) -> String {
+    let next = commit(&s.work, file, content);
+    push(
+        &s.repo,
+        &s.work,
+        &format!("{} {next} refs/heads/main", s.main),
+        &format!("{next}\n^{}\n", s.main),
+    );
+    next
+}
+
+/// Objects a pack's header declares.
+fn objects_in(pack: &[u8]) -> u32 {
+    u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]])
+}
+
 fn clone_args(want: &str) -> Vec<String> {
     let mut args = vec![format!("want {want}")];
     args.extend(["ofs-delta".into(), "no-progress".into(), "done".into()]);
@@ -159,10 +185,7 @@ fn maintenance_consolidates_and_keeps_every_object() {
 
 #[test]
 fn a_clone_of_the_maintained_refs_is_the_pack_file_itself() {
-    let s = setup();
-    s.repo
-        .maintain(MaintainOptions::default())
-        .expect("maintain");
+    let s = maintained();
     let state = s.repo.maintenance_state().expect("state");
     let (_, pack) = v2(&s.repo, "fetch", &clone_args(&s.main));
     let stored = std::fs::read(
@@ -177,22 +200,10 @@ fn a_clone_of_the_maintained_refs_is_the_pack_file_itself() {
 
 #[test]
 fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
-    let s = setup();
-    s.repo
-        .maintain(MaintainOptions::default())
-        .expect("maintain");
-    let next = commit(&s.work, "c.txt", "after maintenance\n");
-    push(
-        &s.repo,
-        &s.work,
-        &format!("{} {next} refs/heads/main", s.main),
-        &format!("{next}\n^{}\n", s.main),
-    );
+    let s = maintained();
+    let next = push_next(&s, "c.txt", "after maintenance\n");
     let (_, pack) = v2(&s.repo, "fetch", &clone_args(&next));
-    assert_eq!(
-        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
-        12
-    );
+    assert_eq!(objects_in(&pack), 12);
     // git checks the trailer and every object, and the result is complete.
     let bare = s.tmp.path().join("client.git");
     git(s.tmp.path(), &["init", "-q", "--bare", "client.git"], None);
@@ -203,24 +214,15 @@ fn a_clone_after_new_pushes_reuses_the_pack_and_adds_the_rest() {
     let mut args = clone_args(&next);
     args.push("filter blob:none".into());
     let (_, filtered) = v2(&s.repo, "fetch", &args);
-    let objects = u32::from_be_bytes([filtered[8], filtered[9], filtered[10], filtered[11]]);
+    let objects = objects_in(&filtered);
     assert_eq!(objects, 8, "4 commits and 4 trees, no blobs");
 }
 
 #[test]
 fn negotiation_and_incremental_fetch_through_the_commit_graph() {
-    let s = setup();
-    s.repo
-        .maintain(MaintainOptions::default())
-        .expect("maintain");
+    let s = maintained();
     assert!(s.repo.objects_dir().join("info/commit-graph").exists());
-    let next = commit(&s.work, "c.txt", "after maintenance\n");
-    push(
-        &s.repo,
-        &s.work,
-        &format!("{} {next} refs/heads/main", s.main),
-        &format!("{next}\n^{}\n", s.main),
-    );
+    let next = push_next(&s, "c.txt", "after maintenance\n");
     // Many unknown haves and one known: only the known one is acknowledged,
     // and the server is ready (the want reaches it).
     let mut args = vec![format!("want {next}"), "ofs-delta".to_owned()];
@@ -231,10 +233,7 @@ fn negotiation_and_incremental_fetch_through_the_commit_graph() {
     assert!(lines.contains(&"ready".to_owned()), "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("ACK")).count(), 1);
     // The pack after `ready` holds just the new commit, its tree and blob.
-    assert_eq!(
-        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
-        3
-    );
+    assert_eq!(objects_in(&pack), 3);
 }
 
 /// A v2 fetch of `want` with progress on; the raw response.
@@ -311,13 +310,7 @@ fn an_identical_fetch_is_served_from_the_pack_cache_until_refs_move() {
     let (_, b) = v2(&s.repo, "fetch", &clone_args(&s.main));
     assert_eq!(a, b, "the cached pack differs from the generated one");
     // A ref moves: the cache no longer answers for this repository.
-    let next = commit(&s.work, "d.txt", "moves a ref\n");
-    push(
-        &s.repo,
-        &s.work,
-        &format!("{} {next} refs/heads/main", s.main),
-        &format!("{next}\n^{}\n", s.main),
-    );
+    push_next(&s, "d.txt", "moves a ref\n");
     let third = raw_fetch(&s.repo, &s.main);
     assert!(
         !contains(&third, "cached pack"),
@@ -351,7 +344,7 @@ fn a_deleted_branch_is_not_sent_from_the_maintained_pack() {
     );
     let (_, pack) = v2(&s.repo, "fetch", &clone_args(&s.main));
     assert_eq!(
-        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        objects_in(&pack),
         9,
         "the clone holds objects of the deleted branch"
     );
@@ -366,7 +359,7 @@ fn a_deleted_branch_is_not_sent_from_the_maintained_pack() {
     receive_pack(&s.repo, &mut &body[..], &mut out, OPTS, &Open).expect("rewind");
     let (_, pack) = v2(&s.repo, "fetch", &clone_args(&first));
     assert_eq!(
-        u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]),
+        objects_in(&pack),
         3,
         "a rewound branch's clone holds the commits it no longer reaches"
     );

@@ -36,38 +36,6 @@ const KILL_SPREAD: f64 = 1.3;
 /// A fresh clone is checked with `git fsck --full` every this many rounds.
 const FSCK_EVERY: usize = 10;
 
-/// splitmix64: small, deterministic, good enough to spread kills.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `len` incompressible bytes, so a pack is as large as its data.
-    fn noise(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            out.extend_from_slice(&self.next().to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-}
-
 /// The pusher's bare repository, where commits are made with plumbing.
 struct Work {
     dir: PathBuf,

@@ -79,16 +79,22 @@ fn clone_v(node: &Node, dir: &Path, v: &str, dest: &str) -> BTreeMap<String, Str
     refs_of(&dest)
 }
 
+/// A node (no background maintenance) holding the fixture in three packs;
+/// the fixture's refs. `None` (SKIP printed) without the fixture.
+fn node_with_fixture(tmp: &Path) -> Option<(Node, BTreeMap<String, String>)> {
+    let src = ripgrep_bare(&tmp.join("src.git"))?;
+    let node = Node::start_with(&tmp.join("data"), &["--no-auto-maintenance"]);
+    node.create_repo(OWNER, NAME);
+    push_in_batches(&node, &src);
+    Some((node, refs_of(&src)))
+}
+
 #[test]
 fn clones_before_and_after_maintenance_are_identical() {
     let tmp = tempfile::TempDir::new().expect("tmp");
-    let Some(src) = ripgrep_bare(&tmp.path().join("src.git")) else {
+    let Some((node, source)) = node_with_fixture(tmp.path()) else {
         return;
     };
-    let source = refs_of(&src);
-    let node = Node::start_with(&tmp.path().join("data"), &["--no-auto-maintenance"]);
-    node.create_repo(OWNER, NAME);
-    push_in_batches(&node, &src);
     let info = node.repo_info(OWNER, NAME);
     assert_eq!(info["packs"], 3, "{info}");
     assert!(info["maintained_at"].is_null(), "{info}");
@@ -153,13 +159,9 @@ fn clones_before_and_after_maintenance_are_identical() {
 #[test]
 fn clones_running_during_maintenance_succeed() {
     let tmp = tempfile::TempDir::new().expect("tmp");
-    let Some(src) = ripgrep_bare(&tmp.path().join("src.git")) else {
+    let Some((node, source)) = node_with_fixture(tmp.path()) else {
         return;
     };
-    let source = refs_of(&src);
-    let node = Node::start_with(&tmp.path().join("data"), &["--no-auto-maintenance"]);
-    node.create_repo(OWNER, NAME);
-    push_in_batches(&node, &src);
     std::thread::scope(|s| {
         let cloners: Vec<_> = (0..3)
             .map(|i| {
@@ -183,19 +185,6 @@ fn clones_running_during_maintenance_succeed() {
     assert_eq!(node.repo_info(OWNER, NAME)["packs"], 1);
 }
 
-/// splitmix64, for reproducible kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Start maintenance over HTTP and leave it running (the answer is not awaited).
 fn start_maintenance(node: &Node) -> std::thread::JoinHandle<()> {
     let addr = node.addr().to_owned();
@@ -215,13 +204,10 @@ fn start_maintenance(node: &Node) -> std::thread::JoinHandle<()> {
 fn kill_9_during_maintenance_leaves_a_clonable_repository() {
     const ROUNDS: usize = 20;
     let tmp = tempfile::TempDir::new().expect("tmp");
-    let Some(src) = ripgrep_bare(&tmp.path().join("src.git")) else {
+    let Some((mut node, _)) = node_with_fixture(tmp.path()) else {
         return;
     };
     let data = tmp.path().join("data");
-    let mut node = Node::start_with(&data, &["--no-auto-maintenance"]);
-    node.create_repo(OWNER, NAME);
-    push_in_batches(&node, &src);
     let work = tmp.path().join("work");
     git_ok(
         tmp.path(),
