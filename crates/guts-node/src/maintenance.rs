@@ -107,6 +107,9 @@ impl Maintenance {
                 continue;
             };
             match due(&repo) {
+                Ok(Some(_)) if !self.room_for(&repo) => {
+                    tracing::warn!(repo = %name, "background maintenance skipped: not enough free disk for a copy of its packs");
+                }
                 Ok(Some(why)) => {
                     tracing::info!(repo = %name, why, "background maintenance");
                     if let Err(e) = self.run(&name).await {
@@ -119,6 +122,19 @@ impl Maintenance {
                 }
             }
         }
+    }
+}
+
+impl Maintenance {
+    /// Whether the disk holds a second copy of `repo`'s packs (maintenance
+    /// writes the new packs before it retires the old) above the node's
+    /// free-space floor.
+    fn room_for(&self, repo: &Repo) -> bool {
+        let needed = repo
+            .pack_bytes()
+            .unwrap_or(0)
+            .saturating_add(self.repos.rules().min_free_bytes);
+        crate::rules::free_bytes(&repo.objects_dir()).is_none_or(|free| free >= needed)
     }
 }
 
