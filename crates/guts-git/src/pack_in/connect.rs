@@ -28,6 +28,10 @@ pub(super) type Entry = (u64, u32);
 /// The non-blob entries of `bundle`, by ascending pack offset. Refuses a
 /// pack with a delta chain deeper than `max_depth`.
 pub(super) fn classify(bundle: &gix_pack::Bundle, max_depth: u32) -> Result<Vec<Entry>> {
+    let headers = Headers {
+        bundle,
+        file: std::fs::File::open(bundle.pack.path())?,
+    };
     let index = &bundle.index;
     let mut by_offset: Vec<Entry> = (0..index.num_objects())
         .map(|i| (index.pack_offset_at_index(i), i))
@@ -36,13 +40,15 @@ pub(super) fn classify(bundle: &gix_pack::Bundle, max_depth: u32) -> Result<Vec<
     let mut known: Vec<Option<(Kind, u32)>> = vec![None; by_offset.len()];
     let mut chain = Vec::new();
     for start in 0..by_offset.len() {
-        resolve_kind(bundle, &by_offset, &mut known, &mut chain, start, max_depth)?;
+        resolve_kind(
+            &headers, &by_offset, &mut known, &mut chain, start, max_depth,
+        )?;
     }
     let mut keep: Vec<bool> = known
         .iter()
         .map(|k| k.is_some_and(|(kind, _)| kind != Kind::Blob))
         .collect();
-    keep_first_chain(bundle, &by_offset, &mut keep, max_depth)?;
+    keep_first_chain(&headers, &by_offset, &mut keep, max_depth)?;
     Ok(by_offset
         .into_iter()
         .zip(keep)
@@ -54,7 +60,7 @@ pub(super) fn classify(bundle: &gix_pack::Bundle, max_depth: u32) -> Result<Vec<
 /// Keep the pack's first entry and its bases too: gix-pack's delta tree is
 /// built by reading entry headers from the first entry on.
 fn keep_first_chain(
-    bundle: &gix_pack::Bundle,
+    headers: &Headers<'_>,
     by_offset: &[Entry],
     keep: &mut [bool],
     max_depth: u32,
@@ -67,7 +73,7 @@ fn keep_first_chain(
         if let Some(k) = keep.get_mut(at) {
             *k = true;
         }
-        match step(bundle, offset)? {
+        match headers.step(offset)? {
             Step::Kind(_) => return Ok(()),
             Step::Base(base) => at = position(by_offset, offset, base)?,
         }
@@ -84,7 +90,7 @@ fn position(by_offset: &[Entry], offset: u64, base: u64) -> Result<usize> {
 /// Set `known[start]` (kind and depth), walking down its chain until an
 /// entry already known or a base object, then filling in the entries passed.
 fn resolve_kind(
-    bundle: &gix_pack::Bundle,
+    headers: &Headers<'_>,
     by_offset: &[Entry],
     known: &mut [Option<(Kind, u32)>],
     chain: &mut Vec<usize>,
@@ -98,7 +104,7 @@ fn resolve_kind(
             break k;
         }
         let offset = by_offset.get(at).map_or(0, |e| e.0);
-        let base_offset = match step(bundle, offset)? {
+        let base_offset = match headers.step(offset)? {
             Step::Kind(kind) => break (kind, 0),
             Step::Base(base) => base,
         };
@@ -130,21 +136,47 @@ enum Step {
     Base(u64),
 }
 
-fn step(bundle: &gix_pack::Bundle, offset: u64) -> Result<Step> {
-    let entry = bundle.pack.entry(offset).map_err(read_error)?;
-    let base = match entry.header {
-        Header::OfsDelta { base_distance } => entry.checked_base_pack_offset(base_distance),
-        Header::RefDelta { base_id } => bundle
-            .index
-            .lookup(base_id)
-            .map(|i| bundle.index.pack_offset_at_index(i)),
-        Header::Commit => return Ok(Step::Kind(Kind::Commit)),
-        Header::Tree => return Ok(Step::Kind(Kind::Tree)),
-        Header::Blob => return Ok(Step::Kind(Kind::Blob)),
-        Header::Tag => return Ok(Step::Kind(Kind::Tag)),
-    };
-    base.map(Step::Base)
-        .ok_or_else(|| Error::Pack(format!("delta at pack offset {offset} has no base")))
+/// Entry headers of the received pack, read with `pread` rather than through
+/// the pack's memory map: every entry's header is read here, and nearly every
+/// page of a pack holds one, so reading them through the map would make the
+/// whole pack resident in the node (blobs included) for a few bytes a page.
+struct Headers<'a> {
+    bundle: &'a gix_pack::Bundle,
+    file: std::fs::File,
+}
+
+/// Longest entry header: a size varint (at most 10 bytes for 64 bits) and
+/// an offset varint or a 20-byte base id.
+const MAX_HEADER: usize = 40;
+
+impl Headers<'_> {
+    fn step(&self, offset: u64) -> Result<Step> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; MAX_HEADER];
+        let mut n = 0;
+        while n < buf.len() {
+            match self.file.read_at(&mut buf[n..], offset + n as u64)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        let entry =
+            gix_pack::data::Entry::from_bytes(&buf[..n], offset, HASH).map_err(read_error)?;
+        let base = match entry.header {
+            Header::OfsDelta { base_distance } => entry.checked_base_pack_offset(base_distance),
+            Header::RefDelta { base_id } => self
+                .bundle
+                .index
+                .lookup(base_id)
+                .map(|i| self.bundle.index.pack_offset_at_index(i)),
+            Header::Commit => return Ok(Step::Kind(Kind::Commit)),
+            Header::Tree => return Ok(Step::Kind(Kind::Tree)),
+            Header::Blob => return Ok(Step::Kind(Kind::Blob)),
+            Header::Tag => return Ok(Step::Kind(Kind::Tag)),
+        };
+        base.map(Step::Base)
+            .ok_or_else(|| Error::Pack(format!("delta at pack offset {offset} has no base")))
+    }
 }
 
 fn read_error(e: impl std::error::Error + 'static) -> Error {

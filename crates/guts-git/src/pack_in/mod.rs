@@ -151,6 +151,7 @@ pub fn receive(
         if q.objects > 0 {
             let bundle = gix_pack::Bundle::at(idx, HASH)
                 .map_err(|e| Error::pack("opening received pack", e))?;
+            map_only_what_is_read(&bundle.pack);
             q.non_blobs = connect::classify(&bundle, limits.max_delta_depth)?;
             q.bundle = Some(Arc::new(bundle));
         }
@@ -257,6 +258,33 @@ impl Drop for Quarantine {
         self.bundle = None;
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove push quarantine");
+        }
+    }
+}
+
+/// The checks after indexing read the commits, trees and tags of the
+/// received pack through its memory map, not its blobs (most of its bytes;
+/// entry headers are read with `pread`, see `connect`). Tell the kernel not
+/// to map the neighbouring pages on each fault (up to 16 by default), so the
+/// blobs between them do not become resident in the node for nothing.
+fn map_only_what_is_read(pack: &gix_pack::data::File) {
+    #[cfg(target_os = "linux")]
+    if let Some(data) = pack.entry_slice(0..pack.data_len() as u64) {
+        if !data.is_empty() {
+            // SAFETY: `data` is the whole read-only mapping of the pack
+            // (gix-pack maps it from its first byte, so it starts on a page
+            // boundary) and stays mapped while `pack` lives; MADV_RANDOM only
+            // changes how page faults are served, never the contents.
+            let rc = unsafe {
+                libc::madvise(
+                    data.as_ptr() as *mut libc::c_void,
+                    data.len(),
+                    libc::MADV_RANDOM,
+                )
+            };
+            if rc != 0 {
+                tracing::debug!("madvise(MADV_RANDOM) on a received pack failed");
+            }
         }
     }
 }
