@@ -186,18 +186,7 @@ impl Repo {
         let new = write_and_publish(&odb, &objects_dir, reach.ids, cruft, &scratch.0, opts)?;
         report.pack_bytes = new.iter().map(|p| p.bytes).sum();
         report.commits = write_commit_graph(&odb, &objects_dir, &commit_ids)?;
-        if let Some(reachable) = new.first().filter(|_| !wants.is_empty()) {
-            write_state(
-                &objects_dir,
-                &MaintainedState {
-                    at: now_secs(),
-                    pack: reachable.stem.clone(),
-                    objects: reachable.objects,
-                    cruft: new.get(1).map(|p| p.stem.clone()),
-                    tips,
-                },
-            )?;
-        }
+        record_state(&objects_dir, &new, !wants.is_empty(), tips)?;
         let keep: HashSet<&str> = new.iter().map(|p| p.stem.as_str()).collect();
         retire(
             &objects_dir,
@@ -354,6 +343,27 @@ fn publish(pack_dir: &Path, new: &[NewPack]) -> Result<()> {
     }
     std::fs::File::open(pack_dir)?.sync_all()?;
     Ok(())
+}
+
+/// Record the reachable pack (the first of `new` when the refs reach
+/// anything) and the refs it was made for; with no ref, remove the record.
+fn record_state(objects_dir: &Path, new: &[NewPack], has_refs: bool, tips: Vec<Tip>) -> Result<()> {
+    match new.first().filter(|_| has_refs) {
+        Some(reachable) => write_state(
+            objects_dir,
+            &MaintainedState {
+                at: now_secs(),
+                pack: reachable.stem.clone(),
+                objects: reachable.objects,
+                cruft: new.get(1).map(|p| p.stem.clone()),
+                tips,
+            },
+        ),
+        None => match std::fs::remove_file(objects_dir.join(STATE_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        },
+    }
 }
 
 fn write_state(objects_dir: &Path, state: &MaintainedState) -> Result<()> {
