@@ -2,15 +2,14 @@
 //! sockets; stock `git` makes the packs and checks what comes out.
 
 mod common;
-use common::{git, pkt, text, v2, Open};
+use common::{empty_repo, git, pkt, text, v2, Open};
 
 use std::path::Path;
 
-use guts_git::names::RepoName;
 use guts_git::pack_cache::{CacheConfig, PackCache};
 use guts_git::protocol::Version;
 use guts_git::receive_pack::{receive_pack, ReceiveOptions};
-use guts_git::storage::{MaintainOptions, Repo, Storage};
+use guts_git::storage::{MaintainOptions, Repo};
 use guts_git::upload_pack::{upload_pack, PackSlots, Serving};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -61,14 +60,7 @@ fn setup() -> Setup {
 /// [`setup`] on a storage that serves with `serving(data dir)`.
 fn setup_with(serving: impl FnOnce(&Path) -> Serving) -> Setup {
     let tmp = tempfile::TempDir::new().expect("tmp");
-    let data = tmp.path().join("data");
-    let storage = Storage::open_with(&data, serving(&data)).expect("storage");
-    let repo = storage
-        .create(&RepoName::new("alice", "demo").expect("name"))
-        .expect("create");
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q", "-b", "main"], None);
+    let (repo, work) = empty_repo(tmp.path(), serving(&tmp.path().join("data")));
     let mut old = ZERO.to_owned();
     for i in 0..3 {
         let c = commit(&work, "a.txt", &format!("{}\n", "line\n".repeat(100 + i)));

@@ -2,16 +2,15 @@
 //! `git` is used to make packs and to check the packs we produce.
 
 mod common;
-use common::{git, git_env, pkt, text, v2, Open};
+use common::{empty_repo, git, git_env, pkt, text, v2, Open};
 
 use std::path::Path;
 
-use guts_git::names::RepoName;
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::{advertise, Service, Version};
 use guts_git::receive_pack::{receive_pack, Command as PushCommand, PushPolicy, ReceiveOptions};
-use guts_git::storage::{RefRejection, RefUpdate, Repo, Storage};
-use guts_git::upload_pack::upload_pack;
+use guts_git::storage::{RefRejection, RefUpdate, Repo};
+use guts_git::upload_pack::{upload_pack, Serving};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -31,13 +30,7 @@ struct Fixture {
 /// A storage with one repository and a work tree with two commits (not pushed).
 fn fixture() -> Fixture {
     let tmp = tempfile::TempDir::new().expect("tmp");
-    let storage = Storage::open(&tmp.path().join("data")).expect("storage");
-    let repo = storage
-        .create(&RepoName::new("alice", "demo").expect("name"))
-        .expect("create");
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q", "-b", "main"], None);
+    let (repo, work) = empty_repo(tmp.path(), Serving::default());
     std::fs::write(work.join("a.txt"), "one\n".repeat(200)).expect("write");
     git(&work, &["add", "a.txt"], None);
     git(&work, &["commit", "-q", "-m", "one"], None);

@@ -202,7 +202,7 @@ async fn upload_pack(
             Err(e) => tracing::warn!(repo = %name, ?version, error = %e, "upload-pack failed"),
         }
         if started.elapsed() >= RELEASE_AFTER {
-            crate::maintenance::release_memory();
+            crate::memory::release();
         }
     });
     Ok(streaming_response(Service::UploadPack, out))
@@ -259,7 +259,7 @@ async fn receive_pack(
         if let Err(e) = result {
             tracing::warn!(repo = %name, error = %e, "receive-pack failed");
         }
-        crate::maintenance::release_memory();
+        crate::memory::release();
     });
     Ok(streaming_response(Service::ReceivePack, out))
 }

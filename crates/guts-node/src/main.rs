@@ -17,6 +17,7 @@ mod identity;
 mod limits;
 mod log;
 mod maintenance;
+mod memory;
 mod p2p;
 mod policy;
 mod replica;
@@ -324,7 +325,7 @@ fn rules_config(
 }
 
 fn run(args: RunArgs) -> Result<(), NodeError> {
-    maintenance::limit_malloc_arenas();
+    memory::limit_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log)

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 
 use gix_hash::ObjectId;
 
@@ -86,8 +86,7 @@ pub(super) fn plan(
         crate::odb::HASH,
     )
     .ok()?;
-    let mut header = [0u8; 12];
-    file.read_exact(&mut header).ok()?;
+    // The entries start after the 12-byte header, which is written anew.
     file.seek(SeekFrom::Start(12)).ok()?;
     Some(Reuse::Prefix {
         file,

@@ -6,11 +6,13 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
 
+use guts_git::names::RepoName;
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::Version;
 use guts_git::receive_pack::{Command, PushPolicy};
-use guts_git::storage::{RefRejection, RefUpdate, Repo};
+use guts_git::storage::{RefRejection, RefUpdate, Repo, Storage};
 use guts_git::upload_pack::upload_pack;
+use guts_git::upload_pack::Serving;
 
 /// Accepts every push and applies it with no journal: the git layer's own
 /// tests are not about authorization.
@@ -117,4 +119,17 @@ pub fn v2(repo: &Repo, command: &str, args: &[String]) -> (Vec<String>, Vec<u8>)
         }
     }
     (lines, pack)
+}
+
+/// A storage in `tmp/data` serving with `serving`, holding an empty
+/// `alice/demo`, and an initialized work tree `tmp/work` on `main`.
+pub fn empty_repo(tmp: &Path, serving: Serving) -> (Repo, std::path::PathBuf) {
+    let storage = Storage::open_with(&tmp.join("data"), serving).expect("storage");
+    let repo = storage
+        .create(&RepoName::new("alice", "demo").expect("name"))
+        .expect("create");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q", "-b", "main"], None);
+    (repo, work)
 }
