@@ -205,6 +205,13 @@ impl<S> PushCert<S> {
         &self.pusher
     }
 
+    /// The time on the `pusher` line (Unix seconds): `pusher IDENT TIME TZ`.
+    pub fn timestamp(&self) -> Option<u64> {
+        let mut parts = self.pusher.rsplitn(3, ' ');
+        let _tz = parts.next()?;
+        parts.next()?.parse().ok()
+    }
+
     /// The URL pushed to, as the client wrote it.
     pub fn pushee(&self) -> Option<&str> {
         self.pushee.as_deref()

@@ -31,6 +31,8 @@ const SIGNING_CONTEXT: &[u8] = b"guts identity document v1\0";
 pub const MAX_DELEGATES: usize = 255;
 /// Most aliases a document may declare.
 pub const MAX_ALIASES: usize = 16;
+/// Most revoked grants a document may list.
+pub const MAX_REVOKED_GRANTS: usize = 1024;
 /// Largest encoded document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
@@ -61,6 +63,22 @@ pub struct DocumentBody {
     /// Human owner names nodes may accept in place of the DID in URLs.
     #[prost(string, repeated, tag = "8")]
     pub aliases: Vec<String>,
+    /// Push grants ([`crate::grant`]) the delegates revoked, each with the
+    /// time from which it authorizes nothing. Kept by later versions
+    /// unless the delegates decide otherwise.
+    #[prost(message, repeated, tag = "9")]
+    pub revoked_grants: Vec<RevokedGrant>,
+}
+
+/// A revoked push grant.
+#[derive(Clone, PartialEq, Message)]
+pub struct RevokedGrant {
+    /// The grant's id ([`crate::grant::GrantId`], 32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub grant: Vec<u8>,
+    /// From when (Unix seconds) it authorizes no push.
+    #[prost(uint64, tag = "2")]
+    pub revoked_at: u64,
 }
 
 /// One signature over a body.
@@ -148,6 +166,7 @@ impl DocumentBody {
             default_branch: default_branch.to_owned(),
             previous: Vec::new(),
             aliases,
+            revoked_grants: Vec::new(),
         }
     }
 
@@ -259,6 +278,11 @@ impl Doc<Unverified> {
                 .any(|a| !valid_segment(a) || a.starts_with("z6Mk"))
         {
             return Err(invalid("aliases must be at most 16 valid names, not DIDs"));
+        }
+        if body.revoked_grants.len() > MAX_REVOKED_GRANTS
+            || body.revoked_grants.iter().any(|r| r.grant.len() != 32)
+        {
+            return Err(invalid("revoked grants: at most 1024 ids of 32 bytes"));
         }
         let hash: [u8; 32] = Sha256::digest(&signed.body).into();
         Ok(Doc {
@@ -376,6 +400,16 @@ impl Doc<Verified> {
     /// Whether `did` may push.
     pub fn is_delegate(&self, did: &Did) -> bool {
         self.delegates.contains(did)
+    }
+
+    /// When the push grant `id` was revoked, if this document revokes it.
+    pub fn revoked_at(&self, id: &[u8; 32]) -> Option<u64> {
+        self.body
+            .revoked_grants
+            .iter()
+            .filter(|r| r.grant == id)
+            .map(|r| r.revoked_at)
+            .min()
     }
 
     /// The next version's body, to be edited and signed.

@@ -23,6 +23,9 @@ pub enum Error {
     /// A push certificate is malformed.
     #[error("invalid push certificate: {0}")]
     InvalidCertificate(String),
+    /// A push grant or token is malformed.
+    #[error("invalid push grant: {0}")]
+    InvalidGrant(String),
     /// A push certificate is well-formed and signed but not acceptable here.
     #[error("push certificate refused: {0}")]
     Refused(String),

@@ -7,6 +7,8 @@
 //! - [`doc`]: repository identity documents (owner, delegates, threshold),
 //!   versioned and signed, with the repository id derived from version 1;
 //! - [`cert`]: git push certificates with SSH signatures;
+//! - [`grant`]: push grants and the tokens that carry them, for clients
+//!   that cannot sign certificates;
 //! - [`nonce`]: push-certificate nonces a node can check statelessly;
 //! - [`update`]: signed ref updates anyone holding the document can verify.
 //!
@@ -22,6 +24,7 @@ pub mod cert;
 pub mod did;
 pub mod doc;
 pub mod error;
+pub mod grant;
 pub mod keys;
 pub mod nonce;
 pub mod update;
@@ -31,6 +34,7 @@ pub use cert::{PushCert, Unverified, Verified};
 pub use did::Did;
 pub use doc::{Doc, DocumentBody, RepoId, SignedDocument};
 pub use error::{Error, Result};
+pub use grant::{Grant, PushToken, SignedGrant};
 pub use keys::Keypair;
 pub use nonce::NonceIssuer;
 pub use update::SignedRefUpdate;

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::cert::{CertCommand, PushCert, Verified};
 use crate::doc::{Doc, RepoId};
 use crate::error::{Error, Result};
+use crate::grant::Grant;
 
 /// One accepted push, as kept in a repository's append-only log.
 #[derive(Clone, PartialEq, Message)]
@@ -33,6 +34,11 @@ pub struct SignedRefUpdate {
     /// and without duplicates; their lines have no effect on any node.
     #[prost(string, repeated, tag = "4")]
     pub refused: Vec<String>,
+    /// For a push made with a token: the [`crate::grant::SignedGrant`] by
+    /// which a delegate let the certificate's signer push. Empty when a
+    /// delegate signed the certificate.
+    #[prost(bytes = "vec", tag = "5")]
+    pub grant: Vec<u8>,
 }
 
 /// The identity of an update: SHA-256 of its certificate text, followed
@@ -42,19 +48,33 @@ pub struct SignedRefUpdate {
 pub type UpdateKey = [u8; 32];
 
 impl SignedRefUpdate {
-    /// Verify against the repository's document (of version `doc_version`):
-    /// the id matches, the signature is valid, the signer is a delegate, the
-    /// pushee names the repository (by owner id or declared alias), and the
-    /// refused list is canonical and names refs of the certificate while
-    /// leaving at least one line in effect.
-    pub fn verify(&self, id: &RepoId, doc: &Doc<Verified>) -> Result<PushCert<Verified>> {
+    /// Verify against the repository's document `doc` (of version
+    /// `doc_version`) and the newest document known, `latest`: the id
+    /// matches, the signature is valid, the signer is a delegate under
+    /// `doc` or holds a grant a delegate under `doc` signed, which
+    /// allows every ref of the certificate at its time and which `latest`
+    /// has not revoked by then ([`Grant::authorize`]); the pushee names
+    /// the repository (by owner id or declared alias); the refused list is
+    /// canonical and names refs of the certificate while leaving at least
+    /// one line in effect.
+    pub fn verify(
+        &self,
+        id: &RepoId,
+        doc: &Doc<Verified>,
+        latest: &Doc<Verified>,
+    ) -> Result<PushCert<Verified>> {
         if self.repo_id != id.0 {
             return Err(Error::Refused(
                 "the update belongs to another repository".into(),
             ));
         }
         let cert = PushCert::parse(&self.certificate)?.verify()?;
-        authorize(&cert, doc)?;
+        if self.grant.is_empty() {
+            authorize(&cert, doc)?;
+        } else {
+            let grant = Grant::from_bytes(&self.grant)?.verify(id, doc)?;
+            authorize_granted(&cert, &grant, doc, latest)?;
+        }
         self.check_refused(&cert)?;
         Ok(cert)
     }
@@ -121,6 +141,22 @@ pub fn authorize(cert: &PushCert<Verified>, doc: &Doc<Verified>) -> Result<()> {
     cert.check_pushee(&owners, &doc.body().name)
 }
 
+/// The checks a node applies to a verified certificate made under a
+/// verified `grant` (signed by a delegate under `doc`), apart from the
+/// nonce: the grant's own rules ([`Grant::authorize`], revocation by
+/// `latest`) and the pushee.
+pub fn authorize_granted(
+    cert: &PushCert<Verified>,
+    grant: &Grant<Verified>,
+    doc: &Doc<Verified>,
+    latest: &Doc<Verified>,
+) -> Result<()> {
+    grant.authorize(cert, latest)?;
+    let mut owners = vec![doc.owner().method_id()];
+    owners.extend(doc.body().aliases.iter().cloned());
+    cert.check_pushee(&owners, &doc.body().name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +189,7 @@ mod tests {
             certificate: cert.to_owned(),
             doc_version: 1,
             refused: refused.iter().map(|r| (*r).to_owned()).collect(),
+            grant: Vec::new(),
         }
     }
 
@@ -160,10 +197,10 @@ mod tests {
     fn refused_lines_do_not_take_effect() {
         let (_, doc, id, cert) = setup();
         let all = update(&id, &cert, &[]);
-        let verified = all.verify(&id, &doc).expect("verifies");
+        let verified = all.verify(&id, &doc, &doc).expect("verifies");
         assert_eq!(all.effective(&verified).count(), 2);
         let partial = update(&id, &cert, &["refs/heads/a"]);
-        let verified = partial.verify(&id, &doc).expect("verifies");
+        let verified = partial.verify(&id, &doc, &doc).expect("verifies");
         let names: Vec<&str> = partial
             .effective(&verified)
             .map(|c| c.name.as_str())
@@ -187,7 +224,7 @@ mod tests {
             (&["refs/heads/a", "refs/heads/b"][..], "refuses everything"),
         ] {
             assert!(
-                update(&id, &cert, refused).verify(&id, &doc).is_err(),
+                update(&id, &cert, refused).verify(&id, &doc, &doc).is_err(),
                 "{why}"
             );
         }
@@ -198,7 +235,7 @@ mod tests {
         let (_, doc, id, _) = setup();
         let mut other = update(&id, "", &[]);
         other.repo_id = vec![0; 32];
-        assert!(other.verify(&id, &doc).is_err());
+        assert!(other.verify(&id, &doc, &doc).is_err());
         let stranger = Keypair::from_seed(&[9; 32]);
         let payload = format!(
             "certificate version 0.1\npusher S 1 +0000\npushee http://h/{}/demo.git\nnonce 1-a\n\n{} {} refs/heads/a\n",
@@ -207,7 +244,7 @@ mod tests {
             "a".repeat(40)
         );
         let err = update(&id, &sign(&stranger, &payload), &[])
-            .verify(&id, &doc)
+            .verify(&id, &doc, &doc)
             .expect_err("non-delegate");
         assert!(err.to_string().contains("not a delegate"), "{err}");
     }

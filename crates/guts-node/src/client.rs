@@ -14,7 +14,7 @@ use crate::error::NodeError;
 use crate::rest::{IdentityView, RepoDetail, RepoSummary};
 use crate::{ClientArgs, DelegateAction, DelegateChange, IdAction, RepoAction};
 
-fn node_url(args: &ClientArgs) -> String {
+pub(crate) fn node_url(args: &ClientArgs) -> String {
     if let Some(n) = &args.node {
         return n.trim_end_matches('/').to_owned();
     }
@@ -25,7 +25,7 @@ fn node_url(args: &ClientArgs) -> String {
     }
 }
 
-fn key_path(args: &ClientArgs) -> PathBuf {
+pub(crate) fn key_path(args: &ClientArgs) -> PathBuf {
     args.key.clone().unwrap_or_else(|| {
         args.data_dir
             .clone()
@@ -35,7 +35,7 @@ fn key_path(args: &ClientArgs) -> PathBuf {
     })
 }
 
-fn load_key(path: &Path) -> Result<Keypair, NodeError> {
+pub(crate) fn load_key(path: &Path) -> Result<Keypair, NodeError> {
     if !path.exists() {
         return Err(NodeError::Client(format!(
             "no identity key at {}: create one with `guts-node id new` (or pass --key)",
@@ -45,14 +45,14 @@ fn load_key(path: &Path) -> Result<Keypair, NodeError> {
     Keypair::read_openssh(path).map_err(|e| NodeError::Client(e.to_string()))
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into()
 }
 
-fn check(
+pub(crate) fn check(
     resp: ureq::http::Response<ureq::Body>,
     what: &str,
 ) -> Result<ureq::http::Response<ureq::Body>, NodeError> {
@@ -70,7 +70,7 @@ fn check(
     )))
 }
 
-fn unreachable_node(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
+pub(crate) fn unreachable_node(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
     move |e| {
         NodeError::Client(format!(
             "cannot reach the node at {url}: {e} (is `guts-node run` running? see --node)"
@@ -78,7 +78,7 @@ fn unreachable_node(url: &str) -> impl Fn(ureq::Error) -> NodeError + '_ {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     resp: ureq::http::Response<ureq::Body>,
 ) -> Result<T, NodeError> {
     resp.into_body()
@@ -118,7 +118,7 @@ pub fn id_command(action: IdAction, args: &ClientArgs) -> Result<(), NodeError> 
     Ok(())
 }
 
-fn git_config(repo: Option<&Path>, key: &str, value: &str) -> Result<(), NodeError> {
+pub(crate) fn git_config(repo: Option<&Path>, key: &str, value: &str) -> Result<(), NodeError> {
     let mut cmd = Process::new("git");
     match repo {
         Some(r) => cmd.arg("-C").arg(r).arg("config"),
@@ -179,7 +179,10 @@ pub fn git_setup(
 }
 
 /// Fetch a repository's document chain and verify it locally (no trust in the node).
-fn fetch_identity(base: &str, repo: &str) -> Result<(IdentityView, Doc<Verified>), NodeError> {
+pub(crate) fn fetch_identity(
+    base: &str,
+    repo: &str,
+) -> Result<(IdentityView, Doc<Verified>), NodeError> {
     let url = format!("{base}/api/v1/repos/{repo}/identity");
     let view: IdentityView = read_json(check(
         agent().get(&url).call().map_err(unreachable_node(base))?,

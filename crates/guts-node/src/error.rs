@@ -274,6 +274,14 @@ impl IntoResponse for GitHttpError {
             format!("{msg}\n"),
         )
             .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // git, libgit2, dulwich and isomorphic-git prompt for (or call
+            // back for) a user name and password on a Basic challenge.
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"guts push token\""),
+            );
+        }
         limit_headers(&self.0, &mut resp);
         resp
     }

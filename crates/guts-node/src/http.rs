@@ -87,12 +87,22 @@ async fn info_refs(
         }
     };
     let version = protocol_version(&headers);
+    let token = match service {
+        Service::ReceivePack => push_token(&headers)?,
+        Service::UploadPack => None,
+    };
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, NodeError> {
         let repos = &state.repos;
         let name = repos.resolve(&owner, &name)?;
         let repo = repos.open_repo(&name)?;
         let nonce = match service {
-            Service::ReceivePack => SignedPushPolicy::new(repos, &name)?.cert_nonce(),
+            Service::ReceivePack => {
+                let policy = SignedPushPolicy::new(repos, &name)?;
+                if let Some(token) = &token {
+                    crate::tokens::check(token, &repos.identity(&name)?, crate::auth::now())?;
+                }
+                policy.cert_nonce()
+            }
             Service::UploadPack => None,
         };
         let mut out = Vec::new();
@@ -108,6 +118,19 @@ async fn info_refs(
         .into_response();
     no_cache(resp.headers_mut());
     Ok(resp)
+}
+
+/// The push token of a push request. A client that sends none and cannot
+/// sign certificates is asked for one (401), so that its credential prompt
+/// or callback runs.
+fn push_token(headers: &HeaderMap) -> Result<Option<guts_identity::PushToken>, NodeError> {
+    let token = crate::tokens::from_headers(headers)?;
+    if token.is_none() && !crate::tokens::signs_pushes(headers) {
+        return Err(NodeError::Unauthorized(
+            crate::tokens::NO_CREDENTIAL_HELP.to_owned(),
+        ));
+    }
+    Ok(token)
 }
 
 fn check_request(headers: &HeaderMap, service: Service) -> Result<bool, NodeError> {
@@ -215,6 +238,7 @@ async fn receive_pack(
     body: Body,
 ) -> Result<Response, GitHttpError> {
     let gzip = check_request(&headers, Service::ReceivePack)?;
+    let token = crate::tokens::from_headers(&headers)?;
     let (name, repo) = open(&state, owner, name).await?;
     let host = headers
         .get(header::HOST)
@@ -224,10 +248,17 @@ async fn receive_pack(
     let (r, n) = (Arc::clone(&repos), name.clone());
     // Refuse repositories nobody may push to before streaming anything;
     // find how many bytes the push may add (quota, free disk).
-    let (identity, room) =
-        tokio::task::spawn_blocking(move || r.identity(&n).map(|i| (i, r.push_room(&n))))
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))??;
+    // A token that no longer authorizes anything is refused (401) before
+    // the body is read, so the client can ask for another.
+    let (identity, room, token) = tokio::task::spawn_blocking(move || {
+        let identity = r.identity(&n)?;
+        if let Some(token) = &token {
+            crate::tokens::check(token, &identity, crate::auth::now())?;
+        }
+        Ok::<_, NodeError>((identity, r.push_room(&n), token))
+    })
+    .await
+    .map_err(|e| NodeError::Internal(e.to_string()))??;
     let (pre, body) = start_body(body).await?;
     // git's `0000` probe before a large push does no work: no slot for it.
     let permit = if pre.complete && pre.len <= PROBE_BYTES {
@@ -253,7 +284,8 @@ async fn receive_pack(
             Err(e) => Some(e.to_string()),
         };
         let policy = SignedPushPolicy::with_identity(&repos, &name, identity, host.as_deref())
-            .refusing(refusal);
+            .refusing(refusal)
+            .with_token(token);
         let result =
             guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy);
         if let Err(e) = result {

@@ -393,6 +393,7 @@ mod tests {
             certificate,
             doc_version: 1,
             refused: Vec::new(),
+            grant: Vec::new(),
         };
         Entry {
             key: update.key(),

@@ -26,6 +26,8 @@ mod rest;
 mod rules;
 mod server;
 mod serving;
+mod token_cli;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,6 +82,20 @@ enum Command {
     Unseed {
         /// Repository, OWNER/NAME.
         repo: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Push tokens, for clients that cannot sign pushes (libgit2, dulwich, isomorphic-git, JGit, or git without a key): a delegate grants a new key the right to push some refs until a time.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A git credential helper that gives git the tokens saved with `token save` (git runs it as `guts-node credential get|store|erase`).
+    Credential {
+        /// get, store or erase (gitcredentials(7)); attributes are read from standard input.
+        operation: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -176,6 +192,49 @@ struct RunArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Grant a new key the right to push to OWNER/NAME and print its token (you must be a delegate; your key signs the grant).
+    New {
+        /// Repository, OWNER/NAME (OWNER may be an alias).
+        repo: String,
+        /// Refs the token may create, move or delete: a full name or a pattern with one `*` (repeatable).
+        #[arg(long = "refs", default_value = "refs/heads/*")]
+        refs: Vec<String>,
+        /// How long the token is valid: 30d, 12h, 90m, 3600s (at most 10 years).
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// A label for people, e.g. who the token is for (carried in the grant).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Revoke a token: publish a new identity document that lists its grant as revoked (nodes refuse it at once, peers as the document reaches them).
+    Revoke {
+        /// Repository, OWNER/NAME.
+        repo: String,
+        /// The token, or its grant id (64 hex digits, printed by `token new` and `token show`).
+        grant: String,
+        /// More key files to co-sign the document with (when the threshold is above 1).
+        #[arg(long = "cosign")]
+        cosign: Vec<PathBuf>,
+    },
+    /// Print what a token allows: repository, refs, validity, grant id, who granted it.
+    Show {
+        /// The token.
+        token: String,
+    },
+    /// Remember a token for stock git: saves it (DATA_DIR/credentials.json, mode 0600) and configures git to use `guts-node credential` for URL (credential.URL.helper, useHttpPath, and http.URL.proactiveAuth=basic for git 2.46+).
+    Save {
+        /// The repository URL, e.g. http://127.0.0.1:8080/alice/demo.git.
+        url: String,
+        /// The token.
+        token: String,
+        /// Configure this repository (its local config) instead of your global git config.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DelegateAction {
     /// Add a delegate.
     Add(DelegateChange),
@@ -249,6 +308,8 @@ fn main() -> std::process::ExitCode {
         Command::Repo { action, client } => client::repo_command(action, &client),
         Command::Id { action, client } => client::id_command(action, &client),
         Command::Status { client } => client::status(&client),
+        Command::Token { action, client } => token_cli::token_command(action, &client),
+        Command::Credential { operation, client } => token_cli::credential(&operation, &client),
         Command::Seed { repo, client } => client::seed(&repo, true, &client),
         Command::Unseed { repo, client } => client::seed(&repo, false, &client),
         Command::GitSetup {

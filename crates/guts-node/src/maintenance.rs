@@ -86,7 +86,8 @@ impl Maintenance {
                         Ok(RepoEvent::Pushed { repo, .. } | RepoEvent::RefsMoved { repo, .. }) => {
                             changed.insert(repo, Instant::now());
                         }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Ok(RepoEvent::IdentityChanged { .. })
+                        | Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     _ = tick.tick() => me.run_quiet(&mut changed).await,

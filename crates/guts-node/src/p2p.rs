@@ -129,6 +129,29 @@ impl P2p {
     }
 }
 
+/// Announce a new identity document version of a repository this node seeds.
+async fn announce_identity(
+    replicator: &Replicator<NodeReplica>,
+    replica: &NodeReplica,
+    seeded: Seeded,
+    versions: u64,
+) {
+    let repos = Arc::clone(&replica.repos);
+    let r = seeded.name.clone();
+    if !tokio::task::spawn_blocking(move || repos.is_seeding(&r))
+        .await
+        .unwrap_or(false)
+    {
+        return;
+    }
+    match replicator.announce_identity(&seeded, versions).await {
+        Ok(()) => tracing::debug!(repo = %seeded.name, versions, "announced an identity document"),
+        Err(e) => {
+            tracing::warn!(repo = %seeded.name, error = %e, "could not announce an identity document")
+        }
+    }
+}
+
 /// Announce every push this node accepts, for the repositories it seeds
 /// (peers would ask it for the objects). A subscriber of the domain
 /// layer's events: nothing in the push path calls replication.
@@ -139,6 +162,10 @@ async fn announce_pushes(
 ) {
     loop {
         let (repo, id, update) = match events.recv().await {
+            Ok(RepoEvent::IdentityChanged { repo, id, versions }) => {
+                announce_identity(&replicator, &replica, Seeded { name: repo, id }, versions).await;
+                continue;
+            }
             Ok(RepoEvent::Pushed {
                 repo,
                 id,

@@ -1,7 +1,9 @@
 //! What a push must prove on this node: a push certificate that verifies,
 //! is signed by a delegate, names this repository and answers a fresh nonce
-//! of this node. The verified certificate is carried, as an
-//! [`AuthorizedPush`], into the commit that moves the refs and logs it.
+//! of this node; or a push token whose grant allows the pushed refs, with
+//! which the node signs such a certificate itself ([`crate::tokens`]). The
+//! verified certificate is carried, as an [`AuthorizedPush`], into the
+//! commit that moves the refs and logs it.
 
 use std::collections::HashSet;
 
@@ -9,7 +11,7 @@ use guts_git::names::RepoName;
 use guts_git::receive_pack::{Command, PushPolicy};
 use guts_git::storage::{RefRejection, RefUpdate, Repo};
 use guts_identity::doc::RepoId;
-use guts_identity::{PushCert, SignedRefUpdate, Verified};
+use guts_identity::{PushCert, PushToken, SignedRefUpdate, Verified};
 
 use crate::error::NodeError;
 use crate::identity::Identity;
@@ -19,13 +21,11 @@ use crate::repos::Repos;
 /// How long an advertised push-certificate nonce stays valid, by default.
 pub const DEFAULT_NONCE_SLOP_SECS: u64 = 600;
 
-/// What an unsigned push is told.
-pub const UNSIGNED_PUSH_HELP: &str = "this repository accepts only signed pushes. Run `guts-node git-setup` in your clone \
-     (it sets gpg.format=ssh, user.signingkey to your Guts key and push.gpgSign=if-asked), then push again";
-
 /// A push whose certificate verified and authorized it.
 pub struct AuthorizedPush {
     cert: PushCert<Verified>,
+    /// The signed grant a token push was made under (empty otherwise).
+    grant: Vec<u8>,
     repo_id: RepoId,
     doc_version: u64,
 }
@@ -49,6 +49,7 @@ impl AuthorizedPush {
             certificate: self.cert.text().to_owned(),
             doc_version: self.doc_version,
             refused,
+            grant: self.grant,
         };
         let entry = Entry::new(update, &self.cert).map_err(NodeError::Invalid)?;
         Ok((self.repo_id, entry))
@@ -65,6 +66,8 @@ pub struct SignedPushPolicy<'a> {
     hosts: Vec<String>,
     /// Why every push is refused before it is read (low disk, quota).
     refusal: Option<String>,
+    /// The push token the request carried, if any.
+    token: Option<PushToken>,
 }
 
 impl<'a> SignedPushPolicy<'a> {
@@ -94,7 +97,15 @@ impl<'a> SignedPushPolicy<'a> {
             identity,
             hosts,
             refusal: None,
+            token: None,
         }
+    }
+
+    /// Authorize an unsigned push with `token` (from the request's
+    /// `Authorization` header).
+    pub fn with_token(mut self, token: Option<PushToken>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Refuse every push with `reason` (told to the pusher after their
@@ -144,7 +155,11 @@ impl PushPolicy for SignedPushPolicy<'_> {
         if let Some(reason) = &self.refusal {
             return Err(reason.clone());
         }
-        let text = cert.ok_or_else(|| UNSIGNED_PUSH_HELP.to_owned())?;
+        let text = match (cert, &self.token) {
+            (Some(text), _) => text,
+            (None, Some(token)) => return self.authorize_token(token, commands),
+            (None, None) => return Err(crate::tokens::NO_CREDENTIAL_HELP.to_owned()),
+        };
         let cert = PushCert::parse(text)
             .and_then(PushCert::verify)
             .map_err(|e| e.to_string())?;
@@ -167,6 +182,7 @@ impl PushPolicy for SignedPushPolicy<'_> {
         tracing::info!(repo = %self.repo, signer = %cert.signer(), "signed push authorized");
         Ok(AuthorizedPush {
             cert,
+            grant: Vec::new(),
             repo_id: self.identity.id,
             doc_version: self.identity.doc.body().version,
         })
@@ -182,6 +198,60 @@ impl PushPolicy for SignedPushPolicy<'_> {
         self.repos
             .commit_push(repo, authorized, updates, atomic)
             .map_err(NodeError::into_git)
+    }
+}
+
+impl SignedPushPolicy<'_> {
+    /// A token push: the grant must allow every pushed ref now; the node
+    /// then signs, as the grantee, a certificate naming the grant, this
+    /// node and a nonce it uses at once, and checks it as a peer will.
+    fn authorize_token(
+        &self,
+        token: &PushToken,
+        commands: &[Command],
+    ) -> Result<AuthorizedPush, String> {
+        let now = crate::auth::now();
+        let doc = &self.identity.doc;
+        let grant = crate::tokens::check(token, &self.identity, now).map_err(|e| e.to_string())?;
+        if let Some(name) = grant.first_denied(commands.iter().map(|c| c.name.as_str())) {
+            return Err(format!(
+                "push token refused: its grant allows only {}, not {name}",
+                grant.body().refs.join(", ")
+            ));
+        }
+        self.repos
+            .charge(&grant.grantee())
+            .map_err(|e| e.to_string())?;
+        let host = self.hosts.last().map_or("localhost", String::as_str);
+        let pushee = format!(
+            "http://{host}/{}/{}.git",
+            doc.owner().method_id(),
+            doc.body().name
+        );
+        let nonce = self.repos.issue_nonce(&self.repo);
+        let zero = "0".repeat(40);
+        let hex =
+            |id: &Option<guts_git::ObjectId>| id.map_or_else(|| zero.clone(), |i| i.to_string());
+        let lines: Vec<(String, String, String)> = commands
+            .iter()
+            .map(|c| (hex(&c.old), hex(&c.new), c.name.clone()))
+            .collect();
+        let cert = token
+            .certificate(&pushee, &nonce, now, &lines)
+            .and_then(PushCert::verify)
+            .map_err(|e| format!("push token refused: {e}"))?;
+        guts_identity::update::authorize_granted(&cert, &grant, doc, doc)
+            .map_err(|e| e.to_string())?;
+        self.repos
+            .check_nonce(&self.repo, &nonce)
+            .map_err(|e| format!("push token refused: {e}"))?;
+        tracing::info!(repo = %self.repo, grantee = %grant.grantee(), granted_by = %grant.signer(), grant = %grant.id_hex(), "token push authorized");
+        Ok(AuthorizedPush {
+            cert,
+            grant: grant.to_bytes().to_vec(),
+            repo_id: self.identity.id,
+            doc_version: doc.body().version,
+        })
     }
 }
 

@@ -89,14 +89,18 @@ impl NodeReplica {
     }
 
     /// Verify a signed update as a peer would: repository id, signature,
-    /// delegate under its document version, pushee. Gives its log entry.
+    /// delegate (or a delegate's grant) under its document version, no
+    /// revocation of that grant in the newest document, pushee. Gives its
+    /// log entry.
     fn check(&self, identity: &Identity, update: SignedRefUpdate) -> Result<Entry, Fault> {
         let version = usize::try_from(update.doc_version).map_err(peer)?;
         let doc = version
             .checked_sub(1)
             .and_then(|i| identity.docs.get(i))
             .ok_or_else(|| peer(format!("the update refers to identity document version {version}, which this node does not have")))?;
-        let cert = update.verify(&identity.id, doc).map_err(peer)?;
+        let cert = update
+            .verify(&identity.id, doc, &identity.doc)
+            .map_err(peer)?;
         Entry::new(update, &cert).map_err(peer)
     }
 }

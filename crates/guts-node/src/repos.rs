@@ -52,6 +52,17 @@ pub enum RepoEvent {
         /// Its position in the log.
         seq: u64,
     },
+    /// A new identity document version was accepted (not one taken from a
+    /// peer): peers should take it at once (a revoked grant, a removed
+    /// delegate).
+    IdentityChanged {
+        /// The repository.
+        repo: RepoName,
+        /// Its id.
+        id: RepoId,
+        /// How many versions the node now holds.
+        versions: u64,
+    },
     /// Refs moved, by a push or a replicated update.
     RefsMoved {
         /// The repository.
@@ -284,6 +295,13 @@ impl Repos {
         }
         let doc = self.identities.update(name, document)?;
         tracing::info!(repo = %name, version = doc.body().version, delegates = doc.delegates().len(), "identity document updated");
+        if let Some(current) = self.identities.current(name)? {
+            self.emit(RepoEvent::IdentityChanged {
+                repo: name.clone(),
+                id: current.id,
+                versions: doc.body().version,
+            });
+        }
         Ok(doc)
     }
 

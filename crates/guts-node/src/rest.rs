@@ -410,6 +410,8 @@ pub struct UpdateView {
     pub superseded: Vec<String>,
     /// The push certificate, signature included.
     pub certificate: String,
+    /// For a push made with a token: the grant its signer pushed under.
+    pub grant: Option<crate::tokens::GrantView>,
 }
 
 async fn list_updates(
@@ -448,6 +450,9 @@ async fn list_updates(
                     refused: u.refused,
                     superseded,
                     certificate: u.certificate,
+                    grant: (!u.grant.is_empty())
+                        .then(|| crate::tokens::grant_view(&u.grant))
+                        .flatten(),
                 }
             })
             .collect())

@@ -1341,10 +1341,14 @@ fn scenarios() -> Vec<Scenario> {
         }),
         sc("raw-advertisement-receive-pack", V01, |c| {
             let proto = format!("version={}", c.version);
+            // As stock git asks (it signs pushes; see ADR 0012).
             let resp = c.raw(
                 "GET",
                 "/info/refs?service=git-receive-pack",
-                &[("Git-Protocol", proto.as_str())],
+                &[
+                    ("Git-Protocol", proto.as_str()),
+                    ("User-Agent", "git/2.47.3"),
+                ],
                 &[],
             );
             record_advertisement(c, &resp);

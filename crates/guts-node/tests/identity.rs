@@ -4,35 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use base64::Engine;
 use common::*;
 use tempfile::TempDir;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
-
-fn cli(node: &Node, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_guts-node"))
-        .args(args)
-        .arg("--node")
-        .arg(node.url())
-        .env_remove("GUTS_HOME")
-        .env_remove("GUTS_KEY")
-        .output()
-        .expect("run guts-node")
-}
-
-fn cli_ok(node: &Node, args: &[&str]) -> String {
-    let out = cli(node, args);
-    assert!(
-        out.status.success(),
-        "guts-node {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn key_arg(id: &TestIdentity) -> String {
     id.key_path.display().to_string()
@@ -110,8 +87,11 @@ fn a_delegates_signed_push_is_accepted_and_logged() {
         certificate: entries[0]["certificate"].as_str().expect("cert").to_owned(),
         doc_version: 1,
         refused: Vec::new(),
+        grant: Vec::new(),
     };
-    let cert = update.verify(&id, &doc).expect("logged update verifies");
+    let cert = update
+        .verify(&id, &doc, &doc)
+        .expect("logged update verifies");
     assert_eq!(cert.commands()[0].new, c);
 }
 
@@ -125,9 +105,15 @@ fn an_unsigned_push_is_refused_with_what_to_configure() {
     let url = node.repo_url("alice", "demo");
     let out = git_fail(&work, &["-c", "push.gpgSign=false", "push", &url, "main"]);
     let err = stderr_of(&out);
-    assert!(err.contains("accepts only signed pushes"), "{err}");
+    assert!(
+        err.contains("accepts signed pushes and pushes with a token"),
+        "{err}"
+    );
     assert!(err.contains("guts-node git-setup"), "{err}");
     assert!(err.contains("gpg.format=ssh"), "{err}");
+    assert!(err.contains("guts-node token new"), "{err}");
+    // The pack was never read: git must not be told `unpack ok`.
+    assert!(err.contains("remote unpack failed: not unpacked"), "{err}");
     assert!(node.server_refs("alice", "demo").is_empty());
     assert!(node
         .get("/api/v1/repos/alice/demo/updates")

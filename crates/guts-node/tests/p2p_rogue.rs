@@ -331,6 +331,7 @@ fn announce(repo: &str, update: &[u8]) -> Vec<u8> {
     Announce {
         repo: repo.to_owned(),
         update: update.to_vec(),
+        doc_versions: 0,
     }
     .encode_to_vec()
 }
@@ -457,7 +458,9 @@ fn git_accepts_pack(scratch: &Path, pack: &[u8]) -> bool {
 
 /// A and B replicate a repository; a rogue peer connected to A announces
 /// updates that no delegate authorized (signed by a stranger, tampered with
-/// after a delegate signed, signed by the delegate for another repository),
+/// after a delegate signed, signed by the delegate for another repository,
+/// made under push grants that are expired, revoked, for another repository
+/// or signed by a non-delegate),
 /// over gossip and in its log when A catches up with it. Neither node moves
 /// a ref or logs anything, A never even asks the rogue for objects, A tells
 /// gossipsub the messages are invalid (so they go no further), and honest
@@ -522,7 +525,7 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
         nonce,
         &[format!("{c1} {evil} refs/heads/main")],
     );
-    let forged: Vec<(&str, Vec<u8>, &str)> = [
+    let mut forged: Vec<(&str, Vec<u8>, &str)> = [
         ("signed by a non-delegate", by_stranger, "is not a delegate"),
         (
             "tampered after a delegate signed",
@@ -542,10 +545,18 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
             certificate,
             doc_version: 1,
             refused: Vec::new(),
+            grant: Vec::new(),
         };
         (what, update.encode_to_vec(), reason)
     })
     .collect();
+    forged.extend(granted_updates(
+        &a,
+        &b,
+        &owner,
+        &id_bytes,
+        &format!("{c1} {evil} refs/heads/main"),
+    ));
 
     let rt = runtime();
     let b_addr = p2p_addr(&b);
@@ -653,6 +664,97 @@ fn forged_update_from_a_rogue_peer_is_rejected_by_all() {
 
 /// A node in `dir` that connects to `a`, seeds `OWNER/demo` from it and
 /// holds A's refs.
+/// Updates made under push grants that do not authorize them, each with
+/// the reason a node gives: expired, revoked (by a document version B got
+/// from A before the attack, while the update claims version 1), for
+/// another repository, signed by a non-delegate.
+fn granted_updates(
+    a: &Node,
+    b: &Node,
+    owner: &str,
+    id: &[u8],
+    line: &str,
+) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    use guts_identity::grant::GrantBody;
+    use guts_identity::{Keypair, PushToken};
+    let key = test_identity().key_path.display().to_string();
+    let revoked = cli_ok(a, &["token", "new", "alice/demo", "--key", &key]);
+    cli_ok(
+        a,
+        &[
+            "token",
+            "revoke",
+            "alice/demo",
+            revoked.trim(),
+            "--key",
+            &key,
+        ],
+    );
+    eventually(20, "B takes the revocation", || {
+        b.repo_info(owner, "demo")["doc_version"] == 2
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let grant = |repo: &[u8], until: u64, by: &Keypair| {
+        let grantee = Keypair::from_seed(&[0x70; 32]);
+        let body = GrantBody {
+            repo_id: repo.to_vec(),
+            grantee: grantee.did().to_string(),
+            refs: vec!["refs/heads/*".into()],
+            not_before: now - 100,
+            not_after: until,
+            note: String::new(),
+        };
+        PushToken::new(grantee, &body.sign(by)).expect("token")
+    };
+    let owner_key = &test_identity().key;
+    let mallory = Keypair::from_seed(&[0x66; 32]);
+    let tokens = [
+        (
+            "under an expired grant",
+            grant(id, now - 50, owner_key),
+            "expired",
+        ),
+        (
+            "under a revoked grant",
+            PushToken::parse(revoked.trim()).expect("token"),
+            "was revoked",
+        ),
+        (
+            "under a grant for another repository",
+            grant(&[7; 32], now + 100, owner_key),
+            "for another repository",
+        ),
+        (
+            "under a grant by a non-delegate",
+            grant(id, now + 100, &mallory),
+            "is not a delegate",
+        ),
+    ];
+    let (old, rest) = line.split_once(' ').expect("line");
+    let (new, name) = rest.split_once(' ').expect("line");
+    let lines = [(old.to_owned(), new.to_owned(), name.to_owned())];
+    tokens
+        .into_iter()
+        .map(|(what, token, reason)| {
+            let pushee = a.repo_url(owner, "demo");
+            let cert = token
+                .certificate(&pushee, "1-n", now, &lines)
+                .expect("signs");
+            let update = SignedRefUpdate {
+                repo_id: id.to_vec(),
+                certificate: cert.text().to_owned(),
+                doc_version: 1,
+                refused: Vec::new(),
+                grant: token.grant().to_bytes().to_vec(),
+            };
+            (what, update.encode_to_vec(), reason)
+        })
+        .collect()
+}
+
 fn seeded_follower(a: &Node, dir: &Path, owner: &str) -> Node {
     let node = peer_node(dir, Some(&p2p_addr(a)), true);
     eventually(20, "the follower connects to A", || {
@@ -739,6 +841,7 @@ fn diverged_with(a_args: &[&str]) -> Diverged {
         certificate: certificate.clone(),
         doc_version: logged["doc_version"].as_u64().expect("doc_version"),
         refused: Vec::new(),
+        grant: Vec::new(),
     }
     .encode_to_vec();
     Diverged {

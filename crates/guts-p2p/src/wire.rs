@@ -26,6 +26,12 @@ pub struct Announce {
     /// An encoded `SignedRefUpdate`.
     #[prost(bytes = "vec", tag = "2")]
     pub update: Vec<u8>,
+    /// An identity announcement (empty `update`): how many document
+    /// versions the sender holds, so that peers with fewer take the new
+    /// ones from it at once (a revoked push grant, a delegate removed)
+    /// instead of at their next log comparison.
+    #[prost(uint64, tag = "3")]
+    pub doc_versions: u64,
 }
 
 /// What a stream request asks for.

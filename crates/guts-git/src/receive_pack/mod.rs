@@ -261,6 +261,9 @@ fn explain_shallow(e: Error, shallow: bool) -> Error {
     }
 }
 
+/// The `unpack` status of a push refused before its pack was read.
+pub const NOT_UNPACKED: &str = "not unpacked: the push was refused before its pack was read";
+
 /// Answer a push the policy refused: every ref `ng` with the reason, the
 /// rest of the request read so the client sees the answer, not a reset.
 fn refuse(
@@ -279,7 +282,10 @@ fn refuse(
         .iter()
         .map(|_| Err(one_line(reason)))
         .collect();
-    write_report(sb, push.report, &Ok(()), &push.commands, &results)?;
+    // The pack was not read, so `unpack ok` would be untrue (and clients
+    // such as isomorphic-git take it as success).
+    let unpack = Err(NOT_UNPACKED.to_owned());
+    write_report(sb, push.report, &unpack, &push.commands, &results)?;
     Ok(PushOutcome {
         rejected: push
             .commands

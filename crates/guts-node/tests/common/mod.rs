@@ -239,11 +239,16 @@ impl Node {
         assert_eq!(resp.status, 201, "creating {owner}/{name}: {}", resp.text());
     }
 
-    /// The `push-cert=<nonce>` a receive-pack advertisement offers, if any.
+    /// The `push-cert=<nonce>` a receive-pack advertisement offers, if any
+    /// (asked as stock git, a client that signs pushes).
     pub fn push_cert_nonce(&self, owner: &str, name: &str) -> Option<String> {
-        let resp = self.get(&format!(
-            "/{owner}/{name}.git/info/refs?service=git-receive-pack"
-        ));
+        let resp = http_request(
+            &self.addr,
+            "GET",
+            &format!("/{owner}/{name}.git/info/refs?service=git-receive-pack"),
+            &[("User-Agent", "git/2.47.3")],
+            &[],
+        );
         let text = resp.text();
         let caps = text.split('\0').nth(1)?;
         caps.split_whitespace()
@@ -480,9 +485,15 @@ pub fn try_http_request(
         .set_write_timeout(Some(Duration::from_secs(120)))
         .expect("set write timeout");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: guts-e2e\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+    {
+        req.push_str("User-Agent: guts-e2e\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -574,6 +585,31 @@ fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------
 // git helpers
 // ---------------------------------------------------------------------------
+
+/// Run the `guts-node` CLI against `node` (no GUTS_HOME or GUTS_KEY from
+/// the environment).
+pub fn cli(node: &Node, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(args)
+        .arg("--node")
+        .arg(node.url())
+        .env_remove("GUTS_HOME")
+        .env_remove("GUTS_KEY")
+        .output()
+        .expect("run guts-node")
+}
+
+/// [`cli`], which must succeed; its standard output.
+pub fn cli_ok(node: &Node, args: &[&str]) -> String {
+    let out = cli(node, args);
+    assert!(
+        out.status.success(),
+        "guts-node {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// A shared HOME for git so no user configuration leaks in. Its only
 /// configuration is what `guts-node git-setup` writes: pushes are signed with

@@ -286,10 +286,37 @@ impl<R: Replica> Replicator<R> {
         let msg = Announce {
             repo: s.name.to_string(),
             update: update.encode_to_vec(),
+            doc_versions: 0,
         };
         self.net
             .publish(&topic(&s.id.to_string()), msg.encode_to_vec())
             .await
+    }
+
+    /// Announce that this node holds `versions` identity document versions
+    /// of `s` (after a document change: peers behind take the new ones).
+    pub async fn announce_identity(&self, s: &Seeded, versions: u64) -> Result<()> {
+        let msg = Announce {
+            repo: s.name.to_string(),
+            update: Vec::new(),
+            doc_versions: versions,
+        };
+        self.net
+            .publish(&topic(&s.id.to_string()), msg.encode_to_vec())
+            .await
+    }
+
+    /// An identity announcement: take the newer versions from `source`
+    /// (verified as a chain), then pass the announcement on.
+    async fn on_identity_announce(&self, source: PeerId, s: &Seeded, versions: u64) -> Result<()> {
+        let replica = Arc::clone(&self.replica);
+        let r = s.name.clone();
+        let ours = blocking(move || replica.identity(&r).map_or(0, |v| v.len() as u64)).await?;
+        if versions <= ours {
+            return Ok(());
+        }
+        self.take_identity(source, &s.name).await?;
+        self.announce_identity(s, versions).await
     }
 
     async fn on_announce(&self, source: PeerId, data: &[u8]) -> Result<()> {
@@ -304,6 +331,11 @@ impl<R: Replica> Replicator<R> {
         let Some(s) = seeded.into_iter().find(|s| s.name == name) else {
             return Ok(());
         };
+        if msg.update.is_empty() && msg.doc_versions > 0 {
+            return self
+                .on_identity_announce(source, &s, msg.doc_versions)
+                .await;
+        }
         let update = SignedRefUpdate::decode(&msg.update[..]).map_err(undecodable_update)?;
         if self.apply_from(source, &s.name, update.clone()).await? {
             // Be a source for peers further away.
