@@ -96,7 +96,7 @@ git config --global gpg.format ssh
 git config --global user.signingkey "$T/key"
 
 PK="$T/pk"; mkdir -p "$PK"
-for t in pktline receive_request push_cert v2_fetch filter_spec pack_ingest identity_doc p2p_wire; do
+for t in pktline receive_request push_cert v2_fetch filter_spec pack_ingest identity_doc p2p_wire push_token; do
     rm -rf "${CORPUS:?}/$t"; mkdir -p "$CORPUS/$t"
 done
 
@@ -235,6 +235,10 @@ write("v2_fetch", "args-negotiate", b"\x00" + b"\n".join([b"ofs-delta", b"wait-f
 for i, f in enumerate(sorted(filters | {b"blob:none", b"blob:limit=1k", b"tree:0", b"object:type=commit", b"combine:blob:none+tree:3", b"combine:blob%3Alimit%3D10+object%3Atype%3Dtree"})):
     write("filter_spec", f"spec-{i}", f)
 EOF
+
+# push_token inputs: a token, its grant, and a logged update made with it.
+"$HELPER" tokens "$CORPUS/push_token"
+cp "$CORPUS/push_token/update-with-grant" "$CORPUS/identity_doc/"
 
 # identity_doc and p2p_wire inputs: made by the crates (documents signed by
 # the key above, the signed push wrapped as a SignedRefUpdate, requests whose

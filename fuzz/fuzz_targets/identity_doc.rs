@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         let k1 = update.key();
         assert_eq!(k1, update.key());
         let id = g.genesis_id().unwrap_or(RepoId([0; 32]));
-        if let Ok(cert) = update.verify(&id, g) {
+        if let Ok(cert) = update.verify(&id, g, g) {
             assert!(g.is_delegate(&cert.signer()));
             assert!(update.effective(&cert).next().is_some());
         }

@@ -86,7 +86,7 @@ pub fn check(
 /// Whether a client that sends no credentials can sign push certificates,
 /// judged by its `User-Agent`: stock git (`git/2.47.0`) and JGit can;
 /// libgit2 (`git/2.0 (libgit2 …)`), dulwich (`git/dulwich/…`),
-/// isomorphic-git (`git/isomorphic-git@…`), go-git and others cannot, and
+/// isomorphic-git (no `User-Agent` at all), go-git and others cannot, and
 /// are asked for a token with a `401` when they start a push, so that
 /// their credential prompt or callback runs.
 pub fn signs_pushes(headers: &HeaderMap) -> bool {

@@ -47,7 +47,32 @@ fn update(cert: String, refused: Vec<String>) -> SignedRefUpdate {
         certificate: cert,
         doc_version: 1,
         refused,
+        grant: Vec::new(),
     }
+}
+
+/// A push token of the fixed identity's repository, for `other_key`, and
+/// a logged update of a push made with it.
+fn token_seeds() -> (String, Vec<u8>, Vec<u8>) {
+    use guts_identity::grant::GrantBody;
+    use guts_identity::PushToken;
+    let body = GrantBody {
+        repo_id: genesis().genesis_id().expect("genesis").0.to_vec(),
+        grantee: other_key().did().to_string(),
+        refs: vec!["refs/heads/*".into(), "refs/tags/v1".into()],
+        not_before: 1_700_000_000,
+        not_after: 1_800_000_000,
+        note: "fuzz".into(),
+    };
+    let signed = body.sign(&owner_key());
+    let token = PushToken::new(other_key(), &signed).expect("token");
+    let lines = [("0".repeat(40), "a".repeat(40), "refs/heads/main".to_owned())];
+    let cert = token
+        .certificate("http://h/fuzz/seeded.git", "1-n", 1_750_000_000, &lines)
+        .expect("certificate");
+    let mut up = update(cert.text().to_owned(), Vec::new());
+    up.grant = signed.encode_to_vec();
+    (token.encode(), signed.encode_to_vec(), up.encode_to_vec())
 }
 
 fn frame(m: &impl Message) -> Vec<u8> {
@@ -86,6 +111,13 @@ fn main() {
             .write_openssh(Path::new(&args[2]), "guts-fuzz")
             .expect("write key"),
         Some("cert") => print!("{}", guts_cert()),
+        Some("tokens") => {
+            let dir = Path::new(&args[2]);
+            let (token, grant, update) = token_seeds();
+            write(dir, "token", token.as_bytes());
+            write(dir, "grant", &grant);
+            write(dir, "update-with-grant", &update);
+        }
         Some("docs") => {
             let dir = Path::new(&args[2]);
             for (i, d) in docs().iter().enumerate() {
@@ -120,6 +152,7 @@ fn main() {
             let announce = Announce {
                 repo: "fuzz/seeded".into(),
                 update: up.clone(),
+                doc_versions: 0,
             };
             let fetch_req = Request {
                 kind: Kind::Fetch as i32,
