@@ -186,11 +186,6 @@ fn fetch(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()>
     let refs = repo.refs()?;
     let odb = repo.objects()?;
     check_wants(&odb, &args.wants, &refs, false)?;
-    if !args.ofs_delta {
-        return Err(Error::Unsupported(
-            "clients without the ofs-delta capability".into(),
-        ));
-    }
     let mut neg = Negotiation::new(&odb);
     let mut acked = Vec::new();
     for h in &args.haves {
