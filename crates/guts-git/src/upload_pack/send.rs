@@ -25,7 +25,7 @@ use crate::odb::ObjectStore;
 use crate::pack_cache::{self, CacheKey};
 use crate::pack_out::{write_pack_with, PackOptions, PackStats, Prefix};
 use crate::pack_rewrite::PackEntries;
-use crate::pktline::{write_pkt, SideBand, SideBandMode};
+use crate::pktline::{write_pkt, FullPackets, SideBand, SideBandMode};
 use crate::shallow::ShallowPlan;
 use crate::storage::{Ref, Repo};
 use crate::walk::{objects_to_send, ObjectsToSend, WalkSpec};
@@ -284,8 +284,8 @@ fn write_objects(
     let mut finished = false;
     // gix hands over each entry's header and data separately: gathered here,
     // band-1 packets go out full (65,515 payload bytes with side-band-64k),
-    // as git sends them, not one per small write.
-    let mut writer = std::io::BufWriter::with_capacity(band_payload(req.sideband), tee);
+    // as git sends them, not one per small write nor cut at large entries.
+    let mut writer = FullPackets::new(tee, band_payload(req.sideband));
     let stats = write_pack_with(
         odb,
         ids,
@@ -326,18 +326,17 @@ fn stream_file(
         "Sending a stored pack of {:.1} MiB\n",
         len as f64 / (1024.0 * 1024.0)
     ))?;
-    let mut buf = vec![0u8; band_payload(mode)];
-    let mut left = len;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(Error::Pack(
-                "a stored pack ended early while it was sent".into(),
-            ));
-        }
-        sb.borrow_mut().write_all(&buf[..n])?;
-        left -= n as u64;
+    let copied = {
+        let mut band = sb.borrow_mut();
+        let mut out = FullPackets::new(&mut *band, band_payload(mode));
+        let copied = std::io::copy(&mut (&mut file).take(len), &mut out)?;
+        out.flush()?;
+        copied
+    };
+    if copied != len {
+        return Err(Error::Pack(
+            "a stored pack ended early while it was sent".into(),
+        ));
     }
     tracing::info!(bytes = len, "sent a stored pack");
     finish(sb, what)
