@@ -116,6 +116,11 @@ fn with_cache(dir: &Path) -> Serving {
 
 /// A v0 clone of `want`: the pack, and the band-2 messages.
 fn v0_fetch(repo: &Repo, want: &str, ofs: bool) -> (Vec<u8>, String) {
+    v0_fetch_as(repo, Version::V0, want, ofs)
+}
+
+/// [`v0_fetch`] in `version` (v0 or v1: the same request body).
+fn v0_fetch_as(repo: &Repo, version: Version, want: &str, ofs: bool) -> (Vec<u8>, String) {
     let caps = if ofs {
         "side-band-64k ofs-delta"
     } else {
@@ -125,7 +130,7 @@ fn v0_fetch(repo: &Repo, want: &str, ofs: bool) -> (Vec<u8>, String) {
     req.extend(b"0000");
     req.extend(pkt("done\n"));
     let mut out = Vec::new();
-    upload_pack(repo, Version::V0, &mut &req[..], &mut out).expect("v0 fetch");
+    upload_pack(repo, version, &mut &req[..], &mut out).expect("v0 fetch");
     let mut reader = PktReader::new(&out[..]);
     let first = reader.read().expect("valid").expect("a packet");
     assert_eq!(first, Packet::Data(b"NAK\n"));
@@ -204,6 +209,8 @@ fn an_unmaintained_repository_sends_ref_deltas() {
     let s = setup(no_cache());
     let (pack, _) = v0_fetch(&s.repo, &s.main, false);
     check_pack(s.tmp.path(), "v0.git", &pack, &s.main);
+    let (pack, _) = v0_fetch_as(&s.repo, Version::V1, &s.main, false);
+    check_pack(s.tmp.path(), "v1.git", &pack, &s.main);
     let pack = v2_fetch(&s.repo, &s.main, false);
     check_pack(s.tmp.path(), "v2.git", &pack, &s.main);
     // With the capability, the same fetch keeps its OFS_DELTAs.
