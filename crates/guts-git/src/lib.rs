@@ -26,6 +26,7 @@ pub mod odb;
 pub mod pack_cache;
 pub mod pack_in;
 pub mod pack_out;
+pub mod pack_rewrite;
 pub mod pktline;
 pub mod protocol;
 pub mod receive_pack;

@@ -4,7 +4,8 @@
 //! snapshot of [`crate::storage::maintain`]). gix-pack looks each object up
 //! in the stored packs and hands over its compressed entry as it is: a delta
 //! whose base is also being sent stays a delta (rewritten as an `ofs-delta`
-//! against the base's new position); a delta whose base is not sent is
+//! against the base's new position, or as a `ref-delta` naming the base's id
+//! for a client without the `ofs-delta` capability); a delta whose base is not sent is
 //! expanded and recompressed as a whole object, because the client may not
 //! have that base. Entries are produced in chunks on worker threads and
 //! written in order, so memory stays bounded by a few chunks, not by the pack.
@@ -19,11 +20,13 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 
 use gix_hash::ObjectId;
+use gix_pack::data::entry::Header;
 use gix_pack::data::output;
 use sha1::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::odb::ObjectStore;
+use crate::pack_rewrite::{copy_as_ref_deltas, PackEntries};
 
 /// What a written pack contained.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -59,11 +62,15 @@ pub struct PackOptions {
     pub threads: Option<usize>,
     /// Record offsets and CRC-32s of the entries (see [`PackStats::entries`]).
     pub index: bool,
+    /// Write deltas as `REF_DELTA` entries (base named by id) instead of
+    /// `OFS_DELTA`: for a client that did not ask for `ofs-delta`.
+    pub ref_deltas: bool,
 }
 
 /// The body of a stored pack to send first, unchanged: its entries are
 /// copied byte for byte (their `ofs-delta` distances stay valid because
-/// they are relative and all their bases are in the same body).
+/// they are relative and all their bases are in the same body), unless
+/// [`Prefix::as_ref_deltas`] asks for `ofs-delta` headers to be rewritten.
 pub struct Prefix<'a> {
     /// Reader positioned at the first entry (after the 12-byte header).
     pub body: &'a mut dyn Read,
@@ -71,6 +78,9 @@ pub struct Prefix<'a> {
     pub len: u64,
     /// How many objects the body holds.
     pub objects: u32,
+    /// The body's entries from its index: when set, every `OFS_DELTA` entry
+    /// is sent as a `REF_DELTA` ([`crate::pack_rewrite`]).
+    pub as_ref_deltas: Option<&'a PackEntries<'a>>,
 }
 
 /// Write a pack containing exactly `ids` to `out`.
@@ -126,15 +136,11 @@ pub fn write_pack_with(
         total,
     ))?;
     if let Some(p) = prefix {
-        let copied = std::io::copy(&mut p.body.take(p.len), &mut w)?;
-        if copied != p.len {
-            return Err(Error::Pack(
-                "a stored pack ended early while it was sent".into(),
-            ));
-        }
+        copy_prefix(p, &mut w)?;
     }
     let mut state = EntryState {
         offsets: Vec::with_capacity(generated),
+        ids: opts.ref_deltas.then(|| Vec::with_capacity(generated)),
         stats: PackStats {
             objects: prefix_objects,
             ..PackStats::default()
@@ -163,9 +169,31 @@ pub fn write_pack_with(
     Ok(state.stats)
 }
 
+/// Copy a prefix's entries, rewritten as `REF_DELTA`s when it asks for that.
+fn copy_prefix(p: Prefix<'_>, w: &mut HashingWriter<'_>) -> Result<()> {
+    if let Some(entries) = p.as_ref_deltas {
+        if entries.len() != p.objects as usize {
+            return Err(Error::Pack(
+                "a stored pack and its index disagree on the object count".into(),
+            ));
+        }
+        copy_as_ref_deltas(p.body, p.len, entries, w)?;
+        return Ok(());
+    }
+    let copied = std::io::copy(&mut p.body.take(p.len), w)?;
+    if copied != p.len {
+        return Err(Error::Pack(
+            "a stored pack ended early while it was sent".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// What the entry loop tracks: where each generated entry went.
 struct EntryState {
     offsets: Vec<u64>,
+    /// Each generated entry's id, kept when deltas name their base by id.
+    ids: Option<Vec<ObjectId>>,
     stats: PackStats,
     index: bool,
 }
@@ -178,22 +206,11 @@ impl EntryState {
             ));
         }
         let start = w.written;
-        let base = match entry.kind {
-            output::entry::Kind::DeltaRef { object_index } => {
-                self.stats.deltas += 1;
-                *self.offsets.get(object_index).ok_or_else(|| {
-                    Error::Pack("a delta's base comes after it in the generated pack".into())
-                })?
-            }
-            output::entry::Kind::DeltaOid { .. } => {
-                return Err(Error::Pack(
-                    "unexpected ref-delta in a generated pack".into(),
-                ))
-            }
-            output::entry::Kind::Base(_) => 0,
-        };
+        let header = self.header(entry, start)?;
         self.offsets.push(start);
-        let header = entry.to_entry_header(gix_pack::data::Version::V2, |_| start - base);
+        if let Some(ids) = self.ids.as_mut() {
+            ids.push(entry.id);
+        }
         w.crc = self.index.then(crc32fast::Hasher::new);
         header.write_to(entry.decompressed_size as u64, w)?;
         w.write_all(&entry.compressed_data)?;
@@ -206,6 +223,34 @@ impl EntryState {
         }
         self.stats.objects += 1;
         Ok(())
+    }
+}
+
+impl EntryState {
+    /// The header of a generated entry starting at `start`: a delta names
+    /// its base (an earlier entry) by distance, or by id with `ref_deltas`.
+    fn header(&mut self, entry: &output::Entry, start: u64) -> Result<Header> {
+        let object_index = match entry.kind {
+            output::entry::Kind::DeltaRef { object_index } => object_index,
+            output::entry::Kind::DeltaOid { .. } => {
+                return Err(Error::Pack(
+                    "unexpected ref-delta in a generated pack".into(),
+                ))
+            }
+            output::entry::Kind::Base(_) => {
+                return Ok(entry.to_entry_header(gix_pack::data::Version::V2, |_| 0))
+            }
+        };
+        self.stats.deltas += 1;
+        let missing = || Error::Pack("a delta's base comes after it in the generated pack".into());
+        if let Some(ids) = self.ids.as_ref() {
+            let base_id = *ids.get(object_index).ok_or_else(missing)?;
+            return Ok(Header::RefDelta { base_id });
+        }
+        let base = *self.offsets.get(object_index).ok_or_else(missing)?;
+        Ok(Header::OfsDelta {
+            base_distance: start - base,
+        })
     }
 }
 

@@ -304,6 +304,59 @@ impl<W: Write> Write for SideBand<W> {
     }
 }
 
+/// Gathers a byte stream into pieces of exactly `size` bytes before they
+/// reach `inner`: over a [`SideBand`] of that payload size every band-1
+/// packet but the last is full, as git sends them, however the bytes were
+/// written (small entry headers, or large entries). Holds at most one
+/// piece; the rest goes out at [`Write::flush`].
+pub struct FullPackets<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+    size: usize,
+}
+
+impl<W: Write> FullPackets<W> {
+    /// Pieces of `size` bytes (at least 1) to `inner`.
+    pub fn new(inner: W, size: usize) -> Self {
+        let size = size.max(1);
+        FullPackets {
+            inner,
+            buf: Vec::with_capacity(size),
+            size,
+        }
+    }
+}
+
+impl<W: Write> Write for FullPackets<W> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let len = data.len();
+        while !data.is_empty() {
+            if self.buf.is_empty() && data.len() >= self.size {
+                // Whole pieces of a large write go out without a copy.
+                self.inner.write_all(&data[..self.size])?;
+                data = &data[self.size..];
+                continue;
+            }
+            let n = (self.size - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == self.size {
+                self.inner.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        Ok(len)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        self.inner.flush()
+    }
+}
+
 /// Reads the pack out of a protocol v2 `fetch` response: skips the sections
 /// before `packfile`, then yields band-1 data, drops band-2 progress and
 /// turns band 3 (or `ERR`) into an error. The end of the pack is the flush.
@@ -466,6 +519,32 @@ mod tests {
         let bytes = w.into_inner();
         assert_eq!(bytes, b"000dwant abc\n00010000");
         assert!(write_pkt(&mut Vec::new(), &vec![0u8; MAX_PKT_DATA + 1]).is_err());
+    }
+
+    #[test]
+    fn full_packets_gathers_and_cuts_writes() {
+        let mut sb = SideBand::new(Vec::new(), SideBandMode::Small, false);
+        {
+            let mut out = FullPackets::new(&mut sb, SIDE_BAND_SMALL_MAX - 1);
+            for len in [3usize, 2000, 1, 994, 5000, 7] {
+                out.write_all(&vec![9u8; len]).expect("vec write");
+            }
+            out.flush().expect("vec write");
+        }
+        let bytes = sb.into_inner();
+        let mut r = PktReader::new(&bytes[..]);
+        let mut sizes = Vec::new();
+        while let Some(Packet::Data(d)) = r.read().expect("valid") {
+            sizes.push(d.len() - 1);
+        }
+        let total: usize = sizes.iter().sum();
+        assert_eq!(total, 3 + 2000 + 1 + 994 + 5000 + 7);
+        let (last, rest) = sizes.split_last().expect("packets");
+        assert!(
+            rest.iter().all(|s| *s == SIDE_BAND_SMALL_MAX - 1),
+            "{sizes:?}"
+        );
+        assert_eq!(*last, total % (SIDE_BAND_SMALL_MAX - 1));
     }
 
     #[test]

@@ -423,7 +423,10 @@ pub struct Negotiation<'a> {
     lowest_generation: Option<u32>,
     /// Whether some acknowledged commit is outside the commit-graph.
     ungraphed_have: bool,
-    /// Common commits in the order they were acknowledged.
+    /// The common objects, in the order the client named them, as git's
+    /// `have_obj` counts them (what v2 acknowledges, and what decides v0's
+    /// lone `ACK` and `NAK`): a commit once, and not when it was already
+    /// known as the parent of an earlier one; another object each time.
     pub common: Vec<ObjectId>,
     reachable_cache: HashMap<ObjectId, bool>,
 }
@@ -448,7 +451,9 @@ impl<'a> Negotiation<'a> {
         let Some(kind) = self.odb.probe_kind(&id)? else {
             return Ok(false);
         };
-        if kind == gix_object::Kind::Commit && !self.they_have.contains(&id) {
+        let is_commit = kind == gix_object::Kind::Commit;
+        let known = is_commit && self.they_have.contains(&id);
+        if is_commit && !known {
             let info = self.odb.commit(&id, &mut self.buf)?;
             self.they_have.insert(id);
             self.oldest_have = Some(self.oldest_have.map_or(info.time, |t| t.min(info.time)));
@@ -466,7 +471,7 @@ impl<'a> Negotiation<'a> {
             self.they_have.extend(info.parents);
             self.reachable_cache.retain(|_, v| *v);
         }
-        if !self.common.contains(&id) {
+        if !known {
             self.common.push(id);
         }
         Ok(true)

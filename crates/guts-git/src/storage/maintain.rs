@@ -306,6 +306,7 @@ fn write_pack_file(
         PackOptions {
             threads: opts.threads,
             index: true,
+            ..PackOptions::default()
         },
     )?;
     file.into_inner()

@@ -70,14 +70,26 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Write one text line as a packet (on band 1 with `sideband-all`).
+    /// Write one text line as a packet, `\n`-terminated (on band 1 with
+    /// `sideband-all`).
     fn line(&mut self, text: &str) -> std::io::Result<()> {
+        self.packet(text, true)
+    }
+
+    /// Write one text packet without the trailing `\n`.
+    fn bare_line(&mut self, text: &str) -> std::io::Result<()> {
+        self.packet(text, false)
+    }
+
+    fn packet(&mut self, text: &str, newline: bool) -> std::io::Result<()> {
         let mut data = Vec::with_capacity(text.len() + 2);
         if self.all_bands {
             data.push(1);
         }
         data.extend_from_slice(text.as_bytes());
-        data.push(b'\n');
+        if newline {
+            data.push(b'\n');
+        }
         write_pkt(&mut *self.out, &data)
     }
 
@@ -108,13 +120,15 @@ impl Session<'_> {
     }
 }
 
-/// Write the `shallow`/`unshallow` lines of a shallow plan.
+/// Write the `shallow`/`unshallow` lines of a shallow plan: without a
+/// trailing newline, as git's upload-pack writes them (libgit2 refuses
+/// them with one).
 fn write_shallow_lines(session: &mut Session<'_>, plan: &ShallowPlan) -> std::io::Result<()> {
     for c in &plan.shallow {
-        session.line(&format!("shallow {c}"))?;
+        session.bare_line(&format!("shallow {c}"))?;
     }
     for c in &plan.unshallow {
-        session.line(&format!("unshallow {c}"))?;
+        session.bare_line(&format!("unshallow {c}"))?;
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! value, can be served from that pack without walking trees:
 //!
 //! - **verbatim**: the refs have not moved and nothing else is wanted: the
-//!   pack file is sent as it is, bytes unchanged;
+//!   pack file is sent as it is, bytes unchanged (only to a client that
+//!   asked for `ofs-delta`: for the others the entries are rewritten, as a
+//!   prefix with nothing after it);
 //! - **prefix**: refs moved or were added since: the pack's entries are sent
 //!   unchanged, followed by the objects the wants reach beyond the recorded
 //!   tips (a walk of the new history only), under a new header and trailer.
@@ -53,12 +55,14 @@ pub(super) enum Reuse {
     },
 }
 
-/// Whether and how `walk` can be served from the reachable pack.
+/// Whether and how `walk` can be served from the reachable pack, to a
+/// client that did or did not ask for `ofs-delta`.
 pub(super) fn plan(
     repo: &Repo,
     odb: &ObjectStore,
     refs: &[Ref],
     walk: &WalkSpec<'_>,
+    ofs_delta: bool,
 ) -> Option<Reuse> {
     let is_clone =
         walk.haves.is_empty() && walk.filter.is_none() && walk.shallow.is_none_or(|s| s.is_empty());
@@ -74,7 +78,7 @@ pub(super) fn plan(
     let mut file = File::open(pack_dir.join(format!("{}.pack", state.pack))).ok()?;
     let len = file.metadata().ok()?.len();
     let unchanged: HashSet<ObjectId> = state.tips.iter().map(|t| t.id).collect();
-    if wants == unchanged {
+    if wants == unchanged && ofs_delta {
         return Some(Reuse::Verbatim {
             file,
             len,

@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::odb::ObjectStore;
 use crate::pack_cache::{self, CacheKey};
 use crate::pack_out::{write_pack_with, PackOptions, PackStats, Prefix};
-use crate::pktline::{write_pkt, SideBand, SideBandMode};
+use crate::pack_rewrite::PackEntries;
+use crate::pktline::{write_pkt, FullPackets, SideBand, SideBandMode};
 use crate::shallow::ShallowPlan;
 use crate::storage::{Ref, Repo};
 use crate::walk::{objects_to_send, ObjectsToSend, WalkSpec};
@@ -40,6 +41,8 @@ struct PackRequest<'a> {
     sideband: SideBandMode,
     progress: bool,
     include_tag: bool,
+    /// The client reads `OFS_DELTA` entries; without it deltas are `REF_DELTA`.
+    ofs_delta: bool,
 }
 
 type Band<'s, 'o> = RefCell<SideBand<&'s mut (dyn Write + 'o)>>;
@@ -69,6 +72,7 @@ pub(super) fn send_fetch_pack(
         sideband: args.sideband.unwrap_or(SideBandMode::None),
         progress: args.progress,
         include_tag: args.include_tag,
+        ofs_delta: args.ofs_delta,
     };
     send_pack(repo, odb, refs, request, session)
 }
@@ -84,7 +88,7 @@ fn send_pack(
     let sb: Band<'_, '_> =
         RefCell::new(SideBand::new(&mut *session.out, req.sideband, req.progress));
     let serving = repo.serving();
-    let reuse = reuse::plan(repo, odb, refs, &req.walk);
+    let reuse = reuse::plan(repo, odb, refs, &req.walk, req.ofs_delta);
     if let Some(Reuse::Verbatim { file, len, objects }) = reuse {
         let what = format!("Total {objects} (reused the maintained pack)\n");
         return stream_file(&sb, req.sideband, file, len, &what);
@@ -155,18 +159,20 @@ fn generate(
             add_included_tags(refs, &mut extra.ids);
         }
         extra.ids.retain(|id| index.lookup(id).is_none());
+        let entries = (!req.ofs_delta).then(|| PackEntries::new(&index));
         let prefix = Prefix {
             body: &mut file,
             len: body_len,
             objects,
+            as_ref_deltas: entries.as_ref(),
         };
-        return write_objects(odb, extra.ids, Some(prefix), tee, req.sideband, sb);
+        return write_objects(odb, extra.ids, Some(prefix), tee, req, sb);
     }
     let mut objects = enumerate(odb, req.walk, sb)?;
     if req.include_tag {
         add_included_tags(refs, &mut objects.ids);
     }
-    write_objects(odb, objects.ids, None, tee, req.sideband, sb)
+    write_objects(odb, objects.ids, None, tee, req, sb)
 }
 
 /// Identifies a generated pack: the refs (any move invalidates it) and
@@ -200,7 +206,7 @@ fn cache_key(repo: &Repo, refs: &[Ref], req: &PackRequest<'_>) -> CacheKey {
         &sorted(req.walk.haves),
         &sorted(&shallow),
         filter.as_bytes(),
-        &[u8::from(req.include_tag)],
+        &[u8::from(req.include_tag), u8::from(req.ofs_delta)],
     ]);
     CacheKey::new(&repo.name().to_string(), refs_digest, request_digest)
 }
@@ -271,15 +277,15 @@ fn write_objects(
     ids: Vec<ObjectId>,
     prefix: Option<Prefix<'_>>,
     tee: &mut Tee<'_, '_, '_>,
-    mode: SideBandMode,
+    req: &PackRequest<'_>,
     sb: &Band<'_, '_>,
 ) -> Result<PackStats> {
     let mut last = Instant::now();
     let mut finished = false;
     // gix hands over each entry's header and data separately: gathered here,
     // band-1 packets go out full (65,515 payload bytes with side-band-64k),
-    // as git sends them, not one per small write.
-    let mut writer = std::io::BufWriter::with_capacity(band_payload(mode), tee);
+    // as git sends them, not one per small write nor cut at large entries.
+    let mut writer = FullPackets::new(tee, band_payload(req.sideband));
     let stats = write_pack_with(
         odb,
         ids,
@@ -299,7 +305,10 @@ fn write_objects(
                     .progress(&format!("Writing objects: {pct:3}% ({done}/{total}){end}"));
             }
         },
-        PackOptions::default(),
+        PackOptions {
+            ref_deltas: !req.ofs_delta,
+            ..PackOptions::default()
+        },
     )?;
     writer.flush()?;
     Ok(stats)
@@ -317,18 +326,17 @@ fn stream_file(
         "Sending a stored pack of {:.1} MiB\n",
         len as f64 / (1024.0 * 1024.0)
     ))?;
-    let mut buf = vec![0u8; band_payload(mode)];
-    let mut left = len;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(Error::Pack(
-                "a stored pack ended early while it was sent".into(),
-            ));
-        }
-        sb.borrow_mut().write_all(&buf[..n])?;
-        left -= n as u64;
+    let copied = {
+        let mut band = sb.borrow_mut();
+        let mut out = FullPackets::new(&mut *band, band_payload(mode));
+        let copied = std::io::copy(&mut (&mut file).take(len), &mut out)?;
+        out.flush()?;
+        copied
+    };
+    if copied != len {
+        return Err(Error::Pack(
+            "a stored pack ended early while it was sent".into(),
+        ));
     }
     tracing::info!(bytes = len, "sent a stored pack");
     finish(sb, what)

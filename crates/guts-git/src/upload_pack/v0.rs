@@ -53,11 +53,6 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
     let refs = repo.refs()?;
     let odb = repo.objects()?;
     check_wants(&odb, &args.wants, &refs, true)?;
-    if !caps.contains("ofs-delta") {
-        return Err(Error::Unsupported(
-            "clients without the ofs-delta capability".into(),
-        ));
-    }
     let deepen = args.deepen(&refs)?;
     let client_shallow = args.known_client_shallow(&odb)?;
     let plan = shallow::plan(&odb, &args.wants, &client_shallow, &deepen)?;
@@ -122,6 +117,7 @@ fn set_pack_options(args: &mut FetchArgs, caps: &HashSet<String>) {
     });
     args.progress = !caps.contains("no-progress");
     args.include_tag = caps.contains("include-tag");
+    args.ofs_delta = caps.contains("ofs-delta");
 }
 
 /// The state of one negotiation round: which haves were common, and what

@@ -186,24 +186,17 @@ fn fetch(repo: &Repo, lines: &[String], session: &mut Session<'_>) -> Result<()>
     let refs = repo.refs()?;
     let odb = repo.objects()?;
     check_wants(&odb, &args.wants, &refs, false)?;
-    if !args.ofs_delta {
-        return Err(Error::Unsupported(
-            "clients without the ofs-delta capability".into(),
-        ));
-    }
     let mut neg = Negotiation::new(&odb);
-    let mut acked = Vec::new();
     for h in &args.haves {
-        if neg.have(*h)? {
-            acked.push(*h);
-        }
+        neg.have(*h)?;
     }
     if !args.haves.is_empty() && !args.done {
+        // As git's `send_acks`: the common objects as `have_obj` holds them.
         session.line("acknowledgments")?;
-        if acked.is_empty() {
+        if neg.common.is_empty() {
             session.line("NAK")?;
         }
-        for c in &acked {
+        for c in &neg.common {
             session.line(&format!("ACK {c}"))?;
         }
         if !args.wait_for_done && neg.ok_to_give_up(&args.wants)? {
