@@ -17,6 +17,16 @@ VENV="$DIR/venv"
 NPM_DIR="$DIR/npm"
 mkdir -p "$DIR"
 
+# The last non-empty line of a log file.
+last_line() {
+    grep -v '^[[:space:]]*$' "$1" | tail -n 1
+}
+
+# The first line of a log file that mentions an error, else its last line.
+first_error() {
+    grep -m 1 -i 'error' "$1" || last_line "$1"
+}
+
 warn() {
     echo "WARNING: $1 could not be installed: $2; its interoperability tests will print SKIP"
 }
@@ -59,7 +69,7 @@ pip_install() {
         && "$VENV/bin/python" -c "import $module" >>"$log" 2>&1; then
         echo "$name $version: installed"
     else
-        warn "$name" "pip install $name==$version failed (last line: $(tail -n 1 "$log"))"
+        warn "$name" "pip install $name==$version failed (last line: $(last_line "$log"))"
     fi
 }
 
@@ -105,10 +115,10 @@ install_isogit() {
     mkdir -p "$NPM_DIR"
     [ -f "$NPM_DIR/package.json" ] || echo '{"name":"guts-interop","private":true}' >"$NPM_DIR/package.json"
     local log="$DIR/npm-isomorphic-git.log"
-    if (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent "isomorphic-git@$ISOGIT_VERSION") >"$log" 2>&1; then
+    if (cd "$NPM_DIR" && npm install --no-audit --no-fund --loglevel=error "isomorphic-git@$ISOGIT_VERSION") >"$log" 2>&1; then
         echo "isomorphic-git $ISOGIT_VERSION: installed"
     else
-        warn isomorphic-git "npm install isomorphic-git@$ISOGIT_VERSION failed (last line: $(tail -n 1 "$log"))"
+        warn isomorphic-git "npm install isomorphic-git@$ISOGIT_VERSION failed ($(first_error "$log"))"
     fi
 }
 
