@@ -559,7 +559,28 @@ fn step_deepen(fx: &Fixture, client: &Client, dir: &Path) -> Result<(), String> 
     let outcome = client.run_ok(&["deepen", &path_str(dir), "3"])?;
     let stock = fx.path(&format!("{}-stock-shallow", client.name));
     git_ok(&stock, &["fetch", "-q", "--depth", "3", "origin"]);
+    if client.name == "dulwich" && dulwich_keeps_head_shallow(&outcome, dir)? {
+        return fsck(dir);
+    }
     compare_shallow(fx, &outcome, dir, &stock)
+}
+
+/// dulwich 1.2.21 deepens only the refs it does not already have: when
+/// HEAD's parent came in with a tag at depth 1 (ripgrep tags its tips),
+/// its `fetch(depth=3)` wants no branch, so HEAD stays shallow while the
+/// tags deepen. `git http-backend` answers its request the same way (same
+/// `unshallow` lines), so that is noted, not failed.
+fn dulwich_keeps_head_shallow(outcome: &Outcome, dir: &Path) -> Result<bool, String> {
+    let head = git_try(dir, &["rev-parse", "HEAD"])?;
+    let shallow: Vec<String> =
+        serde_json::from_value(outcome.json["shallow"].clone()).unwrap_or_default();
+    if shallow.contains(&head) {
+        println!(
+            "NOTE dulwich: HEAD {head} stays shallow after deepen (dulwich wants no ref it has)"
+        );
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 fn step_ls_refs(fx: &Fixture, client: &Client, protocol: u8) -> Result<(), String> {
