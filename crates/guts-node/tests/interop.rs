@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::p2p::*;
 use common::*;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -649,11 +650,11 @@ fn clients_clone_fetch_deepen_and_list_refs() {
 // Pushes with a push token
 // ---------------------------------------------------------------------------
 //
-// These tests need the token work (lead): `guts-node token new OWNER/NAME
-// --refs 'refs/heads/*' --expires 30d`, run with the repository owner's
-// identity (`--data-dir`/`GUTS_HOME` holding `identity/id_ed25519`) and
-// `--node URL`, prints one token on stdout. Clients send it as the HTTP Basic
-// password with any user name. Until that lands, `mint_token` fails.
+// `guts-node token new OWNER/NAME --refs 'refs/heads/*' --expires 30d`, run
+// with the repository owner's identity (`--data-dir`/`GUTS_HOME` holding
+// `identity/id_ed25519`) and `--node URL`, prints one token on stdout
+// (ADR 0012). Clients send it as the HTTP Basic password with any user
+// name. The node replicates to a follower, which must accept every push.
 
 /// A data dir holding the test identity as its default key
 /// (`DATA_DIR/identity/id_ed25519`), as the owner's `GUTS_HOME`.
@@ -671,7 +672,6 @@ fn owner_home() -> TempDir {
 
 /// `guts-node token new OWNER/NAME --refs 'refs/heads/*' --expires 30d` as
 /// the owner; the token it prints.
-// needs the token work (lead)
 fn mint_token(node: &Node, owner: &str, name: &str) -> String {
     let home = owner_home();
     let out = Command::new(env!("CARGO_BIN_EXE_guts-node"))
@@ -688,7 +688,7 @@ fn mint_token(node: &Node, owner: &str, name: &str) -> String {
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
         out.status.success() && lines.len() == 1,
-        "needs the token work (lead): `guts-node token new {owner}/{name}` exited with {} \
+        "`guts-node token new {owner}/{name}` exited with {} \
          and printed {} line(s) (one token expected)\nstdout:\n{stdout}\nstderr:\n{}",
         out.status,
         lines.len(),
@@ -832,9 +832,9 @@ fn pushes_with_a_token(name: &str) {
         return;
     };
     let tmp = TempDir::new().expect("create temp dir");
-    let data = TempDir::new().expect("create data dir");
-    let node = Node::start_with(data.path(), &[]);
+    let node = peer_node(&tmp.path().join("a"), None, true);
     let (url, work) = push_fixture(tmp.path(), &node);
+    let follower = follower_of(&node, &tmp.path().join("b"));
     let spec = format!("{TOPIC}:{TOPIC}");
     let first = commit_file(&work, "topic.txt", "one\n", "topic one");
     let mut report = Report::default();
@@ -851,7 +851,7 @@ fn pushes_with_a_token(name: &str) {
     );
     report.record(name, "push with a wrong token is refused", step);
 
-    let token = mint_token(&node, OWNER, "pushes"); // needs the token work (lead)
+    let token = mint_token(&node, OWNER, "pushes");
     let step = push_step(
         &client,
         &url,
@@ -890,22 +890,70 @@ fn pushes_with_a_token(name: &str) {
     let delete = format!(":{TOPIC}");
     let step = push_step(&client, &url, &work, &delete, Some(&token), true, None);
     report.record(name, "delete the branch", step);
+    let step = replicated(&node, &follower);
+    report.record(name, "a second node accepts the token pushes", step);
     report.finish();
 }
 
-// needs the token work (lead): fails at `mint_token` until `guts-node token new` exists.
+/// A node that seeds `OWNER/pushes` from `a`, with its refs.
+fn follower_of(a: &Node, dir: &Path) -> Node {
+    let b = peer_node(dir, Some(&p2p_addr(a)), true);
+    let owner = test_identity().owner_id();
+    eventually(20, "the follower connects", || !connected(&b).is_empty());
+    seed(&b, &owner, "pushes");
+    eventually(20, "the follower has the refs", || {
+        same_refs(a, &b, &owner, "pushes")
+    });
+    b
+}
+
+/// The follower ends with the same refs and the same log as `a`, the
+/// token pushes included (each verified there through its grant).
+fn replicated(a: &Node, b: &Node) -> Result<(), String> {
+    let owner = test_identity().owner_id();
+    let certificates = |n: &Node| -> Vec<String> {
+        updates(n, &owner, "pushes")
+            .iter()
+            .map(|u| u["certificate"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while certificates(a) != certificates(b)
+        || a.server_refs(&owner, "pushes") != b.server_refs(&owner, "pushes")
+    {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the follower has {} of {} updates; refs {:?} vs {:?}",
+                certificates(b).len(),
+                certificates(a).len(),
+                b.server_refs(&owner, "pushes"),
+                a.server_refs(&owner, "pushes")
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let granted = updates(b, &owner, "pushes")
+        .iter()
+        .filter(|u| !u["grant"].is_null())
+        .count();
+    if granted < 3 {
+        return Err(format!(
+            "the follower logged {granted} token pushes, expected 3"
+        ));
+    }
+    Ok(())
+}
+
 #[test]
 fn dulwich_pushes_with_a_token() {
     pushes_with_a_token("dulwich");
 }
 
-// needs the token work (lead): fails at `mint_token` until `guts-node token new` exists.
 #[test]
 fn pygit2_pushes_with_a_token() {
     pushes_with_a_token("pygit2");
 }
 
-// needs the token work (lead): fails at `mint_token` until `guts-node token new` exists.
 #[test]
 fn isomorphic_git_pushes_with_a_token() {
     pushes_with_a_token("isomorphic-git");
