@@ -107,8 +107,7 @@ impl Args {
                 .cloned()
                 .ok_or_else(|| usage(&format!("option `{option}' requires a value")))?,
         };
-        self.value(option, value);
-        Ok(())
+        self.value(option, value)
     }
 
     fn short(&mut self, mut chars: &str, it: &mut std::slice::Iter<'_, String>) -> Result<()> {
@@ -153,7 +152,7 @@ impl Args {
         Ok(())
     }
 
-    fn value(&mut self, option: &str, value: String) {
+    fn value(&mut self, option: &str, value: String) -> Result<()> {
         match option {
             "format" => self.format = Some(value),
             "prefix" => self.prefix = value,
@@ -161,8 +160,21 @@ impl Args {
             "output" => self.output = true,
             "remote" => self.remote = true,
             "exec" => self.exec = true,
-            _ => self.add_file = true,
+            // git looks for the file when it parses the option; the node
+            // shows none of its files, so none is found.
+            "add-file" => return Err(fatal(format!("File not found: {value}"))),
+            _ => {
+                if !value.starts_with('"') {
+                    match value.find(':') {
+                        None => return Err(fatal(format!("missing colon: '{value}'"))),
+                        Some(0) => return Err(fatal(format!("empty file name: '{value}'"))),
+                        Some(_) => {}
+                    }
+                }
+                self.add_file = true;
+            }
         }
+        Ok(())
     }
 
     /// The checks `parse_archive_args` makes after parsing, in its order:
@@ -289,8 +301,9 @@ mod tests {
             err(&["--output=x", "HEAD"]),
             "fatal: Unexpected option --output"
         );
+        assert_eq!(err(&["--add-file=x", "HEAD"]), "fatal: File not found: x");
         assert_eq!(
-            err(&["--add-file=x", "HEAD"]),
+            err(&["--add-virtual-file=x:y", "HEAD"]),
             "fatal: options '--add-file' and '--remote' cannot be used together"
         );
         assert!(err(&["--bogus", "HEAD"]).starts_with("error: unknown option `bogus'"));

@@ -280,7 +280,11 @@ impl<W: Write> Gzip<W> {
         let level = match level {
             None => 6,
             Some(l) if l <= 9 => l,
-            Some(_) => return Err(Error::Archive("fatal: deflateInit: stream error".into())),
+            Some(_) => {
+                return Err(Error::Archive(
+                    "fatal: deflateInit2: stream consistency error (no message)".into(),
+                ))
+            }
         };
         let xfl = match level {
             9 => 2,
