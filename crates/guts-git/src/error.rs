@@ -95,6 +95,11 @@ pub enum Error {
     /// generation slot stayed busy); the client may retry later.
     #[error("server busy: {0}")]
     Busy(String),
+    /// A `git archive` request refused the way git refuses it (unknown
+    /// option, no such ref, path not found...): the text is what git's
+    /// archiver prints on its standard error, shown to the user as is.
+    #[error("{0}")]
+    Archive(String),
     /// An operation the protocol allows but this node does not implement.
     #[error("not supported by this server: {0}")]
     Unsupported(String),

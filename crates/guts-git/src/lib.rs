@@ -7,7 +7,8 @@
 //! file ([`commit_graph`]), pack generation that reuses stored deltas
 //! ([`pack_out`]), a disk cache of generated packs ([`pack_cache`]),
 //! quarantined pack reception ([`pack_in`]) and storage of packs and refs,
-//! with their maintenance ([`storage`]).
+//! with their maintenance ([`storage`]), and `git archive --remote`
+//! ([`archive`]).
 //!
 //! What this crate must not do: open sockets, spawn an async runtime, or know
 //! about HTTP. Its protocol functions take a [`std::io::BufRead`] for the
@@ -16,6 +17,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod commit_graph;
 pub mod error;
 pub mod fetch;

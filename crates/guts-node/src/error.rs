@@ -136,6 +136,7 @@ pub fn status_for(e: &NodeError) -> StatusCode {
             G::InvalidRepoName { .. }
             | G::InvalidRefName(_)
             | G::Protocol(_)
+            | G::Archive(_)
             | G::NotOurRef(_)
             | G::NotConnected { .. } => StatusCode::BAD_REQUEST,
             G::RepoNotFound(_) => StatusCode::NOT_FOUND,

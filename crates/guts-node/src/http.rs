@@ -50,10 +50,15 @@ pub fn router(state: Shared) -> Router {
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))
         .route("/{owner}/{name}/git-receive-pack", post(receive_pack))
+        // `git archive --remote` (see `crate::archive`).
+        .route(
+            "/{owner}/{name}/git-upload-archive",
+            post(crate::archive::upload_archive),
+        )
         .with_state(state)
 }
 
-fn no_cache(headers: &mut HeaderMap) {
+pub(crate) fn no_cache(headers: &mut HeaderMap) {
     headers.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
@@ -167,7 +172,7 @@ fn streaming_response(service: Service, body: Body) -> Response {
 }
 
 /// Resolve and open a repository on a blocking thread (sled reads).
-async fn open(
+pub(crate) async fn open(
     state: &Shared,
     owner: String,
     name: String,
@@ -185,7 +190,7 @@ async fn open(
 /// The request body (the server applies the transfer limits to it) and its
 /// first [`PREFETCH_BYTES`], read without a blocking thread: a client too
 /// slow to send them is refused before it waits for a work slot.
-async fn start_body(body: Body) -> Result<(Prefetched, BodyStream), NodeError> {
+pub(crate) async fn start_body(body: Body) -> Result<(Prefetched, BodyStream), NodeError> {
     let mut body = stream_of(body);
     match prefetch(&mut body, PREFETCH_BYTES).await {
         Ok(pre) => Ok((pre, body)),

@@ -6,6 +6,7 @@
 //! It holds no git protocol logic of its own.
 #![deny(clippy::unwrap_used)]
 
+mod archive;
 mod auth;
 mod body;
 mod client;

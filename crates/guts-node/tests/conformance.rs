@@ -913,6 +913,33 @@ fn clone_snap(c: &mut Ctx, extra: &[&str]) {
     c.snap("c");
 }
 
+/// `git archive --remote={url} -o FILE ARGS`; records the sha256 of what
+/// it wrote (the archive bytes must match) and the `remote: fatal:` line
+/// of a refusal.
+fn archive_sha(c: &mut Ctx, args: &[&str], file: &str) {
+    use sha2::Digest;
+    let mut full = vec!["archive", "--remote={url}", "-o", file];
+    full.extend_from_slice(args);
+    let (label, out) = c.exec(".", &full);
+    c.record_outcome(&label, &out);
+    let bytes = fs::read(c.dir(".").join(file)).unwrap_or_default();
+    let sum: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    c.record(
+        format!("{label} sha256"),
+        format!("{} bytes, {sum}", bytes.len()),
+    );
+    let refusal: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("remote: fatal:"))
+        .map(str::trim_end)
+        .collect();
+    c.record(format!("{label} refusal"), refusal.join("\n"));
+}
+
 fn scenarios() -> Vec<Scenario> {
     vec![
         // ----- clone -----
@@ -1327,6 +1354,13 @@ fn scenarios() -> Vec<Scenario> {
             c.commit("c", "partial.txt", "from partial\n");
             c.git("c", &["push", "origin", "main"]);
             c.server_refs();
+        }),
+        // ----- git archive --remote (upload-archive; v2 discovery only) -----
+        sc("archive-remote", V2, |c| {
+            archive_sha(c, &["--format=tar", "--prefix=synth/", "HEAD"], "a.tar");
+            archive_sha(c, &["--prefix=s/", "-9", "v1.0", "--", "docs"], "b.zip");
+            archive_sha(c, &["--format=tar", "main", "nope"], "c.tar");
+            archive_sha(c, &["--format=zip", "-12", "main"], "d.zip");
         }),
         // ----- raw protocol -----
         sc("raw-advertisement", V01, |c| {

@@ -45,6 +45,8 @@ pub const ORACLE_REPO_CONFIG: &[(&str, &str)] = &[
     // status (only hooks would look at it). Nonces differ per server and
     // per request: comparisons mask them.
     ("receive.certNonceSeed", "guts-conformance-oracle"),
+    // `git archive --remote`: http-backend refuses upload-archive unless on.
+    ("http.uploadarchive", "true"),
 ];
 
 /// A running `git http-backend` bridge. Stops accepting on drop.
