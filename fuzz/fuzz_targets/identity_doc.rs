@@ -5,7 +5,8 @@
 //!   checks), then `verify_genesis`, and `verify_successor` against a fixed
 //!   verified genesis document (owned by `guts_fuzz::owner_key`);
 //! - a `SignedRefUpdate` (prost): `key()`, `verify` against that document
-//!   (certificate parsing and SSH signature included).
+//!   (certificate parsing and SSH signature included; a push grant, if the
+//!   update carries one).
 #![no_main]
 
 use guts_fuzz::genesis;
@@ -38,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(k1, update.key());
         let id = g.genesis_id().unwrap_or(RepoId([0; 32]));
         if let Ok(cert) = update.verify(&id, g, g) {
-            assert!(g.is_delegate(&cert.signer()));
+            // A delegate signed it, or the grantee of a grant a delegate signed.
+            let granted = guts_identity::Grant::from_bytes(&update.grant)
+                .and_then(|gr| gr.verify(&id, g))
+                .is_ok_and(|gr| gr.grantee() == cert.signer() && g.is_delegate(&gr.signer()));
+            assert!(g.is_delegate(&cert.signer()) || granted);
             assert!(update.effective(&cert).next().is_some());
         }
     }

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
 use crate::body::{blocking_reader, response_channel};
-use crate::error::{GitHttpError, NodeError};
+use crate::error::GitHttpError;
 use crate::http::{no_cache, open, start_body, Shared};
 use crate::limits::Work;
 
@@ -20,29 +20,6 @@ const REQUEST_TYPE: &str = "application/x-git-upload-archive-request";
 /// The response's media type.
 const RESULT_TYPE: &str = "application/x-git-upload-archive-result";
 
-/// Whether the request body is gzipped; refuses other media types.
-fn check_request(headers: &HeaderMap) -> Result<bool, NodeError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ct != REQUEST_TYPE {
-        return Err(NodeError::UnsupportedMedia(format!(
-            "expected Content-Type {REQUEST_TYPE}"
-        )));
-    }
-    match headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-    {
-        None | Some("identity") => Ok(false),
-        Some("gzip") | Some("x-gzip") => Ok(true),
-        Some(other) => Err(NodeError::UnsupportedMedia(format!(
-            "unsupported Content-Encoding {other}"
-        ))),
-    }
-}
-
 /// `POST /{owner}/{name}/git-upload-archive`.
 pub(crate) async fn upload_archive(
     State(state): State<Shared>,
@@ -50,7 +27,7 @@ pub(crate) async fn upload_archive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GitHttpError> {
-    let gzip = check_request(&headers)?;
+    let gzip = crate::http::check_body_type(&headers, REQUEST_TYPE)?;
     let (name, repo) = open(&state, owner, name).await?;
     let (pre, body) = start_body(body).await?;
     let permit = state.slots.acquire(Work::Fetch).await?;

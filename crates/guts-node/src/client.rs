@@ -208,6 +208,29 @@ pub(crate) fn fetch_identity(
     Ok((view, doc))
 }
 
+/// Sign `next` with your key and each `cosign` key file, and send it as
+/// `repo`'s next identity document version.
+pub(crate) fn publish_document(
+    base: &str,
+    args: &ClientArgs,
+    repo: &str,
+    next: &DocumentBody,
+    cosign: &[PathBuf],
+) -> Result<IdentityView, NodeError> {
+    let mut keys = vec![load_key(&key_path(args))?];
+    for path in cosign {
+        keys.push(load_key(path)?);
+    }
+    let refs: Vec<&Keypair> = keys.iter().collect();
+    let signed = next.sign(&refs);
+    let url = format!("{base}/api/v1/repos/{repo}/identity");
+    let resp = agent()
+        .put(&url)
+        .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
+        .map_err(unreachable_node(base))?;
+    read_json(check(resp, "identity update")?)
+}
+
 fn change_delegates(
     base: &str,
     args: &ClientArgs,
@@ -244,18 +267,7 @@ fn change_delegates(
     if let Some(t) = threshold {
         next.threshold = t;
     }
-    let mut keys = vec![load_key(&key_path(args))?];
-    for path in &cosign {
-        keys.push(load_key(path)?);
-    }
-    let refs: Vec<&Keypair> = keys.iter().collect();
-    let signed = next.sign(&refs);
-    let url = format!("{base}/api/v1/repos/{repo}/identity");
-    let resp = agent()
-        .put(&url)
-        .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
-        .map_err(unreachable_node(base))?;
-    let view: IdentityView = read_json(check(resp, "identity update")?)?;
+    let view = publish_document(base, args, repo, &next, &cosign)?;
     println!(
         "{repo}: identity document version {} with {} delegate(s), threshold {}",
         view.version,

@@ -139,14 +139,19 @@ fn push_token(headers: &HeaderMap) -> Result<Option<guts_identity::PushToken>, N
 }
 
 fn check_request(headers: &HeaderMap, service: Service) -> Result<bool, NodeError> {
+    check_body_type(headers, service.request_content_type())
+}
+
+/// The request's `Content-Type` must be `expected`; whether its body is
+/// gzipped (`Content-Encoding`; other encodings are refused).
+pub(crate) fn check_body_type(headers: &HeaderMap, expected: &str) -> Result<bool, NodeError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct != service.request_content_type() {
+    if ct != expected {
         return Err(NodeError::UnsupportedMedia(format!(
-            "expected Content-Type {}",
-            service.request_content_type()
+            "expected Content-Type {expected}"
         )));
     }
     match headers

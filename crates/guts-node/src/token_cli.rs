@@ -6,18 +6,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use guts_identity::doc::RevokedGrant;
 use guts_identity::grant::{Grant, GrantBody, TOKEN_PREFIX};
 use guts_identity::{Keypair, PushToken, RepoId};
-use prost::Message;
 
-use crate::client::{agent, check, fetch_identity, key_path, load_key, node_url, read_json};
-use crate::client::{git_config, unreachable_node};
+use crate::client::{fetch_identity, git_config, key_path, load_key, node_url, publish_document};
 use crate::config::default_data_dir;
 use crate::error::NodeError;
-use crate::rest::IdentityView;
 use crate::{ClientArgs, TokenAction};
 
 /// Longest validity `token new` accepts.
@@ -144,18 +139,7 @@ fn revoke(args: &ClientArgs, repo: &str, grant: &str, cosign: &[PathBuf]) -> Res
         grant: id.to_vec(),
         revoked_at: crate::auth::now(),
     });
-    let mut keys = vec![load_key(&key_path(args))?];
-    for path in cosign {
-        keys.push(load_key(path)?);
-    }
-    let refs: Vec<&Keypair> = keys.iter().collect();
-    let signed = next.sign(&refs);
-    let url = format!("{base}/api/v1/repos/{repo}/identity");
-    let resp = agent()
-        .put(&url)
-        .send_json(serde_json::json!({ "document": B64.encode(signed.encode_to_vec()) }))
-        .map_err(unreachable_node(&base))?;
-    let view: IdentityView = read_json(check(resp, "identity update")?)?;
+    let view = publish_document(&base, args, repo, &next, cosign)?;
     println!(
         "{repo}: grant revoked in identity document version {}; peers refuse it as the document reaches them",
         view.version

@@ -28,6 +28,12 @@ fn grant_body(id: &RepoId, grantee: &Keypair, refs: &[&str]) -> GrantBody {
     }
 }
 
+/// A token for key 2 to push `refs/heads/*`, granted by `owner`.
+fn heads_token(owner: &Keypair, id: &RepoId) -> PushToken {
+    let grant = grant_body(id, &key(2), &["refs/heads/*"]).sign(owner);
+    PushToken::new(key(2), &grant).expect("token")
+}
+
 fn line(name: &str) -> (String, String, String) {
     ("0".repeat(40), "a".repeat(40), name.to_owned())
 }
@@ -88,11 +94,7 @@ fn a_token_push_verifies_like_a_certificate() {
 fn what_a_grant_does_not_allow_is_refused() {
     let (owner, grantee) = (key(1), key(2));
     let (doc, id) = genesis(&owner);
-    let token = PushToken::new(
-        key(2),
-        &grant_body(&id, &grantee, &["refs/heads/*"]).sign(&owner),
-    )
-    .expect("token");
+    let token = heads_token(&owner, &id);
     let cases = [
         (T0 + 3601, &["refs/heads/a"][..], "expired"),
         (T0 - 301, &["refs/heads/a"][..], "not valid yet"),
@@ -182,13 +184,9 @@ fn forged_grants_and_swapped_keys_are_refused() {
 
 #[test]
 fn revocation_stops_later_certificates_only() {
-    let (owner, grantee) = (key(1), key(2));
+    let owner = key(1);
     let (doc, id) = genesis(&owner);
-    let token = PushToken::new(
-        key(2),
-        &grant_body(&id, &grantee, &["refs/heads/*"]).sign(&owner),
-    )
-    .expect("token");
+    let token = heads_token(&owner, &id);
     let mut next = doc.successor();
     next.revoked_grants.push(RevokedGrant {
         grant: token.grant().id().to_vec(),
