@@ -286,11 +286,14 @@ fn an_empty_repository_has_no_head_to_archive() {
     assert_eq!(progress, "fatal: no such ref: main\n");
 }
 
-#[test]
-fn archive_attributes_are_refused_not_ignored() {
-    let f = fixture();
-    write(&f.work, ".gitattributes", b"*.md export-ignore\n");
-    git(&f.work, &["add", ".gitattributes"], None);
+/// Commit `.gitattributes` with `attributes` in the work tree (plus
+/// `extra` files) and push that commit into the node's repository.
+fn commit_attributes(f: &Fixture, attributes: &[u8], extra: &[(&str, &[u8])]) {
+    write(&f.work, ".gitattributes", attributes);
+    for (path, content) in extra {
+        write(&f.work, path, content);
+    }
+    git(&f.work, &["add", "-A"], None);
     git(&f.work, &["commit", "-qm", "attributes"], None);
     let pack = git(
         &f.work,
@@ -309,6 +312,34 @@ fn archive_attributes_are_refused_not_ignored() {
         ..ReceiveOptions::DEFAULT
     };
     receive_pack(&f.repo, &mut &body[..], &mut Vec::new(), opts, &Open).expect("push");
+}
+
+/// Attributes that leave the bytes alone (no CRLF output on this server:
+/// `text`, `text=auto`, `eol=lf`, a filter with no driver, a diff driver)
+/// are archived byte-identically in tar and tgz; a zip, where `diff` and
+/// `binary` decide git's text flag, is refused.
+#[test]
+fn attributes_that_change_nothing_are_archived() {
+    let f = fixture();
+    commit_attributes(
+        &f,
+        b"* text=auto\n*.png binary\n*.rs diff=rust\n*.bin filter=lfs -text\n*.sh eol=lf\n",
+        &[
+            ("crlf.txt", b"dos\r\nlines\r\n"),
+            ("pic.png", b"\x89PNG\r\n\x1a\n\0"),
+        ],
+    );
+    same(&f, &["--format=tar", "main"]);
+    same(&f, &["--format=tgz", "--prefix=p/", "main"]);
+    let (_, data, progress, _, _) = exchange(&f.repo, &["--format=zip", "main"]);
+    assert!(data.is_empty());
+    assert!(progress.contains("\"diff\""), "{progress}");
+}
+
+#[test]
+fn archive_attributes_are_refused_not_ignored() {
+    let f = fixture();
+    commit_attributes(&f, b"*.md export-ignore\n", &[]);
     let (_, data, progress, _, _) = exchange(&f.repo, &["main"]);
     assert!(data.is_empty());
     assert!(progress.contains(".gitattributes"), "{progress}");

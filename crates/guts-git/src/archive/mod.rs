@@ -16,7 +16,9 @@
 //! that is a ref name (or `ref:path`), and literal pathspecs. What this
 //! node cannot make byte-identical it refuses with a message rather than
 //! send different bytes: wildcard pathspecs, trees whose `.gitattributes`
-//! set archive-related attributes, files over 512 MiB.
+//! set attributes that change an archive (`export-ignore`, `export-subst`,
+//! `ident`, `eol=crlf`, `working-tree-encoding`; in zips also `diff` and
+//! `binary`), files over 512 MiB.
 
 mod args;
 mod tar;
@@ -333,7 +335,7 @@ fn run<W: Write>(repo: &Repo, raw: &[String], remote: bool, out: &RefCell<Out<W>
         }
         sink.entry(e)
     };
-    write_entries(&odb, &target, &args, &specs, &mut emit)?;
+    write_entries(&odb, &target, &args, format, &specs, &mut emit)?;
     sink.finish()
 }
 
@@ -342,6 +344,7 @@ fn write_entries(
     odb: &crate::odb::ObjectStore,
     target: &Target,
     args: &Args,
+    format: Format,
     specs: &[Spec],
     emit: &mut dyn FnMut(&Entry<'_>) -> Result<()>,
 ) -> Result<()> {
@@ -363,11 +366,10 @@ fn write_entries(
         let path = [prefix, e.path].concat();
         emit(&Entry { path: &path, ..*e })
     };
-    let check_attributes = !args.worktree_attributes;
-    tree::Walk::new(odb, specs, check_attributes).run(
-        &target.tree,
-        &mut Vec::new(),
-        0,
-        &mut with_prefix,
-    )
+    let refused: &'static [&'static [u8]] = match format {
+        _ if args.worktree_attributes => &[],
+        Format::Zip => tree::ZIP_ATTRIBUTES_CHANGING,
+        Format::Tar | Format::Tgz | Format::TarGz => tree::ATTRIBUTES_CHANGING,
+    };
+    tree::Walk::new(odb, specs, refused).run(&target.tree, &mut Vec::new(), 0, &mut with_prefix)
 }

@@ -219,12 +219,34 @@ impl Spec {
     }
 }
 
+/// Words in a `.gitattributes` file that may make git's archive differ
+/// from the blobs as stored, in any format. With no attribute config on the
+/// server (as under `git http-backend`), `text`, `text=auto`, `-text`,
+/// `crlf`, `eol=lf`, `filter=…` (no driver configured), `merge`,
+/// `linguist-*` and the like leave the bytes alone: output conversion
+/// happens only towards CRLF.
+pub(crate) const ATTRIBUTES_CHANGING: &[&[u8]] =
+    &[b"export-", b"ident", b"eol=crlf", b"encoding", b"[attr]"];
+
+/// [`ATTRIBUTES_CHANGING`], and for zips the words that decide whether
+/// git flags an entry as text or binary (its diff driver).
+pub(crate) const ZIP_ATTRIBUTES_CHANGING: &[&[u8]] = &[
+    b"export-",
+    b"ident",
+    b"eol=crlf",
+    b"encoding",
+    b"[attr]",
+    b"diff",
+    b"binary",
+];
+
 /// Walks a tree and hands its entries, in git's order, to `emit`.
 pub(crate) struct Walk<'a> {
     pub(crate) odb: &'a ObjectStore,
     pub(crate) specs: &'a [Spec],
-    /// Refuse trees whose `.gitattributes` could change the archive.
-    pub(crate) check_attributes: bool,
+    /// Refuse trees whose `.gitattributes` mention one of these words
+    /// (attributes that would change this archive; none: no check).
+    pub(crate) refused_attributes: &'static [&'static [u8]],
     /// Directories entered whose entry is not written yet.
     pending: Vec<(Vec<u8>, ObjectId)>,
 }
@@ -233,11 +255,15 @@ type Emit<'e> = dyn FnMut(&Entry<'_>) -> Result<()> + 'e;
 
 impl<'a> Walk<'a> {
     /// A walk over `odb` limited to `specs` (none: everything).
-    pub(crate) fn new(odb: &'a ObjectStore, specs: &'a [Spec], check_attributes: bool) -> Self {
+    pub(crate) fn new(
+        odb: &'a ObjectStore,
+        specs: &'a [Spec],
+        refused_attributes: &'static [&'static [u8]],
+    ) -> Self {
         Walk {
             odb,
             specs,
-            check_attributes,
+            refused_attributes,
             pending: Vec::new(),
         }
     }
@@ -273,7 +299,7 @@ impl<'a> Walk<'a> {
             ));
         }
         drop(buf);
-        if self.check_attributes {
+        if !self.refused_attributes.is_empty() {
             self.check_attributes_in(&entries)?;
         }
         for (kind, name, id) in entries {
@@ -365,33 +391,28 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    /// `.gitattributes` can make git drop (`export-ignore`), rewrite
-    /// (`export-subst`, `text`, `eol`, `ident`, filters) or flag
-    /// (`diff`, `binary`) files; this node does not apply attributes, so it
-    /// refuses rather than send an archive that differs from git's.
+    /// `.gitattributes` can make git drop (`export-ignore`) or rewrite
+    /// (`export-subst`, `ident`, `eol=crlf`, `working-tree-encoding`)
+    /// files, and, in a zip, flag them as text or binary (`diff`,
+    /// `binary`). This node does not apply attributes, so it refuses such a
+    /// tree rather than send an archive that differs from git's (see
+    /// [`ATTRIBUTES_CHANGING`]).
     fn check_attributes_in(&self, entries: &[(GixKind, Vec<u8>, ObjectId)]) -> Result<()> {
-        const WORDS: [&[u8]; 10] = [
-            b"export-",
-            b"text",
-            b"eol",
-            b"crlf",
-            b"ident",
-            b"filter",
-            b"encoding",
-            b"diff",
-            b"binary",
-            b"[attr]",
-        ];
         for (kind, name, id) in entries {
             if name != b".gitattributes" || matches!(kind, GixKind::Tree | GixKind::Commit) {
                 continue;
             }
             let mut buf = Vec::new();
             let data = self.odb.read(id, &mut buf)?.data;
-            if WORDS.iter().any(|w| data.windows(w.len()).any(|x| x == *w)) {
-                return Err(Error::Unsupported(
-                    "archives of trees whose .gitattributes set archive-related attributes (export-ignore, export-subst, text, eol, ident, filter, diff...)".into(),
-                ));
+            if let Some(w) = self
+                .refused_attributes
+                .iter()
+                .find(|w| data.windows(w.len()).any(|x| x == **w))
+            {
+                return Err(Error::Unsupported(format!(
+                    "archives of trees whose .gitattributes mention {:?} (this node does not apply export-ignore, export-subst, ident, eol=crlf, working-tree-encoding, nor, in zips, diff and binary)",
+                    String::from_utf8_lossy(w)
+                )));
             }
         }
         Ok(())
