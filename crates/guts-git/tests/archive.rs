@@ -5,13 +5,12 @@
 //! `git upload-archive`.
 
 mod common;
-use common::{empty_repo, git, pkt, text, Open};
+use common::{empty_repo, git, pkt, push_pack, text};
 
 use std::path::{Path, PathBuf};
 
 use guts_git::archive::{upload_archive, write_archive};
 use guts_git::pktline::{Packet, PktReader};
-use guts_git::receive_pack::{receive_pack, ReceiveOptions};
 use guts_git::storage::Repo;
 use guts_git::upload_pack::Serving;
 
@@ -79,16 +78,11 @@ fn fixture() -> Fixture {
     );
     let main = text(&work, &["rev-parse", "main"]);
     let tag = text(&work, &["rev-parse", "v1"]);
-    let mut body = pkt(&format!("{ZERO} {main} refs/heads/main\0report-status\n"));
-    body.extend(pkt(&format!("{ZERO} {tag} refs/tags/v1\n")));
-    body.extend(b"0000");
-    body.extend_from_slice(&pack);
-    let opts = ReceiveOptions {
-        max_pack_bytes: 1 << 30,
-        ..ReceiveOptions::DEFAULT
-    };
-    let mut out = Vec::new();
-    receive_pack(&repo, &mut &body[..], &mut out, opts, &Open).expect("push");
+    let commands = [
+        format!("{ZERO} {main} refs/heads/main"),
+        format!("{ZERO} {tag} refs/tags/v1"),
+    ];
+    push_pack(&repo, &commands, &pack);
     Fixture {
         _tmp: tmp,
         repo,
@@ -304,14 +298,7 @@ fn commit_attributes(f: &Fixture, attributes: &[u8], extra: &[(&str, &[u8])]) {
         text(&f.work, &["rev-parse", "main~1"]),
         text(&f.work, &["rev-parse", "main"]),
     );
-    let mut body = pkt(&format!("{old} {new} refs/heads/main\0report-status\n"));
-    body.extend(b"0000");
-    body.extend_from_slice(&pack);
-    let opts = ReceiveOptions {
-        max_pack_bytes: 1 << 30,
-        ..ReceiveOptions::DEFAULT
-    };
-    receive_pack(&f.repo, &mut &body[..], &mut Vec::new(), opts, &Open).expect("push");
+    push_pack(&f.repo, &[format!("{old} {new} refs/heads/main")], &pack);
 }
 
 /// Attributes that leave the bytes alone (no CRLF output on this server:

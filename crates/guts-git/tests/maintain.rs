@@ -2,7 +2,7 @@
 //! sockets; stock `git` makes the packs and checks what comes out.
 
 mod common;
-use common::{empty_repo, git, pkt, text, v2, Open};
+use common::{empty_repo, git, pkt, push_pack, text, v2, Open};
 
 use std::path::Path;
 
@@ -26,16 +26,8 @@ fn push(repo: &Repo, work: &Path, command: &str, revs: &str) {
         &["pack-objects", "--stdout", "--revs", "-q"],
         Some(revs.as_bytes()),
     );
-    let mut body = pkt(&format!("{command}\0report-status\n"));
-    body.extend(b"0000");
-    body.extend_from_slice(&pack);
-    let mut out = Vec::new();
-    receive_pack(repo, &mut &body[..], &mut out, OPTS, &Open).expect("push");
-    let report = String::from_utf8_lossy(&out);
-    assert!(
-        report.contains("unpack ok") && !report.contains(" ng "),
-        "{report}"
-    );
+    let report = push_pack(repo, &[command.to_owned()], &pack);
+    assert!(!report.contains(" ng "), "{report}");
 }
 
 fn commit(work: &Path, file: &str, body: &str) -> String {

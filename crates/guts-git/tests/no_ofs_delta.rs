@@ -4,14 +4,13 @@
 //! checks the packs.
 
 mod common;
-use common::{empty_repo, git, pkt, text, v2, Open};
+use common::{empty_repo, git, pkt, push_pack, text, v2};
 
 use std::path::Path;
 
 use guts_git::pack_cache::{CacheConfig, PackCache};
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::Version;
-use guts_git::receive_pack::{receive_pack, ReceiveOptions};
 use guts_git::storage::{MaintainOptions, Repo};
 use guts_git::upload_pack::{upload_pack, PackSlots, Serving};
 
@@ -37,17 +36,7 @@ fn push(repo: &Repo, work: &Path, command: &str, revs: &str) {
         ],
         Some(revs.as_bytes()),
     );
-    let mut body = pkt(&format!("{command}\0report-status\n"));
-    body.extend(b"0000");
-    body.extend_from_slice(&pack);
-    let mut out = Vec::new();
-    let opts = ReceiveOptions {
-        max_pack_bytes: 1 << 30,
-        ..ReceiveOptions::DEFAULT
-    };
-    receive_pack(repo, &mut &body[..], &mut out, opts, &Open).expect("push");
-    let report = String::from_utf8_lossy(&out);
-    assert!(report.contains("unpack ok"), "{report}");
+    push_pack(repo, &[command.to_owned()], &pack);
 }
 
 /// Commit `n` versions of a growing file (deltas of each other).

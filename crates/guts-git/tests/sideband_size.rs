@@ -3,11 +3,10 @@
 //! small packets slow some clients (dulwich, isomorphic-git) down.
 
 mod common;
-use common::{empty_repo, git, pkt, text, Open};
+use common::{empty_repo, git, pkt, push_pack, text};
 
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::Version;
-use guts_git::receive_pack::{receive_pack, ReceiveOptions};
 use guts_git::storage::{MaintainOptions, Repo};
 use guts_git::upload_pack::{upload_pack, Serving};
 
@@ -53,14 +52,7 @@ fn repo_with_blobs(tmp: &std::path::Path) -> (Repo, String) {
         ],
         Some(format!("{main}\n").as_bytes()),
     );
-    let mut body = pkt(&format!("{ZERO} {main} refs/heads/main\0report-status\n"));
-    body.extend(b"0000");
-    body.extend_from_slice(&pack);
-    let opts = ReceiveOptions {
-        max_pack_bytes: 1 << 30,
-        ..ReceiveOptions::DEFAULT
-    };
-    receive_pack(&repo, &mut &body[..], &mut Vec::new(), opts, &Open).expect("push");
+    push_pack(&repo, &[format!("{ZERO} {main} refs/heads/main")], &pack);
     (repo, main)
 }
 

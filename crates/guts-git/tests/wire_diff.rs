@@ -5,13 +5,12 @@
 //! (libgit2) refuse what git does not write.
 
 mod common;
-use common::{empty_repo, git, git_env, pkt, text, Open};
+use common::{empty_repo, git, git_env, pkt, push_pack, text};
 
 use std::path::{Path, PathBuf};
 
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::Version;
-use guts_git::receive_pack::{receive_pack, ReceiveOptions};
 use guts_git::storage::Repo;
 use guts_git::upload_pack::{upload_pack, Serving};
 
@@ -48,17 +47,11 @@ fn twins() -> Twins {
         &["pack-objects", "--stdout", "--revs", "-q"],
         Some(format!("{main}\n{tag}\n").as_bytes()),
     );
-    let mut body = pkt(&format!("{ZERO} {main} refs/heads/main\0report-status\n"));
-    body.extend(pkt(&format!("{ZERO} {tag} refs/tags/v1\n")));
-    body.extend(b"0000");
-    body.extend_from_slice(&pack);
-    let mut out = Vec::new();
-    let opts = ReceiveOptions {
-        max_pack_bytes: 1 << 30,
-        ..ReceiveOptions::DEFAULT
-    };
-    receive_pack(&repo, &mut &body[..], &mut out, opts, &Open).expect("push");
-    assert!(String::from_utf8_lossy(&out).contains("unpack ok"));
+    let commands = [
+        format!("{ZERO} {main} refs/heads/main"),
+        format!("{ZERO} {tag} refs/tags/v1"),
+    ];
+    push_pack(&repo, &commands, &pack);
     git(tmp.path(), &["init", "-q", "--bare", "twin.git"], None);
     let bare = tmp.path().join("twin.git");
     git(&bare, &["symbolic-ref", "HEAD", "refs/heads/main"], None);

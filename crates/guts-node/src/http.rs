@@ -102,11 +102,11 @@ async fn info_refs(
         let repo = repos.open_repo(&name)?;
         let nonce = match service {
             Service::ReceivePack => {
-                let policy = SignedPushPolicy::new(repos, &name)?;
+                let identity = repos.identity(&name)?;
                 if let Some(token) = &token {
-                    crate::tokens::check(token, &repos.identity(&name)?, crate::auth::now())?;
+                    crate::tokens::check(token, &identity, crate::auth::now())?;
                 }
-                policy.cert_nonce()
+                SignedPushPolicy::with_identity(repos, &name, identity, None).cert_nonce()
             }
             Service::UploadPack => None,
         };

@@ -71,16 +71,6 @@ pub struct SignedPushPolicy<'a> {
 }
 
 impl<'a> SignedPushPolicy<'a> {
-    /// The policy of `repo` (its identity is required).
-    pub fn new(repos: &'a Repos, repo: &RepoName) -> Result<Self, NodeError> {
-        Ok(Self::with_identity(
-            repos,
-            repo,
-            repos.identity(repo)?,
-            None,
-        ))
-    }
-
     /// The policy of `repo` under its already loaded `identity`, for a
     /// request addressed to `host` (its `Host` header).
     pub fn with_identity(

@@ -68,8 +68,10 @@ pub fn check(
     identity: &Identity,
     now: u64,
 ) -> Result<Grant<Verified>, NodeError> {
-    let grant = Grant::from_bytes(token.grant().to_bytes())
-        .and_then(|g| g.verify(&identity.id, &identity.doc))
+    let grant = token
+        .grant()
+        .clone()
+        .verify(&identity.id, &identity.doc)
         .map_err(|e| unauthorized(&e.to_string()))?;
     grant
         .check_time(now)

@@ -9,10 +9,32 @@ use std::process::{Command as Process, Stdio};
 use guts_git::names::RepoName;
 use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::Version;
-use guts_git::receive_pack::{Command, PushPolicy};
+use guts_git::receive_pack::{receive_pack, Command, PushPolicy, ReceiveOptions};
 use guts_git::storage::{RefRejection, RefUpdate, Repo, Storage};
 use guts_git::upload_pack::upload_pack;
 use guts_git::upload_pack::Serving;
+
+/// Push `pack` to `repo` with `commands` (`"<old> <new> <ref>"`, the first
+/// one carrying `report-status`) under [`Open`], with a 1 GiB pack limit;
+/// the report must say `unpack ok`. Returns the report.
+pub fn push_pack(repo: &Repo, commands: &[String], pack: &[u8]) -> String {
+    let mut body = Vec::new();
+    for (i, c) in commands.iter().enumerate() {
+        let caps = if i == 0 { "\0report-status" } else { "" };
+        body.extend(pkt(&format!("{c}{caps}\n")));
+    }
+    body.extend(b"0000");
+    body.extend_from_slice(pack);
+    let opts = ReceiveOptions {
+        max_pack_bytes: 1 << 30,
+        ..ReceiveOptions::DEFAULT
+    };
+    let mut out = Vec::new();
+    receive_pack(repo, &mut &body[..], &mut out, opts, &Open).expect("push");
+    let report = String::from_utf8_lossy(&out).into_owned();
+    assert!(report.contains("unpack ok"), "{report}");
+    report
+}
 
 /// Accepts every push and applies it with no journal: the git layer's own
 /// tests are not about authorization.
