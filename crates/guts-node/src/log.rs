@@ -9,13 +9,16 @@
 //! signed-update-keys    OWNER/NAME \0 key(32)                   -> seq (u64 BE)
 //! signed-update-lines   OWNER/NAME \0 REF \0 seq(u64 BE)        -> old(20) new(20) key(32)
 //! signed-update-heads   OWNER/NAME                              -> next seq (u64 BE)
+//! signed-update-buckets OWNER/NAME \0 bucket(1)                 -> count(u64 BE) xor(32)
 //! ```
 //!
 //! The key index answers "is this update logged?" and the log summary
 //! without decoding entries; the line index gives the conflict rule the
 //! updates of one ref without parsing certificates. Applying an update
 //! costs the same whether the log holds 10 or 100,000 entries, apart from
-//! the lines of the refs it touches.
+//! the lines of the refs it touches. The buckets (`guts_p2p::logset`) are
+//! what peers compare: kept in the same transaction, they make a log
+//! comparison cost what differs, not the log's length.
 
 use std::cell::Cell;
 
@@ -24,6 +27,7 @@ use guts_git::storage::Journal;
 use guts_identity::update::UpdateKey;
 use guts_identity::{PushCert, SignedRefUpdate, Verified};
 use guts_p2p::conflict::{self, Oid};
+use guts_p2p::logset::{bucket_of, Bucket, Buckets};
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -40,6 +44,7 @@ pub struct SignedLog {
     keys: sled::Tree,
     lines: sled::Tree,
     heads: sled::Tree,
+    buckets: sled::Tree,
 }
 
 /// One effective line of an update: the ref, its old and new value.
@@ -131,11 +136,90 @@ impl SignedLog {
             keys: t("signed-update-keys")?,
             lines: t("signed-update-lines")?,
             heads: t("signed-update-heads")?,
+            buckets: t("signed-update-buckets")?,
         };
         if log.heads.is_empty() && !log.entries.is_empty() {
             log.rebuild_indexes()?;
         }
+        if log.buckets.is_empty() && !log.keys.is_empty() {
+            log.rebuild_buckets()?;
+        }
         Ok(log)
+    }
+
+    /// Count every indexed key in its bucket (a log written before the
+    /// buckets existed).
+    fn rebuild_buckets(&self) -> Result<(), NodeError> {
+        tracing::info!("indexing the signed-update logs by key range");
+        let mut all: std::collections::BTreeMap<Vec<u8>, Bucket> = Default::default();
+        for k in self.keys.iter().keys() {
+            let k = k.map_err(internal)?;
+            let Some(split) = k.len().checked_sub(32) else {
+                continue;
+            };
+            let Ok(key) = <[u8; 32]>::try_from(&k[split..]) else {
+                continue;
+            };
+            let mut bk = k[..split].to_vec();
+            bk.push(bucket_of(&key));
+            all.entry(bk).or_default().add(&key);
+        }
+        for (k, b) in all {
+            self.buckets
+                .insert(k, &b.to_bytes()[..])
+                .map_err(internal)?;
+        }
+        self.buckets.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// The buckets of `repo`'s log.
+    pub fn buckets(&self, repo: &RepoName) -> Result<Buckets, NodeError> {
+        let p = prefix(repo);
+        let mut out = Buckets::default();
+        for item in self.buckets.scan_prefix(&p) {
+            let (k, v) = item.map_err(internal)?;
+            let (Some(&i), Some(b)) = (k.get(p.len()), Bucket::from_bytes(&v)) else {
+                return Err(NodeError::Internal("corrupt log bucket".into()));
+            };
+            if let Some(slot) = out.0.get_mut(usize::from(i)) {
+                *slot = b;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys of `repo`'s log in `buckets`, in key order.
+    pub fn keys_in(&self, repo: &RepoName, buckets: &[u8]) -> Result<Vec<UpdateKey>, NodeError> {
+        let p = prefix(repo);
+        let mut out = Vec::new();
+        for &b in buckets {
+            let mut bp = p.clone();
+            bp.push(b);
+            for k in self.keys.scan_prefix(&bp).keys() {
+                let k = k.map_err(internal)?;
+                let key: UpdateKey = k[p.len()..]
+                    .try_into()
+                    .map_err(|_| NodeError::Internal("corrupt log key index".into()))?;
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The encoded entry with `key` and its sequence number.
+    pub fn entry(
+        &self,
+        repo: &RepoName,
+        key: &UpdateKey,
+    ) -> Result<Option<(u64, Vec<u8>)>, NodeError> {
+        let mut k = prefix(repo);
+        k.extend_from_slice(key);
+        let Some(seq) = self.keys.get(k).map_err(internal)?.and_then(|v| u64_of(&v)) else {
+            return Ok(None);
+        };
+        let entry = self.entries.get(seq_key(repo, seq)).map_err(internal)?;
+        Ok(entry.map(|e| (seq, e.to_vec())))
     }
 
     /// Index a log written before the indexes existed. Every entry gets
@@ -209,21 +293,6 @@ impl SignedLog {
         Ok(out)
     }
 
-    /// The keys of every logged update, in ascending byte order (read from
-    /// the index, nothing decoded).
-    pub fn keys(&self, repo: &RepoName) -> Result<Vec<UpdateKey>, NodeError> {
-        let p = prefix(repo);
-        let mut out = Vec::new();
-        for k in self.keys.scan_prefix(&p).keys() {
-            let k = k.map_err(internal)?;
-            let key: UpdateKey = k[p.len()..]
-                .try_into()
-                .map_err(|_| NodeError::Internal("corrupt log key index".into()))?;
-            out.push(key);
-        }
-        Ok(out)
-    }
-
     /// Every logged effective line of ref `name`, as the conflict rule takes them.
     pub fn lines(
         &self,
@@ -239,7 +308,7 @@ impl SignedLog {
 
     /// Forget `repo`'s log.
     pub fn delete(&self, repo: &RepoName) -> Result<(), NodeError> {
-        for tree in [&self.entries, &self.keys, &self.lines] {
+        for tree in [&self.entries, &self.keys, &self.lines, &self.buckets] {
             for k in tree.scan_prefix(prefix(repo)).keys() {
                 tree.remove(k.map_err(internal)?).map_err(internal)?;
             }
@@ -293,6 +362,7 @@ impl Journal for Append<'_> {
             l.keys.clone(),
             l.lines.clone(),
             l.heads.clone(),
+            l.buckets.clone(),
         ]
     }
 
@@ -301,7 +371,7 @@ impl Journal for Append<'_> {
         t: &[TransactionalTree],
         applied: &[bool],
     ) -> Result<(), ConflictableTransactionError<String>> {
-        let [entries, keys, lines, heads] = t else {
+        let [entries, keys, lines, heads, buckets] = t else {
             return Err(ConflictableTransactionError::Abort(
                 "log trees missing from the transaction".into(),
             ));
@@ -329,6 +399,14 @@ impl Journal for Append<'_> {
             lines.insert(lk, line_value(line, &self.entry.key))?;
         }
         heads.insert(head.as_bytes(), &(seq + 1).to_be_bytes())?;
+        let mut bk = prefix(self.repo);
+        bk.push(bucket_of(&self.entry.key));
+        let mut bucket = buckets
+            .get(&bk)?
+            .and_then(|v| Bucket::from_bytes(&v))
+            .unwrap_or_default();
+        bucket.add(&self.entry.key);
+        buckets.insert(bk, &bucket.to_bytes()[..])?;
         self.seq.set(Some(seq));
         Ok(())
     }
@@ -421,7 +499,25 @@ mod tests {
         assert_eq!(entries.len(), 200, "no entry overwritten");
         let seqs: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
-        assert_eq!(log.keys(&repo_name).expect("keys").len(), 200);
+        let buckets = log.buckets(&repo_name).expect("buckets");
+        assert_eq!(buckets.count(), 200, "every key counted once");
+        let mut expected = guts_p2p::logset::LogSet::default();
+        for (_, u) in &entries {
+            expected.insert(u.key(), Vec::new());
+        }
+        assert_eq!(
+            &buckets,
+            expected.buckets(),
+            "the buckets a peer would compute"
+        );
+        let some = log.keys_in(&repo_name, &[0, 7, 255]).expect("keys");
+        assert_eq!(some, expected.keys_in(&[0, 7, 255]));
+        let (_, first) = &entries[0];
+        let (seq, bytes) = log
+            .entry(&repo_name, &first.key())
+            .expect("read")
+            .expect("found");
+        assert_eq!((seq, bytes), (1, first.encode_to_vec()));
     }
 
     #[test]

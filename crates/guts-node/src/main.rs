@@ -417,7 +417,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             tracing::info!("peer-to-peer replication off (no --p2p-listen)");
             None
         } else {
-            let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes);
+            let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes)?;
             let opts = p2p::P2pOptions {
                 listen: args.p2p_listen.clone(),
                 bootstrap: args.bootstrap.clone(),

@@ -21,8 +21,11 @@ use guts_git::ObjectId;
 use guts_identity::doc::RepoId;
 use guts_identity::SignedRefUpdate;
 use guts_p2p::conflict::ZERO;
+use guts_p2p::logset::{Buckets, Key};
 use guts_p2p::replication::{Fault, Plan, Replica, Seeded};
+use guts_p2p::service::Score;
 use guts_p2p::wire::LogSummary;
+use guts_p2p::PeerId;
 
 use crate::error::NodeError;
 use crate::identity::Identity;
@@ -35,6 +38,8 @@ pub struct NodeReplica {
     pub repos: Arc<Repos>,
     /// Largest pack accepted from a peer.
     pub max_pack_bytes: u64,
+    /// Strikes and blocks of peers (`peer-scores`: peer id -> score).
+    scores: sled::Tree,
 }
 
 /// Whose fault an error of the domain layer is: what the peer sent, or
@@ -75,11 +80,17 @@ pub struct CheckedUpdate {
 
 impl NodeReplica {
     /// A replica over the node's repositories.
-    pub fn new(repos: Arc<Repos>, max_pack_bytes: u64) -> Arc<Self> {
-        Arc::new(NodeReplica {
+    pub fn new(repos: Arc<Repos>, max_pack_bytes: u64) -> Result<Arc<Self>, NodeError> {
+        let scores = repos
+            .storage()
+            .db()
+            .open_tree("peer-scores")
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        Ok(Arc::new(NodeReplica {
             repos,
             max_pack_bytes,
-        })
+            scores,
+        }))
     }
 
     fn open(&self, name: &RepoName) -> Result<(Repo, Identity), Fault> {
@@ -130,17 +141,51 @@ impl Replica for NodeReplica {
         self.repos.adopt(name, versions).map_err(fault)
     }
 
-    fn log(&self, name: &RepoName) -> Option<Vec<SignedRefUpdate>> {
+    fn log_buckets(&self, name: &RepoName) -> Option<Buckets> {
         self.repos.open_repo(name).ok()?;
-        let updates = self.repos.log().updates(name).ok()?;
-        Some(updates.into_iter().map(|(_, u)| u).collect())
+        self.repos.log().buckets(name).ok()
     }
 
     fn log_summary(&self, name: &RepoName) -> Option<LogSummary> {
-        self.repos.open_repo(name).ok()?;
-        let keys = self.repos.log().keys(name).ok()?;
+        let buckets = self.log_buckets(name)?;
         let versions = self.repos.identities().current(name).ok()??.versions.len() as u64;
-        Some(LogSummary::new(keys, versions))
+        Some(buckets.summary(versions))
+    }
+
+    fn log_keys(&self, name: &RepoName, buckets: &[u8]) -> Option<Vec<Key>> {
+        self.repos.open_repo(name).ok()?;
+        self.repos.log().keys_in(name, buckets).ok()
+    }
+
+    fn log_entry(&self, name: &RepoName, key: &Key) -> Option<(u64, Vec<u8>)> {
+        self.repos.log().entry(name, key).ok()?
+    }
+
+    fn is_logged(&self, name: &RepoName, key: &Key) -> bool {
+        self.repos.log().is_logged(name, key).unwrap_or(false)
+    }
+
+    fn scores(&self) -> Vec<(PeerId, Score)> {
+        self.scores
+            .iter()
+            .filter_map(|item| {
+                let (k, v) = item.ok()?;
+                Some((PeerId::from_bytes(&k).ok()?, Score::from_bytes(&v)?))
+            })
+            .collect()
+    }
+
+    fn save_score(&self, peer: &PeerId, score: Score) {
+        let result = if score == Score::default() {
+            self.scores.remove(peer.to_bytes()).map(|_| ())
+        } else {
+            self.scores
+                .insert(peer.to_bytes(), &score.to_bytes()[..])
+                .map(|_| ())
+        };
+        if let Err(e) = result.and_then(|()| self.scores.flush().map(|_| ())) {
+            tracing::warn!(%peer, error = %e, "cannot keep a peer's score");
+        }
     }
 
     fn plan(&self, name: &RepoName, update: SignedRefUpdate) -> Result<Plan<CheckedUpdate>, Fault> {

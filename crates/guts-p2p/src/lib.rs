@@ -3,9 +3,11 @@
 //! - [`network`]: the libp2p swarm (TCP/QUIC, noise, yamux, identify, ping,
 //!   Kademlia, mDNS, gossipsub, streams) behind a [`network::Handle`];
 //! - [`wire`]: the messages peers exchange (prost), framed with limits;
-//! - [`replication`]: the replication protocol over a [`replication::Replica`]
-//!   the node implements: announce signed updates, serve and fetch objects
-//!   with git's upload-pack, exchange identity documents and logs;
+//! - [`service`]: the replication protocol's decisions as a state machine
+//!   without I/O (events in, [`service::Io`] out);
+//! - [`replication`]: the [`replication::Replica`] the node implements, and
+//!   the tokio driver that carries out the service's I/O and serves peers;
+//! - [`logset`]: comparing logs by key ranges;
 //! - [`conflict`]: the deterministic rule that settles concurrent updates.
 //!
 //! This crate never trusts a peer: everything received is checked by the
@@ -17,8 +19,10 @@
 pub mod conflict;
 pub mod error;
 pub mod limits;
+pub mod logset;
 pub mod network;
 pub mod replication;
+pub mod service;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -6,19 +6,20 @@ use std::time::Duration;
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
 /// Largest framed message on a stream (requests, identity documents, a log page).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
-/// Most log entries sent in one log page.
+/// Most log entries asked or sent in one `Entries` exchange.
 pub const MAX_LOG_ENTRIES: usize = 10_000;
-/// Bytes of entries in one log page (room is left in the frame for the
-/// message around them).
+/// Bytes of entries in one `Entries` answer (room is left in the frame for
+/// the message around them).
 pub const LOG_PAGE_BYTES: usize = MAX_FRAME_BYTES - 64 * 1024;
-/// Most pages asked for in one log exchange (10 million entries).
-pub const MAX_LOG_PAGES: usize = 1_000;
 /// Close connections idle for this long.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a stream exchange may take before it is abandoned.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(600);
-/// Invalid announcements after which a peer is disconnected and blocked.
+/// Invalid announcements, log entries, identities or packs after which a
+/// peer is disconnected and blocked.
 pub const MAX_INVALID_MESSAGES: u32 = 3;
+/// How long a block lasts (kept across restarts).
+pub const BLOCK_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Attempts at one object transfer before giving up until the next
 /// announcement or catch-up; each later attempt resumes after the bytes
 /// that arrived.

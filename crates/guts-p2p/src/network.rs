@@ -75,6 +75,8 @@ pub enum Event {
     },
     /// A connection to a peer was established.
     Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
 }
 
 /// A snapshot of the network state.
@@ -95,7 +97,8 @@ enum Command {
     Provide(Vec<u8>),
     FindProviders(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     Status(oneshot::Sender<Status>),
-    Report(gossipsub::MessageId, PeerId, bool),
+    Report(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
+    Block(PeerId, bool),
 }
 
 /// Inbound streams of the protocols registered at start, until taken.
@@ -147,15 +150,22 @@ impl Handle {
         Ok(rx.await.unwrap_or_default())
     }
 
-    /// Tell gossipsub whether a received message was valid: valid ones are
-    /// forwarded, invalid ones dropped and their sender penalized.
+    /// Tell gossipsub what to do with a received message: accepted ones
+    /// are forwarded, rejected ones dropped and their sender penalized,
+    /// ignored ones dropped.
     pub async fn report(
         &self,
         id: gossipsub::MessageId,
         source: PeerId,
-        valid: bool,
+        verdict: gossipsub::MessageAcceptance,
     ) -> Result<()> {
-        self.send(Command::Report(id, source, valid)).await
+        self.send(Command::Report(id, source, verdict)).await
+    }
+
+    /// Block a peer (disconnect it and refuse its connections), or accept
+    /// it again. Whom to block is the replication service's decision.
+    pub async fn block(&self, peer: PeerId, blocked: bool) -> Result<()> {
+        self.send(Command::Block(peer, blocked)).await
     }
 
     /// The current network state.
@@ -332,22 +342,17 @@ fn listen_and_dial(
 /// those found so far.
 type ProviderQueries = HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>;
 
-/// Per-peer count of invalid messages; a peer reaching
-/// [`MAX_INVALID_MESSAGES`](crate::limits::MAX_INVALID_MESSAGES) is blocked.
-type Strikes = HashMap<PeerId, u32>;
-
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) {
     let mut provider_queries = ProviderQueries::new();
-    let mut strikes = Strikes::new();
     loop {
         tokio::select! {
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return };
-                handle_command(&mut swarm, cmd, &mut provider_queries, &mut strikes);
+                handle_command(&mut swarm, cmd, &mut provider_queries);
             }
             event = swarm.select_next_some() => {
                 handle_event(&mut swarm, event, &events, &mut provider_queries).await;
@@ -360,7 +365,6 @@ fn handle_command(
     swarm: &mut Swarm<Behaviour>,
     cmd: Command,
     provider_queries: &mut ProviderQueries,
-    strikes: &mut Strikes,
 ) {
     let b = swarm.behaviour_mut();
     match cmd {
@@ -396,23 +400,18 @@ fn handle_command(
                 let _ = reply.send(Vec::new());
             }
         },
-        Command::Report(id, source, valid) => {
-            let verdict = if valid {
-                gossipsub::MessageAcceptance::Accept
-            } else {
+        Command::Report(id, source, verdict) => {
+            if verdict == gossipsub::MessageAcceptance::Reject {
                 tracing::warn!(peer = %source, "rejecting an invalid announcement");
-                gossipsub::MessageAcceptance::Reject
-            };
+            }
             b.gossipsub
                 .report_message_validation_result(&id, &source, verdict);
-            if !valid {
-                let n = strikes.entry(source).or_default();
-                *n += 1;
-                if *n >= crate::limits::MAX_INVALID_MESSAGES {
-                    tracing::warn!(peer = %source, invalid = *n, "blocking a misbehaving peer");
-                    b.blocked.block_peer(source);
-                }
-            }
+        }
+        Command::Block(peer, true) => {
+            b.blocked.block_peer(peer);
+        }
+        Command::Block(peer, false) => {
+            b.blocked.unblock_peer(peer);
         }
         Command::Status(reply) => {
             let _ = reply.send(Status {
@@ -452,6 +451,7 @@ async fn handle_event(
             ..
         } => {
             tracing::info!(peer = %peer_id, "peer disconnected");
+            let _ = events.send(Event::Disconnected(peer_id)).await;
         }
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(peer),

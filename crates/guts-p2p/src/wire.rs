@@ -40,8 +40,8 @@ pub struct Announce {
 pub enum Kind {
     /// The repository's identity document versions.
     Identity = 0,
-    /// The repository's signed-update log.
-    Log = 1,
+    // 1 was the whole log, paged; replaced by `Buckets`, `Keys` and
+    // `Entries` (ADR 0016), so that only what differs is exchanged.
     /// Objects: `body` is a git protocol v2 `fetch` request; the answer is
     /// upload-pack's response, streamed until the stream closes.
     Fetch = 2,
@@ -49,6 +49,17 @@ pub enum Kind {
     /// [`LogSummary`]), compared periodically by peers that stay connected;
     /// the full `Log` or the `Identity` is asked only when they differ.
     LogSummary = 3,
+    /// The log's [`LogBuckets`] (one item): the count and digest of the
+    /// update keys in each of [`crate::logset::BUCKETS`] key ranges.
+    Buckets = 4,
+    /// The update keys in the buckets listed in `Request::buckets` (one
+    /// byte per bucket): each item is a 32-byte key.
+    Keys = 5,
+    /// The log entries (encoded `SignedRefUpdate`s) with the keys in
+    /// `Request::keys`, in log order; `Items::next` says how many of the
+    /// keys asked were answered (the rest did not fit in the frame), or 0
+    /// when all were.
+    Entries = 6,
 }
 
 /// The first frame on a replication stream.
@@ -71,22 +82,27 @@ pub struct Request {
     /// SHA-1 of those bytes.
     #[prost(bytes = "vec", tag = "5")]
     pub resume_sha1: Vec<u8>,
-    /// For `Log`: the position (from 0) of the first entry wanted.
-    #[prost(uint64, tag = "6")]
-    pub start: u64,
+    // Tag 6 was the position of the first entry of a `Log` page.
+    /// For `Keys`: the buckets asked for, one byte each.
+    #[prost(bytes = "vec", tag = "7")]
+    pub buckets: Vec<u8>,
+    /// For `Entries`: the keys of the entries asked for (32 bytes each).
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// Answer to `Identity` and `Log` requests.
 #[derive(Clone, PartialEq, Message)]
 pub struct Items {
-    /// Document versions or log entries, oldest first.
+    /// Document versions, log entries (oldest first), keys, or one
+    /// encoded summary.
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub items: Vec<Vec<u8>>,
     /// Set when the peer cannot answer (unknown repository, ...).
     #[prost(string, tag = "2")]
     pub error: String,
-    /// For `Log`: the position to ask from for the next page, or 0 when
-    /// this page ends the log.
+    /// For `Entries`: how many of the keys asked were answered, when not
+    /// all of them (0: all).
     #[prost(uint64, tag = "3")]
     pub next: u64,
 }
@@ -99,7 +115,7 @@ pub struct LogSummary {
     /// Number of distinct updates (by key) in the log.
     #[prost(uint64, tag = "1")]
     pub updates: u64,
-    /// SHA-256 of the distinct update keys, sorted, concatenated.
+    /// SHA-256 over the [`LogBuckets`] (see [`LogBuckets::summary`]).
     #[prost(bytes = "vec", tag = "2")]
     pub digest: Vec<u8>,
     /// Number of identity document versions held.
@@ -108,28 +124,26 @@ pub struct LogSummary {
 }
 
 impl LogSummary {
-    /// The summary of a log whose update keys are `keys` (in any order,
-    /// duplicates allowed), with `doc_versions` identity document versions.
-    pub fn new(mut keys: Vec<[u8; 32]>, doc_versions: u64) -> LogSummary {
-        use sha2::{Digest, Sha256};
-        keys.sort_unstable();
-        keys.dedup();
-        let mut h = Sha256::new();
-        for k in &keys {
-            h.update(k);
-        }
-        LogSummary {
-            updates: keys.len() as u64,
-            digest: h.finalize().to_vec(),
-            doc_versions,
-        }
-    }
-
     /// Whether both summaries describe the same set of updates (the
     /// identity document versions aside).
     pub fn same_updates(&self, other: &LogSummary) -> bool {
         self.updates == other.updates && self.digest == other.digest
     }
+}
+
+/// The update keys of a log split by their first byte into
+/// [`BUCKETS`](crate::logset::BUCKETS) ranges: per range, how many keys and
+/// the XOR of them. Sent, encoded, as the one item answering a `Buckets`
+/// request; two nodes then ask each other for the keys of the buckets that
+/// differ only.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct LogBuckets {
+    /// Keys per bucket.
+    #[prost(uint64, repeated, tag = "1")]
+    pub counts: Vec<u64>,
+    /// The XOR of the keys of each bucket, 32 bytes per bucket.
+    #[prost(bytes = "vec", tag = "2")]
+    pub digests: Vec<u8>,
 }
 
 /// Write one length-prefixed message.
@@ -165,22 +179,4 @@ pub async fn read_frame<R: futures_util::AsyncRead + Unpin, M: Message + Default
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
     M::decode(&buf[..]).map_err(|e| Error::Peer(format!("undecodable message: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_summaries_depend_on_the_set_of_updates_only() {
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        let one = LogSummary::new(vec![a, b, c], 1);
-        let same = LogSummary::new(vec![c, a, b, a], 2);
-        assert!(one.same_updates(&same), "order and duplicates do not count");
-        assert_eq!(one.updates, 3);
-        assert_eq!(same.doc_versions, 2);
-        assert!(!one.same_updates(&LogSummary::new(vec![a, b], 1)));
-        let decoded = LogSummary::decode(&one.encode_to_vec()[..]).expect("decodes");
-        assert_eq!(decoded, one);
-    }
 }

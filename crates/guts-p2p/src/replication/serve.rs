@@ -1,5 +1,5 @@
-//! Serving peers' replication requests (identity, log, log summary,
-//! objects), within bounds on how many are served at once.
+//! Serving peers' replication requests (identity, log summary, buckets,
+//! keys, entries, objects), within bounds on how many are served at once.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,11 +12,15 @@ use prost::Message;
 use tokio_util::compat::FuturesAsyncWriteCompatExt;
 use tokio_util::io::SyncIoBridge;
 
-use super::{blocking, Replica, Replicator};
+use super::driver::blocking;
+use super::Replica;
 use crate::error::{Error, Result};
 use crate::limits::{
-    LOG_PAGE_BYTES, MAX_LOG_ENTRIES, MAX_SERVED_PER_PEER, MAX_SERVED_TOTAL, STREAM_TIMEOUT,
+    LOG_PAGE_BYTES, MAX_FRAME_BYTES, MAX_LOG_ENTRIES, MAX_SERVED_PER_PEER, MAX_SERVED_TOTAL,
+    STREAM_TIMEOUT,
 };
+use crate::logset::Key;
+use crate::network::Handle;
 use crate::wire::{read_frame, write_frame, Items, Kind, Request, REPLICATION_PROTOCOL};
 
 /// Bounds on the replication requests served at once
@@ -71,172 +75,180 @@ impl Drop for ServePermit {
     }
 }
 
-/// One page of a log: entries from `start` on, at most [`MAX_LOG_ENTRIES`]
-/// and [`LOG_PAGE_BYTES`] of them, and where the next page starts (0: none).
-pub fn log_page(mut log: Vec<Vec<u8>>, start: usize) -> (Vec<Vec<u8>>, u64) {
-    let start = start.min(log.len());
-    let mut page: Vec<Vec<u8>> = log.drain(start..).collect();
-    let (mut count, mut bytes) = (0, 0);
-    for entry in &page {
-        // Each entry costs its length plus a few bytes of protobuf framing.
-        let cost = entry.len() + 8;
-        if count == MAX_LOG_ENTRIES || (count > 0 && bytes + cost > LOG_PAGE_BYTES) {
-            break;
-        }
-        count += 1;
-        bytes += cost;
+/// Keys in one `Keys` answer, so that it fits in a frame (each key costs
+/// 32 bytes and a little framing).
+pub const MAX_KEYS_PER_ANSWER: usize = (MAX_FRAME_BYTES - 64 * 1024) / 40;
+
+/// The answer to a request other than `Fetch`, from `replica`: what a
+/// peer asking for it gets. Pure and synchronous (the simulator serves with
+/// it too); `None` fields become an error answer.
+pub fn answer<R: Replica>(replica: &R, req: &Request) -> Items {
+    let refused = |error: String| Items {
+        error,
+        ..Default::default()
+    };
+    let Ok(kind) = Kind::try_from(req.kind) else {
+        return refused(format!("unknown request kind {}", req.kind));
+    };
+    // Not a repository name: no repository this node has.
+    let Ok(repo) = RepoName::parse(&req.repo) else {
+        return refused(format!("this node does not have {}", req.repo));
+    };
+    let items = match kind {
+        Kind::Identity => replica.identity(&repo),
+        Kind::LogSummary => replica.log_summary(&repo).map(|s| vec![s.encode_to_vec()]),
+        Kind::Buckets => replica
+            .log_buckets(&repo)
+            .map(|b| vec![b.to_wire().encode_to_vec()]),
+        Kind::Keys => keys_answer(replica, &repo, &req.buckets),
+        Kind::Entries => return entries_answer(replica, &repo, &req.keys),
+        Kind::Fetch => return refused("a fetch is answered with a pack".into()),
+    };
+    match items {
+        Some(items) => Items {
+            items,
+            ..Default::default()
+        },
+        None => refused(format!("this node does not have {repo}")),
     }
-    let more = page.len() > count;
-    page.truncate(count);
-    let next = if more { (start + count) as u64 } else { 0 };
-    (page, next)
 }
 
-impl<R: Replica> Replicator<R> {
-    /// Accept replication streams and serve each on its own task, within
-    /// [`ServeLimits`] and [`STREAM_TIMEOUT`].
-    pub(super) fn spawn_server(&self) -> Result<()> {
-        let mut incoming = self.net.accept(REPLICATION_PROTOCOL)?;
-        let server = self.clone();
-        tokio::spawn(async move {
-            let mut limits = ServeLimits::default();
-            while let Some((peer, stream)) = incoming.next().await {
-                // A flood of requests is refused, not queued: the stream is
-                // dropped (the peer sees it closed).
-                let Some(permit) = limits.admit(peer) else {
-                    tracing::warn!(%peer, "too many concurrent replication requests; one refused");
-                    continue;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(STREAM_TIMEOUT, server.serve(peer, stream)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(%peer, error = %e, "replication request failed")
-                        }
-                        Err(_) => tracing::warn!(%peer, "replication request timed out"),
-                    }
-                });
-            }
-        });
-        Ok(())
-    }
+/// The keys in `buckets` (each bucket once), at most
+/// [`MAX_KEYS_PER_ANSWER`]: a peer that lacks more gets the rest at its
+/// next comparison.
+fn keys_answer<R: Replica>(replica: &R, repo: &RepoName, buckets: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut wanted = buckets.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let keys = replica.log_keys(repo, &wanted)?;
+    Some(
+        keys.iter()
+            .take(MAX_KEYS_PER_ANSWER)
+            .map(|k| k.to_vec())
+            .collect(),
+    )
+}
 
-    /// Serve one request.
-    async fn serve(&self, peer: PeerId, mut stream: libp2p::Stream) -> Result<()> {
-        let req: Request = read_frame(&mut stream).await?;
-        let kind =
-            Kind::try_from(req.kind).map_err(|_| Error::Peer("unknown request kind".into()))?;
-        let name = RepoName::parse(&req.repo);
-        if kind == Kind::Fetch {
-            let repo = name.map_err(|e| Error::Peer(format!("bad repository name: {e}")))?;
-            return self.serve_objects(peer, repo, req, stream).await;
-        }
-        let reply = match name {
-            Ok(repo) => self.answer(kind, repo, req.start).await?,
-            // Not a repository name: no repository this node has.
-            Err(_) => None,
-        };
-        let reply = reply.unwrap_or_else(|| Items {
-            error: format!("this node does not have {}", req.repo),
+/// The entries of `keys`, in this node's log order, as many as fit in
+/// [`LOG_PAGE_BYTES`] (at most [`MAX_LOG_ENTRIES`] keys are looked at);
+/// `next` says how many keys were answered when not all.
+fn entries_answer<R: Replica>(replica: &R, repo: &RepoName, keys: &[Vec<u8>]) -> Items {
+    if replica.log_buckets(repo).is_none() {
+        return Items {
+            error: format!("this node does not have {repo}"),
             ..Default::default()
-        });
-        write_frame(&mut stream, &reply).await
+        };
     }
-
-    /// The answer to an `Identity`, `Log` (the page from `start`) or
-    /// `LogSummary` request, if this node has the repository.
-    async fn answer(&self, kind: Kind, repo: RepoName, start: u64) -> Result<Option<Items>> {
-        let replica = Arc::clone(&self.replica);
-        blocking(move || {
-            let items = match kind {
-                Kind::Identity => replica.identity(&repo)?,
-                Kind::LogSummary => vec![replica.log_summary(&repo)?.encode_to_vec()],
-                _ => {
-                    let log = replica.log(&repo)?;
-                    let log = log.iter().map(Message::encode_to_vec).collect();
-                    let start = usize::try_from(start).unwrap_or(usize::MAX);
-                    let (items, next) = log_page(log, start);
-                    return Some(Items {
-                        items,
-                        error: String::new(),
-                        next,
-                    });
-                }
-            };
-            Some(Items {
-                items,
+    let mut found = Vec::new();
+    let (mut bytes, mut answered) = (0usize, 0usize);
+    for k in keys.iter().take(MAX_LOG_ENTRIES) {
+        let Ok(key) = Key::try_from(k.as_slice()) else {
+            return Items {
+                error: format!("a key of {} bytes", k.len()),
                 ..Default::default()
-            })
-        })
-        .await
+            };
+        };
+        if let Some((seq, entry)) = replica.log_entry(repo, &key) {
+            let cost = entry.len() + 8;
+            if answered > 0 && bytes + cost > LOG_PAGE_BYTES {
+                break;
+            }
+            bytes += cost;
+            found.push((seq, entry));
+        }
+        answered += 1;
     }
+    found.sort_unstable_by_key(|(seq, _)| *seq);
+    Items {
+        items: found.into_iter().map(|(_, e)| e).collect(),
+        error: String::new(),
+        next: if answered < keys.len() {
+            answered as u64
+        } else {
+            0
+        },
+    }
+}
 
-    /// Answer a `Fetch` request with upload-pack's output, streamed until
-    /// done, leaving out the prefix the peer holds if it matches.
-    async fn serve_objects(
-        &self,
-        peer: PeerId,
-        repo: RepoName,
-        req: Request,
-        stream: libp2p::Stream,
-    ) -> Result<()> {
-        tracing::debug!(%peer, %repo, "serving objects");
-        // Buffered: upload-pack writes pkt-lines, often small; each
-        // unbuffered write would be its own yamux frame.
-        let mut writer =
-            std::io::BufWriter::with_capacity(64 * 1024, SyncIoBridge::new(stream.compat_write()));
-        let replica = Arc::clone(&self.replica);
-        blocking(move || {
-            let resume = <[u8; 20]>::try_from(req.resume_sha1.as_slice())
-                .ok()
-                .filter(|_| req.resume_offset > 0)
-                .map(|sha1| ResumePoint {
-                    offset: req.resume_offset,
-                    sha1,
-                });
-            let result = replica.serve_fetch(&repo, &req.body, resume, &mut writer);
-            let _ = writer.flush();
-            let _ = writer.get_mut().shutdown();
-            result
-        })
-        .await?
-        .map_err(Error::from)
+/// Accept replication streams and serve each on its own task, within
+/// [`ServeLimits`] and [`STREAM_TIMEOUT`].
+pub(super) fn spawn_server<R: Replica>(net: &Handle, replica: Arc<R>) -> Result<()> {
+    let mut incoming = net.accept(REPLICATION_PROTOCOL)?;
+    tokio::spawn(async move {
+        let mut limits = ServeLimits::default();
+        while let Some((peer, stream)) = incoming.next().await {
+            // A flood of requests is refused, not queued: the stream is
+            // dropped (the peer sees it closed).
+            let Some(permit) = limits.admit(peer) else {
+                tracing::warn!(%peer, "too many concurrent replication requests; one refused");
+                continue;
+            };
+            let replica = Arc::clone(&replica);
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(STREAM_TIMEOUT, serve(replica, peer, stream)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "replication request failed")
+                    }
+                    Err(_) => tracing::warn!(%peer, "replication request timed out"),
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Serve one request.
+async fn serve<R: Replica>(
+    replica: Arc<R>,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+) -> Result<()> {
+    let req: Request = read_frame(&mut stream).await?;
+    if req.kind == Kind::Fetch as i32 {
+        let repo = RepoName::parse(&req.repo)
+            .map_err(|e| Error::Peer(format!("bad repository name: {e}")))?;
+        return serve_objects(replica, peer, repo, req, stream).await;
     }
+    let reply = blocking(move || answer(&*replica, &req)).await?;
+    write_frame(&mut stream, &reply).await
+}
+
+/// Answer a `Fetch` request with upload-pack's output, streamed until
+/// done, leaving out the prefix the peer holds if it matches.
+async fn serve_objects<R: Replica>(
+    replica: Arc<R>,
+    peer: PeerId,
+    repo: RepoName,
+    req: Request,
+    stream: libp2p::Stream,
+) -> Result<()> {
+    tracing::debug!(%peer, %repo, "serving objects");
+    // Buffered: upload-pack writes pkt-lines, often small; each
+    // unbuffered write would be its own yamux frame.
+    let mut writer =
+        std::io::BufWriter::with_capacity(64 * 1024, SyncIoBridge::new(stream.compat_write()));
+    blocking(move || {
+        let resume = <[u8; 20]>::try_from(req.resume_sha1.as_slice())
+            .ok()
+            .filter(|_| req.resume_offset > 0)
+            .map(|sha1| ResumePoint {
+                offset: req.resume_offset,
+                sha1,
+            });
+        let result = replica.serve_fetch(&repo, &req.body, resume, &mut writer);
+        let _ = writer.flush();
+        let _ = writer.get_mut().shutdown();
+        result
+    })
+    .await?
+    .map_err(Error::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn logs_are_paged_by_count_and_bytes() {
-        let small: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
-        assert_eq!(log_page(small.clone(), 0), (small.clone(), 0));
-        assert_eq!(log_page(small.clone(), 3), (small[3..].to_vec(), 0));
-        assert_eq!(log_page(small.clone(), 9), (Vec::new(), 0));
-        // Entries of 1 MiB: a page stops before the frame would overflow.
-        let big: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1 << 20]).collect();
-        let (first, next) = log_page(big.clone(), 0);
-        assert!(!first.is_empty() && first.len() < 10);
-        assert!(first.iter().map(|e| e.len() + 8).sum::<usize>() <= LOG_PAGE_BYTES);
-        let mut all = first;
-        let mut start = next;
-        while start != 0 {
-            let (page, next) = log_page(big.clone(), start as usize);
-            assert!(!page.is_empty(), "every page makes progress");
-            all.extend(page);
-            start = next;
-        }
-        assert_eq!(all, big, "the pages cover the log once, in order");
-        let many: Vec<Vec<u8>> = (0..MAX_LOG_ENTRIES + 3).map(|_| vec![1]).collect();
-        let (page, next) = log_page(many, 0);
-        assert_eq!(
-            (page.len(), next),
-            (MAX_LOG_ENTRIES, MAX_LOG_ENTRIES as u64)
-        );
-    }
 
     #[test]
     fn serving_is_bounded_per_peer_and_in_all() {

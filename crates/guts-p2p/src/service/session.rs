@@ -1,0 +1,423 @@
+//! Log comparison with one peer for one repository (ADR 0016): summary,
+//! then the buckets that differ, then their keys, then the entries this
+//! node lacks, whose objects come in one fetch per page of entries.
+
+use std::collections::HashSet;
+
+use guts_git::names::RepoName;
+use guts_git::ObjectId;
+use guts_identity::SignedRefUpdate;
+use libp2p::PeerId;
+use prost::Message;
+
+use super::{Failure, OpId, OpKind, Outcome, Service, Task, TaskId};
+use crate::limits::MAX_LOG_ENTRIES;
+use crate::logset::{Buckets, Key};
+use crate::replication::{Fault, Plan, Replica};
+use crate::wire::{Items, Kind, LogSummary, Request};
+
+/// A log comparison under way.
+pub(super) struct Session<C> {
+    peer: PeerId,
+    repo: RepoName,
+    /// The seeding to report when this comparison ends.
+    seed: Option<OpId>,
+    state: State<C>,
+    /// Whether the peer's identity document versions were taken already
+    /// (asked at most once per comparison).
+    identity_taken: bool,
+    applied: usize,
+}
+
+enum State<C> {
+    Summary,
+    /// The peer holds newer identity document versions: taking them.
+    Identity {
+        theirs: LogSummary,
+    },
+    Buckets,
+    Keys,
+    /// Asked for the entries of `asked`; `rest` to ask next.
+    Entries {
+        asked: Vec<Key>,
+        rest: Vec<Key>,
+    },
+    /// Entries received, waiting for the repository (another task is
+    /// applying to it).
+    Waiting {
+        entries: Vec<Vec<u8>>,
+        rest: Vec<Key>,
+    },
+    /// An entry needs identity document versions the peer holds.
+    EntryIdentity {
+        entries: Vec<Vec<u8>>,
+        rest: Vec<Key>,
+    },
+    Fetching {
+        ready: Vec<C>,
+        rest: Vec<Key>,
+    },
+}
+
+fn request(kind: Kind, repo: &RepoName) -> Request {
+    Request {
+        kind: kind as i32,
+        repo: repo.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The keys of a `Keys` answer; every item must be 32 bytes.
+fn keys_of(items: Items) -> Result<Vec<Key>, Failure> {
+    items
+        .items
+        .into_iter()
+        .map(|k| {
+            Key::try_from(k.as_slice())
+                .map_err(|_| Failure::Peer(format!("a key of {} bytes", k.len())))
+        })
+        .collect()
+}
+
+impl<R: Replica> Service<R> {
+    /// Compare logs of `repo` with `peer`, unless a comparison with it is
+    /// under way already.
+    pub(super) fn start_session(&mut self, peer: PeerId, repo: RepoName, seed: Option<OpId>) {
+        if self.sessions.contains_key(&(peer, repo.clone())) || self.is_blocked(&peer) {
+            if let Some(id) = seed {
+                let result = self
+                    .seeded(&repo)
+                    .map(|s| s.id)
+                    .ok_or_else(|| format!("{repo} is not seeded"));
+                self.push(super::Io::SeedDone { id, result });
+            }
+            return;
+        }
+        let task = self.id();
+        self.sessions.insert((peer, repo.clone()), task);
+        self.request(task, peer, request(Kind::LogSummary, &repo));
+        let session = Session {
+            peer,
+            repo,
+            seed,
+            state: State::Summary,
+            identity_taken: false,
+            applied: 0,
+        };
+        self.tasks.insert(task, Task::Session(session));
+    }
+
+    pub(super) fn session_outcome(
+        &mut self,
+        task: TaskId,
+        mut s: Session<R::Checked>,
+        peer: PeerId,
+        outcome: Outcome,
+    ) {
+        let items = match outcome {
+            Outcome::Items(items) => items,
+            Outcome::Fetched => {
+                return match std::mem::replace(&mut s.state, State::Summary) {
+                    State::Fetching { ready, rest } => {
+                        s.applied += self.apply_all(&s.repo, ready);
+                        self.release(&s.repo, task);
+                        self.next_entries(task, s, rest);
+                    }
+                    _ => self.end(task, s, Err(Failure::Local("unexpected transfer".into()))),
+                };
+            }
+            Outcome::Providers(_) => {
+                return self.end(task, s, Err(Failure::Local("unexpected providers".into())))
+            }
+            Outcome::Failed(f) => {
+                if let State::Fetching { ready, .. } = &s.state {
+                    tracing::warn!(%peer, repo = %s.repo, entries = ready.len(), error = %f, "log entry refused: its objects could not be had");
+                }
+                if let Failure::Peer(why) = &f {
+                    self.strike(peer, why);
+                }
+                return self.end(task, s, Err(f));
+            }
+        };
+        let step = match std::mem::replace(&mut s.state, State::Summary) {
+            State::Summary => self.on_summary(task, &mut s, items),
+            State::Identity { theirs } => self.on_identity(task, &mut s, items, theirs),
+            State::Buckets => self.on_buckets(task, &mut s, items),
+            State::Keys => keys_of(items).map(|keys| {
+                let missing: Vec<Key> = keys
+                    .into_iter()
+                    .filter(|k| !self.replica.is_logged(&s.repo, k))
+                    .collect();
+                Some(missing)
+            }),
+            State::Entries { asked, rest } => return self.on_entries(task, s, items, asked, rest),
+            State::EntryIdentity { entries, rest } => {
+                s.identity_taken = true;
+                match self.adopt(&s.repo, &items) {
+                    Ok(()) => {
+                        s.state = State::Waiting { entries, rest };
+                        return self.session_resume(task, s);
+                    }
+                    Err(f) => Err(f),
+                }
+            }
+            State::Waiting { .. } | State::Fetching { .. } => {
+                Err(Failure::Local("unexpected answer".into()))
+            }
+        };
+        match step {
+            // Waiting for the next answer.
+            Ok(None) => {
+                self.tasks.insert(task, Task::Session(s));
+            }
+            Ok(Some(keys)) => self.next_entries(task, s, keys),
+            Err(f) => {
+                if let Failure::Peer(why) = &f {
+                    self.strike(s.peer, why);
+                }
+                self.end(task, s, Err(f));
+            }
+        }
+    }
+
+    /// The peer's summary: take its newer identity versions, and go on if
+    /// the updates differ. `Ok(None)`: waiting; `Ok(Some(keys))`: entries
+    /// to ask.
+    fn on_summary(
+        &mut self,
+        task: TaskId,
+        s: &mut Session<R::Checked>,
+        items: Items,
+    ) -> Result<Option<Vec<Key>>, Failure> {
+        let theirs = items
+            .items
+            .first()
+            .and_then(|b| LogSummary::decode(&b[..]).ok())
+            .ok_or_else(|| Failure::Peer("no log summary".into()))?;
+        let ours = self.replica.log_summary(&s.repo).unwrap_or_default();
+        if theirs.doc_versions > ours.doc_versions && !s.identity_taken {
+            self.request(task, s.peer, request(Kind::Identity, &s.repo));
+            s.state = State::Identity { theirs };
+            return Ok(None);
+        }
+        Ok(self.compare(task, s, &theirs, &ours))
+    }
+
+    fn on_identity(
+        &mut self,
+        task: TaskId,
+        s: &mut Session<R::Checked>,
+        items: Items,
+        theirs: LogSummary,
+    ) -> Result<Option<Vec<Key>>, Failure> {
+        s.identity_taken = true;
+        self.adopt(&s.repo, &items)?;
+        let ours = self.replica.log_summary(&s.repo).unwrap_or_default();
+        Ok(self.compare(task, s, &theirs, &ours))
+    }
+
+    /// Take identity document versions from a peer's answer.
+    pub(super) fn adopt(&mut self, repo: &RepoName, items: &Items) -> Result<(), Failure> {
+        match self.replica.adopt(repo, &items.items) {
+            Ok(_) => Ok(()),
+            Err(Fault::Peer(e)) => Err(Failure::Peer(e)),
+            Err(Fault::Interrupted(e)) => Err(Failure::Interrupted(e)),
+            Err(Fault::Local(e)) => Err(Failure::Local(e)),
+        }
+    }
+
+    fn compare(
+        &mut self,
+        task: TaskId,
+        s: &mut Session<R::Checked>,
+        theirs: &LogSummary,
+        ours: &LogSummary,
+    ) -> Option<Vec<Key>> {
+        if theirs.updates == 0 || theirs.same_updates(ours) {
+            return Some(Vec::new());
+        }
+        tracing::debug!(peer = %s.peer, repo = %s.repo, theirs = theirs.updates, ours = ours.updates, "logs differ; comparing buckets");
+        self.request(task, s.peer, request(Kind::Buckets, &s.repo));
+        s.state = State::Buckets;
+        None
+    }
+
+    fn on_buckets(
+        &mut self,
+        task: TaskId,
+        s: &mut Session<R::Checked>,
+        items: Items,
+    ) -> Result<Option<Vec<Key>>, Failure> {
+        let theirs = items
+            .items
+            .first()
+            .and_then(|b| Buckets::decode(b))
+            .ok_or_else(|| Failure::Peer("undecodable log buckets".into()))?;
+        let ours = self.replica.log_buckets(&s.repo).unwrap_or_default();
+        let wanted = ours.wanted_from(&theirs);
+        if wanted.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut req = request(Kind::Keys, &s.repo);
+        req.buckets = wanted;
+        self.request(task, s.peer, req);
+        s.state = State::Keys;
+        Ok(None)
+    }
+
+    /// Ask for the next page of entries, or end.
+    fn next_entries(&mut self, task: TaskId, mut s: Session<R::Checked>, mut rest: Vec<Key>) {
+        if rest.is_empty() {
+            return self.end(task, s, Ok(()));
+        }
+        let later = rest.split_off(rest.len().min(MAX_LOG_ENTRIES));
+        let mut req = request(Kind::Entries, &s.repo);
+        req.keys = rest.iter().map(|k| k.to_vec()).collect();
+        self.request(task, s.peer, req);
+        s.state = State::Entries {
+            asked: rest,
+            rest: later,
+        };
+        self.tasks.insert(task, Task::Session(s));
+    }
+
+    fn on_entries(
+        &mut self,
+        task: TaskId,
+        mut s: Session<R::Checked>,
+        items: Items,
+        mut asked: Vec<Key>,
+        mut rest: Vec<Key>,
+    ) {
+        let answered = match usize::try_from(items.next) {
+            Ok(0) => asked.len(),
+            Ok(n) => n.min(asked.len()),
+            Err(_) => asked.len(),
+        };
+        if answered == 0 || items.items.len() > asked.len() {
+            self.strike(s.peer, "a log page out of bounds");
+            return self.end(
+                task,
+                s,
+                Err(Failure::Peer("a log page out of bounds".into())),
+            );
+        }
+        let mut unanswered = asked.split_off(answered);
+        unanswered.append(&mut rest);
+        s.state = State::Waiting {
+            entries: items.items,
+            rest: unanswered,
+        };
+        if self.acquire(&s.repo.clone(), task) {
+            self.session_resume(task, s);
+        } else {
+            self.tasks.insert(task, Task::Session(s));
+        }
+    }
+
+    /// Continue with the repository held: plan the entries received, fetch
+    /// their objects, apply them.
+    pub(super) fn session_resume(&mut self, task: TaskId, mut s: Session<R::Checked>) {
+        let State::Waiting { entries, rest } = std::mem::replace(&mut s.state, State::Summary)
+        else {
+            self.release(&s.repo, task);
+            return self.end(task, s, Err(Failure::Local("nothing to apply".into())));
+        };
+        let (ready, wants, needs_identity) = self.plan_entries(&s, &entries);
+        if needs_identity && !s.identity_taken {
+            self.request(task, s.peer, request(Kind::Identity, &s.repo));
+            s.state = State::EntryIdentity { entries, rest };
+            self.tasks.insert(task, Task::Session(s));
+            return;
+        }
+        if wants.is_empty() {
+            s.applied += self.apply_all(&s.repo, ready);
+            self.release(&s.repo, task);
+            return self.next_entries(task, s, rest);
+        }
+        let kind = OpKind::Fetch {
+            repo: s.repo.clone(),
+            tips: wants,
+        };
+        self.new_op(task, s.peer, kind);
+        s.state = State::Fetching { ready, rest };
+        self.tasks.insert(task, Task::Session(s));
+    }
+
+    /// Decode and check entries: the new ones in order, the tips (each
+    /// once) whose objects they need, and whether one needs identity
+    /// document versions not held. Invalid entries count against the peer.
+    fn plan_entries(
+        &mut self,
+        s: &Session<R::Checked>,
+        entries: &[Vec<u8>],
+    ) -> (Vec<R::Checked>, Vec<ObjectId>, bool) {
+        let (mut ready, mut wants, mut wanted) = (Vec::new(), Vec::new(), HashSet::new());
+        let mut needs_identity = false;
+        for bytes in entries {
+            let planned = match SignedRefUpdate::decode(&bytes[..]) {
+                Ok(update) => self.replica.plan(&s.repo, update),
+                Err(e) => Err(Fault::Peer(format!("undecodable update: {e}"))),
+            };
+            match planned {
+                Ok(Plan::Known) => {}
+                Ok(Plan::Apply { missing, checked }) => {
+                    wants.extend(missing.into_iter().filter(|t| wanted.insert(*t)));
+                    ready.push(checked);
+                }
+                Ok(Plan::NeedIdentity) => needs_identity = true,
+                Err(Fault::Peer(e)) => {
+                    tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log entry refused");
+                    self.strike(s.peer, &e);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log entry not applied")
+                }
+            }
+        }
+        (ready, wants, needs_identity)
+    }
+
+    /// The comparison ended: report a seeding, and compare with the other
+    /// peers once a new repository is seeded.
+    fn end(&mut self, task: TaskId, s: Session<R::Checked>, result: Result<(), Failure>) {
+        self.sessions.remove(&(s.peer, s.repo.clone()));
+        self.release(&s.repo, task);
+        match &result {
+            Ok(()) if s.applied > 0 => {
+                tracing::info!(peer = %s.peer, repo = %s.repo, applied = s.applied, "caught up")
+            }
+            Ok(()) => {}
+            Err(Failure::Refused(e)) => {
+                tracing::debug!(peer = %s.peer, repo = %s.repo, error = %e, "peer has no log for this repository")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log comparison failed")
+            }
+        }
+        let Some(id) = s.seed else { return };
+        let result = match result {
+            Ok(()) => self
+                .seeded(&s.repo)
+                .map(|x| x.id)
+                .ok_or_else(|| format!("{} is no longer seeded", s.repo)),
+            Err(e) => Err(format!(
+                "{} gave the identity of {} but not its log: {e}",
+                s.peer, s.repo
+            )),
+        };
+        if result.is_ok() {
+            tracing::info!(repo = %s.repo, peer = %s.peer, "seeding");
+            let others: Vec<PeerId> = self
+                .connected
+                .iter()
+                .filter(|p| **p != s.peer)
+                .copied()
+                .collect();
+            for p in others {
+                self.start_session(p, s.repo.clone(), None);
+            }
+        }
+        self.push(super::Io::SeedDone { id, result });
+    }
+}
