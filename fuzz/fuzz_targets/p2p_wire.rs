@@ -13,6 +13,7 @@ use guts_git::names::RepoName;
 use guts_identity::{Doc, SignedRefUpdate};
 use guts_p2p::conflict;
 use guts_p2p::limits::MAX_FRAME_BYTES;
+use guts_p2p::logset::{Buckets, LogSet};
 use guts_p2p::wire::{read_frame, Announce, Items, Kind, LogSummary, Request};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -51,6 +52,11 @@ fn items(m: &Items) {
             round_trips(&s);
             let _ = s.same_updates(&s);
         }
+        if let Some(b) = Buckets::decode(item) {
+            assert_eq!(Buckets::from_wire(&b.to_wire()), Some(b.clone()));
+            let _ = b.wanted_from(&Buckets::default());
+            let _ = b.summary(0);
+        }
     }
     let keys: Vec<[u8; 32]> = m
         .items
@@ -58,8 +64,14 @@ fn items(m: &Items) {
         .filter_map(|i| SignedRefUpdate::decode(&i[..]).ok())
         .map(|u| u.key())
         .collect();
-    let summary = LogSummary::new(keys.clone(), m.items.len() as u64);
+    let mut set = LogSet::default();
+    for (k, i) in keys.iter().zip(&m.items) {
+        set.insert(*k, i.clone());
+    }
+    let summary = set.buckets().summary(m.items.len() as u64);
     assert!(summary.updates as usize <= keys.len());
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(set.keys_in(&all).len(), set.len(), "every key is in a bucket");
     // The conflict rule over these updates as transitions of one ref: the
     // result depends on the set only, and accounts for each update once.
     let updates: Vec<conflict::RefUpdate> = keys

@@ -10,13 +10,16 @@
 //! signed-update-lines   OWNER/NAME \0 REF \0 seq(u64 BE)        -> old(20) new(20) key(32)
 //! signed-update-heads   OWNER/NAME                              -> next seq (u64 BE)
 //! signed-update-buckets OWNER/NAME \0 bucket(1)                 -> count(u64 BE) xor(32)
+//! signed-update-olds    OWNER/NAME \0 REF \0 old(20) seq(u64 BE) -> ()
 //! ```
 //!
 //! The key index answers "is this update logged?" and the log summary
 //! without decoding entries; the line index gives the conflict rule the
 //! updates of one ref without parsing certificates. Applying an update
 //! costs the same whether the log holds 10 or 100,000 entries, apart from
-//! the lines of the refs it touches. The buckets (`guts_p2p::logset`) are
+//! the lines of the refs it touches (and not even those for a fast-forward
+//! that nothing contests, which the index of old values settles: see
+//! [`SignedLog::extends`]). The buckets (`guts_p2p::logset`) are
 //! what peers compare: kept in the same transaction, they make a log
 //! comparison cost what differs, not the log's length.
 
@@ -45,6 +48,7 @@ pub struct SignedLog {
     lines: sled::Tree,
     heads: sled::Tree,
     buckets: sled::Tree,
+    olds: sled::Tree,
 }
 
 /// One effective line of an update: the ref, its old and new value.
@@ -137,12 +141,16 @@ impl SignedLog {
             lines: t("signed-update-lines")?,
             heads: t("signed-update-heads")?,
             buckets: t("signed-update-buckets")?,
+            olds: t("signed-update-olds")?,
         };
         if log.heads.is_empty() && !log.entries.is_empty() {
             log.rebuild_indexes()?;
         }
         if log.buckets.is_empty() && !log.keys.is_empty() {
             log.rebuild_buckets()?;
+        }
+        if log.olds.is_empty() && !log.lines.is_empty() {
+            log.rebuild_olds()?;
         }
         Ok(log)
     }
@@ -171,6 +179,59 @@ impl SignedLog {
         }
         self.buckets.flush().map_err(internal)?;
         Ok(())
+    }
+
+    /// Index every logged line by its old value (a log written before that
+    /// index existed).
+    fn rebuild_olds(&self) -> Result<(), NodeError> {
+        for item in self.lines.iter() {
+            let (k, v) = item.map_err(internal)?;
+            let (Some(split), Some(old)) = (k.len().checked_sub(8), v.get(..20)) else {
+                continue;
+            };
+            let mut ok = k[..split].to_vec();
+            ok.extend_from_slice(old);
+            ok.extend_from_slice(&k[split..]);
+            self.olds.insert(ok, &[][..]).map_err(internal)?;
+        }
+        self.olds.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Whether some logged update of ref `name` starts from `old`.
+    pub fn has_line_from(&self, repo: &RepoName, name: &str, old: &Oid) -> Result<bool, NodeError> {
+        let mut k = line_prefix(repo, name);
+        k.extend_from_slice(old);
+        Ok(self
+            .olds
+            .scan_prefix(k)
+            .next()
+            .transpose()
+            .map_err(internal)?
+            .is_some())
+    }
+
+    /// The value of ref `name` once `line` is logged too, if the index
+    /// settles it without the ref's whole history: the ref is at
+    /// `line.old` (`current`), and no logged update of the ref starts from
+    /// `line.old` (so the conflict rule's walk reaches it once, last) or
+    /// from `line.new` (so nothing continues after it). Then `line` is the
+    /// only candidate at the end of the walk and wins: the ref moves to
+    /// `line.new`, as [`conflict::resolve`] over every line would say.
+    /// `None`: resolve over every line.
+    pub fn extends(
+        &self,
+        repo: &RepoName,
+        line: &Line,
+        current: &Oid,
+    ) -> Result<Option<Oid>, NodeError> {
+        if line.old != *current
+            || self.has_line_from(repo, &line.name, &line.old)?
+            || self.has_line_from(repo, &line.name, &line.new)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(line.new))
     }
 
     /// The buckets of `repo`'s log.
@@ -308,7 +369,13 @@ impl SignedLog {
 
     /// Forget `repo`'s log.
     pub fn delete(&self, repo: &RepoName) -> Result<(), NodeError> {
-        for tree in [&self.entries, &self.keys, &self.lines, &self.buckets] {
+        for tree in [
+            &self.entries,
+            &self.keys,
+            &self.lines,
+            &self.buckets,
+            &self.olds,
+        ] {
             for k in tree.scan_prefix(prefix(repo)).keys() {
                 tree.remove(k.map_err(internal)?).map_err(internal)?;
             }
@@ -363,6 +430,7 @@ impl Journal for Append<'_> {
             l.lines.clone(),
             l.heads.clone(),
             l.buckets.clone(),
+            l.olds.clone(),
         ]
     }
 
@@ -371,7 +439,7 @@ impl Journal for Append<'_> {
         t: &[TransactionalTree],
         applied: &[bool],
     ) -> Result<(), ConflictableTransactionError<String>> {
-        let [entries, keys, lines, heads, buckets] = t else {
+        let [entries, keys, lines, heads, buckets, olds] = t else {
             return Err(ConflictableTransactionError::Abort(
                 "log trees missing from the transaction".into(),
             ));
@@ -397,6 +465,10 @@ impl Journal for Append<'_> {
             let mut lk = line_prefix(self.repo, &line.name);
             lk.extend_from_slice(&seq.to_be_bytes());
             lines.insert(lk, line_value(line, &self.entry.key))?;
+            let mut ok = line_prefix(self.repo, &line.name);
+            ok.extend_from_slice(&line.old);
+            ok.extend_from_slice(&seq.to_be_bytes());
+            olds.insert(ok, &[][..])?;
         }
         heads.insert(head.as_bytes(), &(seq + 1).to_be_bytes())?;
         let mut bk = prefix(self.repo);
@@ -518,6 +590,63 @@ mod tests {
             .expect("read")
             .expect("found");
         assert_eq!((seq, bytes), (1, first.encode_to_vec()));
+    }
+
+    /// An entry of one line `ref old -> new`.
+    fn line_entry(name: &str, old: u8, new: u8, tag: &str) -> Entry {
+        let mut e = entry(vec![1], tag.into());
+        e.lines.push(Line {
+            name: name.into(),
+            old: [old; 20],
+            new: [new; 20],
+        });
+        e
+    }
+
+    #[test]
+    fn uncontested_fast_forwards_are_settled_by_the_index() {
+        let (_dir, log, name, repo) = setup();
+        let m = "refs/heads/main";
+        let append = |e: &Entry| {
+            repo.commit_refs(&[], true, &log.append(&name, e))
+                .expect("append")
+        };
+        // ZERO -> 1 -> 2: each an uncontested extension of the value before.
+        let create = line_entry(m, 0, 1, "a");
+        assert_eq!(
+            log.extends(&name, &create.lines[0], &[0; 20])
+                .expect("index"),
+            Some([1; 20])
+        );
+        append(&create);
+        let next = line_entry(m, 1, 2, "b");
+        assert_eq!(
+            log.extends(&name, &next.lines[0], &[1; 20]).expect("index"),
+            Some([2; 20])
+        );
+        append(&next);
+        // Contested: another update from 1 exists; a cycle back to 1; an
+        // update from a value the ref is not at; a second creation.
+        for (old, new, at) in [(1, 3, 2), (2, 1, 2), (5, 6, 2), (0, 7, 2)] {
+            let l = &line_entry(m, old, new, "c").lines[0];
+            assert_eq!(
+                log.extends(&name, l, &[at; 20]).expect("index"),
+                None,
+                "{old}->{new}"
+            );
+        }
+        // Where the index settles it, it agrees with the rule over every line.
+        let l = &line_entry(m, 2, 9, "d").lines[0];
+        let mut all = log.lines(&name, m).expect("lines");
+        all.push(conflict::RefUpdate {
+            old: l.old,
+            new: l.new,
+            key: [9; 32],
+        });
+        assert_eq!(
+            log.extends(&name, l, &[2; 20]).expect("index"),
+            conflict::resolve(&all).value
+        );
     }
 
     #[test]

@@ -443,6 +443,38 @@ impl Repos {
     /// touches to the value the conflict rule gives over the logged lines
     /// plus the entry's, in one transaction. The caller holds the
     /// repository's lock. Fails with `Rejected` if the entry is logged.
+    /// The value of `line`'s ref once `entry` is logged: from the index of
+    /// old values when it settles it (an uncontested fast-forward, at a cost
+    /// independent of the ref's history), else the conflict rule over every
+    /// logged line of the ref.
+    fn settle(
+        &self,
+        name: &RepoName,
+        entry: &Entry,
+        line: &crate::log::Line,
+        current: Option<ObjectId>,
+    ) -> Result<Option<ObjectId>, NodeError> {
+        let of_ref = entry.lines.iter().filter(|l| l.name == line.name).count();
+        let cur: Option<conflict::Oid> = match current {
+            Some(c) => c.as_bytes().try_into().ok(),
+            None => Some(conflict::ZERO),
+        };
+        if let (1, Some(cur)) = (of_ref, cur) {
+            if let Some(v) = self.log.extends(name, line, &cur)? {
+                return Ok((v != conflict::ZERO).then_some(ObjectId::Sha1(v)));
+            }
+        }
+        let mut set = self.log.lines(name, &line.name)?;
+        set.extend(entry.lines.iter().filter(|l| l.name == line.name).map(|l| {
+            conflict::RefUpdate {
+                old: l.old,
+                new: l.new,
+                key: entry.key,
+            }
+        }));
+        Ok(conflict::resolve(&set).value.map(ObjectId::Sha1))
+    }
+
     fn commit_entry(&self, repo: &Repo, entry: &Entry) -> Result<(u64, Vec<RefUpdate>), NodeError> {
         let odb = repo.objects()?;
         let mut buf = Vec::new();
@@ -452,16 +484,8 @@ impl Repos {
             if !seen.insert(line.name.as_str()) {
                 continue;
             }
-            let mut set = self.log.lines(repo.name(), &line.name)?;
-            set.extend(entry.lines.iter().filter(|l| l.name == line.name).map(|l| {
-                conflict::RefUpdate {
-                    old: l.old,
-                    new: l.new,
-                    key: entry.key,
-                }
-            }));
-            let target = conflict::resolve(&set).value.map(ObjectId::Sha1);
             let current = repo.find_ref(&line.name)?;
+            let target = self.settle(repo.name(), entry, line, current)?;
             if current == target {
                 continue;
             }

@@ -164,13 +164,18 @@ impl Rogue {
     /// Start a libp2p peer in `rt` that dials `bootstrap` and answers
     /// replication streams with `answers`.
     fn start(rt: &Runtime, bootstrap: &[&str], answers: Answers) -> Rogue {
+        Rogue::start_as(rt, NodeKeypair::generate_ed25519(), bootstrap, answers)
+    }
+
+    /// Like [`Rogue::start`], with the peer id of `keypair`.
+    fn start_as(rt: &Runtime, keypair: NodeKeypair, bootstrap: &[&str], answers: Answers) -> Rogue {
         let bootstrap: Vec<Multiaddr> = bootstrap
             .iter()
             .map(|a| a.parse().expect("bootstrap address"))
             .collect();
         rt.block_on(async move {
             let (net, mut events) = network::start(NetworkConfig {
-                keypair: NodeKeypair::generate_ed25519(),
+                keypair,
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("listen address")],
                 bootstrap,
                 mdns: false,
@@ -1140,5 +1145,71 @@ fn a_missed_update_arrives_by_periodic_log_comparison() {
     let clone = clone_refs(a, owner, "demo", &d.tmp.path().join("clone.git"));
     assert_eq!(clone.get("refs/heads/main"), Some(&d.c2));
     drop(rogue);
+    rt.shutdown_background();
+}
+
+/// A peer that keeps sending undecodable announcements is blocked after
+/// three, and stays blocked when the node restarts: the block is kept in
+/// the node's database, not only in memory.
+#[test]
+fn a_blocked_peer_stays_blocked_after_a_restart() {
+    let tmp = TempDir::new().expect("tmp");
+    let a_dir = tmp.path().join("a");
+    let mut a = peer_node(&a_dir, None, false);
+    let a_addr = p2p_addr(&a);
+    let a_peer = peer_id_of(&a);
+    let owner = test_identity().owner_id();
+    a.create_repo("alice", "demo");
+    let (_, id_text) = repo_id(&a, &owner, "demo");
+    let topic = wire::topic(&id_text);
+
+    let rt = runtime();
+    let key = NodeKeypair::generate_ed25519();
+    let empty = Answers {
+        log: Vec::new(),
+        fetch: Vec::new(),
+        resumable: None,
+    };
+    let rogue = Rogue::start_as(&rt, key.clone(), &[&a_addr], empty.clone());
+    let rogue_id = rogue.peer_id().to_string();
+    rogue.wait_connected_to(&rt, a_peer);
+    rogue.subscribe(&rt, &topic);
+    let mut n = 0u8;
+    eventually(20, "A blocks the rogue", || {
+        n = n.wrapping_add(1);
+        rogue.publish(&rt, &topic, &[0xff, n, 0xff, 0xff]);
+        std::thread::sleep(Duration::from_millis(200));
+        !log_lines(&a, &["blocking a misbehaving peer", &rogue_id]).is_empty()
+    });
+    assert!(log_lines(&a, &["strike against a peer", &rogue_id]).len() >= 3);
+    eventually(10, "the rogue is disconnected", || {
+        !rogue.connected(&rt).contains(&a_peer)
+    });
+    drop(rogue);
+
+    a.stop();
+    let a = peer_node(&a_dir, None, false);
+    assert!(
+        !log_lines(&a, &["peer still blocked", &rogue_id]).is_empty(),
+        "A remembers the block"
+    );
+    let a_addr = p2p_addr(&a);
+    let again = Rogue::start_as(&rt, key, &[&a_addr], empty);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !again.connected(&rt).contains(&a_peer),
+        "the blocked peer got a connection after the restart"
+    );
+    // An honest peer still connects.
+    let honest = Rogue::start(
+        &rt,
+        &[&a_addr],
+        Answers {
+            log: Vec::new(),
+            fetch: Vec::new(),
+            resumable: None,
+        },
+    );
+    honest.wait_connected_to(&rt, a_peer);
     rt.shutdown_background();
 }

@@ -160,21 +160,24 @@ fn main() {
                 body: fetch,
                 resume_offset: 1234,
                 resume_sha1: vec![0xab; 20],
-                start: 0,
-            };
-            let log_req = Request {
-                kind: Kind::Log as i32,
-                repo: "fuzz/seeded".into(),
-                start: 2,
                 ..Request::default()
             };
-            let summary = LogSummary::new(
-                vec![
-                    SignedRefUpdate::decode(&up[..]).expect("decodes").key(),
-                    SignedRefUpdate::decode(&ours[..]).expect("decodes").key(),
-                ],
-                3,
-            );
+            let mut set = guts_p2p::logset::LogSet::default();
+            for u in [&up, &ours] {
+                let key = SignedRefUpdate::decode(&u[..]).expect("decodes").key();
+                set.insert(key, u.clone());
+            }
+            let log_req = Request {
+                kind: Kind::Entries as i32,
+                repo: "fuzz/seeded".into(),
+                keys: set.keys_in(&(0..=255).collect::<Vec<u8>>()).iter().map(|k| k.to_vec()).collect(),
+                ..Request::default()
+            };
+            let summary = set.buckets().summary(3);
+            let buckets_items = Items {
+                items: vec![set.buckets().to_wire().encode_to_vec()],
+                ..Items::default()
+            };
             let identity = Items {
                 items: docs(),
                 error: String::new(),
@@ -199,6 +202,7 @@ fn main() {
             write(dir, "items-identity", &identity.encode_to_vec());
             write(dir, "items-log", &log.encode_to_vec());
             write(dir, "log-summary", &summary.encode_to_vec());
+            write(dir, "items-buckets", &buckets_items.encode_to_vec());
             // Streams in the order the target reads frames: Request, Items, Announce, ...
             let mut s = frame(&fetch_req);
             s.extend(frame(&refused));

@@ -167,6 +167,10 @@ impl<R: Replica> Driver<R> {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_seed: OpId = 1;
+        // What the service decided at start (follow, blocks kept from before).
+        for io in self.service.drain() {
+            self.execute(io).await;
+        }
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.step(|s| match event {

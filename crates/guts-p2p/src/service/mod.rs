@@ -231,6 +231,12 @@ pub struct Service<R: Replica> {
     waiting: BTreeMap<RepoName, VecDeque<TaskId>>,
     /// Ops to start later (retries), by time.
     delayed: BTreeMap<(Time, OpId), Op>,
+    /// Peers with a stream op (request or transfer) under way, and the ops
+    /// waiting for it to end: one stream at a time per peer, as
+    /// libp2p-stream drops an inbound stream that arrives while the peer is
+    /// still taking the previous one.
+    streaming: BTreeSet<PeerId>,
+    queued: BTreeMap<PeerId, VecDeque<(OpId, Op)>>,
     scores: BTreeMap<PeerId, Score>,
     next_sync: Time,
     outbox: VecDeque<Io>,
@@ -254,6 +260,8 @@ impl<R: Replica> Service<R> {
             busy: BTreeMap::new(),
             waiting: BTreeMap::new(),
             delayed: BTreeMap::new(),
+            streaming: BTreeSet::new(),
+            queued: BTreeMap::new(),
             scores: BTreeMap::new(),
             outbox: VecDeque::new(),
         };
@@ -286,7 +294,10 @@ impl<R: Replica> Service<R> {
 
     /// Whether nothing is under way (no request, transfer or retry).
     pub fn is_idle(&self) -> bool {
-        self.ops.is_empty() && self.delayed.is_empty() && self.tasks.is_empty()
+        self.ops.is_empty()
+            && self.delayed.is_empty()
+            && self.tasks.is_empty()
+            && self.queued.is_empty()
     }
 
     fn id(&mut self) -> u64 {
@@ -423,6 +434,10 @@ impl<R: Replica> Service<R> {
     }
 
     fn start_op(&mut self, id: OpId, mut op: Op) {
+        if !matches!(op.kind, OpKind::Providers(_)) && !self.streaming.insert(op.peer) {
+            self.queued.entry(op.peer).or_default().push_back((id, op));
+            return;
+        }
         let (io, timeout) = match &op.kind {
             OpKind::Request(r) => (
                 Io::Request {
@@ -460,6 +475,16 @@ impl<R: Replica> Service<R> {
         let Some(op) = self.ops.remove(&id) else {
             return; // Late, after a timeout: already handled.
         };
+        if !matches!(op.kind, OpKind::Providers(_)) {
+            self.streaming.remove(&op.peer);
+            let next = self.queued.get_mut(&op.peer).and_then(VecDeque::pop_front);
+            if self.queued.get(&op.peer).is_some_and(VecDeque::is_empty) {
+                self.queued.remove(&op.peer);
+            }
+            if let Some((next_id, next)) = next {
+                self.start_op(next_id, next);
+            }
+        }
         if let Outcome::Failed(f) = &outcome {
             let retry = match (&op.kind, f) {
                 (OpKind::Request(_), Failure::Dropped(_) | Failure::Timeout) => {
