@@ -274,6 +274,15 @@ where
                     .iter()
                     .map(|k| k.to_vec())
                     .collect(),
+                // A range: the node's keys in those buckets are left out.
+                _ if !req.buckets.is_empty() => {
+                    let wanted: Vec<[u8; 32]> = log
+                        .keys_in(&req.buckets)
+                        .into_iter()
+                        .filter(|k| !req.keys.iter().any(|h| h.as_slice() == k))
+                        .collect();
+                    log.entries(&wanted)
+                }
                 _ => {
                     let keys: Vec<[u8; 32]> = req
                         .keys

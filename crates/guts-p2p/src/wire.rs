@@ -47,7 +47,8 @@ pub enum Kind {
     Fetch = 2,
     /// A summary of the signed-update log (one item: an encoded
     /// [`LogSummary`]), compared periodically by peers that stay connected;
-    /// the full `Log` or the `Identity` is asked only when they differ.
+    /// the buckets, keys and entries, or the `Identity`, are asked only when
+    /// they differ.
     LogSummary = 3,
     /// The log's [`LogBuckets`] (one item): the count and digest of the
     /// update keys in each of [`crate::logset::BUCKETS`] key ranges.
@@ -58,7 +59,9 @@ pub enum Kind {
     /// The log entries (encoded `SignedRefUpdate`s) with the keys in
     /// `Request::keys`, in log order; `Items::next` says how many of the
     /// keys asked were answered (the rest did not fit in the frame), or 0
-    /// when all were.
+    /// when all were. With `Request::buckets`: the entries of those
+    /// buckets whose keys are above `Request::after` and not in
+    /// `Request::keys`, in key order; `Items::next` is 1 when more remain.
     Entries = 6,
 }
 
@@ -86,12 +89,22 @@ pub struct Request {
     /// For `Keys`: the buckets asked for, one byte each.
     #[prost(bytes = "vec", tag = "7")]
     pub buckets: Vec<u8>,
-    /// For `Entries`: the keys of the entries asked for (32 bytes each).
+    /// For `Entries`: the keys of the entries asked for (32 bytes each);
+    /// with `buckets`, the keys the requester holds in those buckets (it
+    /// asks for all the others).
     #[prost(bytes = "vec", repeated, tag = "8")]
     pub keys: Vec<Vec<u8>>,
+    /// For `Entries` with `buckets`: only keys above this one (where the
+    /// previous page ended; empty: from the start).
+    #[prost(bytes = "vec", tag = "9")]
+    pub after: Vec<u8>,
+    /// For `LogSummary`: the requester's own summary; when it differs, the
+    /// answer carries the [`LogBuckets`] too (saving a round trip).
+    #[prost(bytes = "vec", tag = "10")]
+    pub summary: Vec<u8>,
 }
 
-/// Answer to `Identity` and `Log` requests.
+/// Answer to every request but `Fetch`.
 #[derive(Clone, PartialEq, Message)]
 pub struct Items {
     /// Document versions, log entries (oldest first), keys, or one

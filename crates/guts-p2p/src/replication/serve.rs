@@ -21,7 +21,9 @@ use crate::limits::{
 };
 use crate::logset::Key;
 use crate::network::Handle;
-use crate::wire::{read_frame, write_frame, Items, Kind, Request, REPLICATION_PROTOCOL};
+use crate::wire::{
+    read_frame, write_frame, Items, Kind, LogSummary, Request, REPLICATION_PROTOCOL,
+};
 
 /// Bounds on the replication requests served at once
 /// ([`MAX_SERVED_PER_PEER`] per peer, [`MAX_SERVED_TOTAL`] in all).
@@ -96,12 +98,15 @@ pub fn answer<R: Replica>(replica: &R, req: &Request) -> Items {
     };
     let items = match kind {
         Kind::Identity => replica.identity(&repo),
-        Kind::LogSummary => replica.log_summary(&repo).map(|s| vec![s.encode_to_vec()]),
+        Kind::LogSummary => summary_answer(replica, &repo, &req.summary),
         Kind::Buckets => replica
             .log_buckets(&repo)
             .map(|b| vec![b.to_wire().encode_to_vec()]),
         Kind::Keys => keys_answer(replica, &repo, &req.buckets),
-        Kind::Entries => return entries_answer(replica, &repo, &req.keys),
+        Kind::Entries if req.buckets.is_empty() => {
+            return entries_answer(replica, &repo, &req.keys)
+        }
+        Kind::Entries => return range_answer(replica, &repo, req),
         Kind::Fetch => return refused("a fetch is answered with a pack".into()),
     };
     match items {
@@ -110,6 +115,60 @@ pub fn answer<R: Replica>(replica: &R, req: &Request) -> Items {
             ..Default::default()
         },
         None => refused(format!("this node does not have {repo}")),
+    }
+}
+
+/// The summary; with the buckets too when the requester's summary differs.
+fn summary_answer<R: Replica>(replica: &R, repo: &RepoName, theirs: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let buckets = replica.log_buckets(repo)?;
+    let ours = replica.log_summary(repo)?;
+    let differs = LogSummary::decode(theirs).is_ok_and(|t| !t.same_updates(&ours));
+    let mut items = vec![ours.encode_to_vec()];
+    if differs && ours.updates > 0 {
+        items.push(buckets.to_wire().encode_to_vec());
+    }
+    Some(items)
+}
+
+/// The entries of `req.buckets` whose keys are above `req.after` and not
+/// in `req.keys`, in key order, as many as fit in [`LOG_PAGE_BYTES`] and
+/// [`MAX_LOG_ENTRIES`]; `next` is 1 when more remain.
+fn range_answer<R: Replica>(replica: &R, repo: &RepoName, req: &Request) -> Items {
+    let refused = |error: String| Items {
+        error,
+        ..Default::default()
+    };
+    if req.keys.len() > MAX_KEYS_PER_ANSWER {
+        return refused(format!("{} keys held: over the limit", req.keys.len()));
+    }
+    let haves: std::collections::HashSet<&[u8]> = req.keys.iter().map(Vec::as_slice).collect();
+    let mut buckets = req.buckets.clone();
+    buckets.sort_unstable();
+    buckets.dedup();
+    let Some(keys) = replica.log_keys(repo, &buckets) else {
+        return refused(format!("this node does not have {repo}"));
+    };
+    let mut items = Vec::new();
+    let (mut bytes, mut more) = (0usize, false);
+    for key in keys
+        .iter()
+        .filter(|k| k.as_slice() > req.after.as_slice() && !haves.contains(k.as_slice()))
+    {
+        let Some((_, entry)) = replica.log_entry(repo, key) else {
+            continue;
+        };
+        let cost = entry.len() + 8;
+        if items.len() == MAX_LOG_ENTRIES || (!items.is_empty() && bytes + cost > LOG_PAGE_BYTES) {
+            more = true;
+            break;
+        }
+        bytes += cost;
+        items.push(entry);
+    }
+    Items {
+        items,
+        error: String::new(),
+        next: u64::from(more),
     }
 }
 

@@ -38,6 +38,7 @@ use crate::limits::{FETCH_ATTEMPTS, FETCH_RETRY_DELAY, REQUEST_ATTEMPTS, REQUEST
 use crate::replication::{Replica, Seeded};
 use crate::wire::{Items, Request};
 
+pub use libp2p::gossipsub::MessageId as GossipId;
 pub use scores::Score;
 
 /// Milliseconds since the Unix epoch (virtual in the simulator).

@@ -1,6 +1,8 @@
-//! Log comparison with one peer for one repository (ADR 0016): summary,
-//! then the buckets that differ, then their keys, then the entries this
-//! node lacks, whose objects come in one fetch per page of entries.
+//! Log comparison with one peer for one repository (ADR 0016): the
+//! summary (with the peer's buckets when they differ from ours), then the
+//! entries of the buckets that differ whose keys this node lacks (or, when
+//! it holds too many keys in them to list, their keys first), whose objects
+//! come in one fetch per page of entries.
 
 use std::collections::HashSet;
 
@@ -34,30 +36,56 @@ enum State<C> {
     /// The peer holds newer identity document versions: taking them.
     Identity {
         theirs: LogSummary,
+        buckets: Option<Buckets>,
     },
     Buckets,
     Keys,
     /// Asked for the entries of `asked`; `rest` to ask next.
     Entries {
         asked: Vec<Key>,
-        rest: Vec<Key>,
+        rest: Next,
+    },
+    /// Asked for a range of entries (`Next::Range`).
+    Range {
+        buckets: Vec<u8>,
+        haves: Vec<Key>,
     },
     /// Entries received, waiting for the repository (another task is
     /// applying to it).
     Waiting {
         entries: Vec<Vec<u8>>,
-        rest: Vec<Key>,
+        rest: Next,
     },
     /// An entry needs identity document versions the peer holds.
     EntryIdentity {
         entries: Vec<Vec<u8>>,
-        rest: Vec<Key>,
+        rest: Next,
     },
     Fetching {
         ready: Vec<C>,
-        rest: Vec<Key>,
+        rest: Next,
     },
 }
+
+/// What to ask for once the entries at hand are applied.
+pub(super) enum Next {
+    /// The entries of these keys.
+    Keys(Vec<Key>),
+    /// Every entry of `buckets` whose key is above `after` and not in
+    /// `haves` (this node's keys in those buckets).
+    Range {
+        buckets: Vec<u8>,
+        haves: Vec<Key>,
+        after: Option<Key>,
+    },
+    /// Nothing: the comparison is over.
+    Done,
+}
+
+/// Most keys of its own in the buckets that differ for which this node asks
+/// for the peer's other entries of those buckets at once (sending its keys
+/// along); beyond, it asks for the peer's keys first.
+const MAX_HAVES: usize = 20_000;
 
 fn request(kind: Kind, repo: &RepoName) -> Request {
     Request {
@@ -95,7 +123,12 @@ impl<R: Replica> Service<R> {
         }
         let task = self.id();
         self.sessions.insert((peer, repo.clone()), task);
-        self.request(task, peer, request(Kind::LogSummary, &repo));
+        let mut req = request(Kind::LogSummary, &repo);
+        // Ours, so that the peer sends its buckets along when they differ.
+        if let Some(ours) = self.replica.log_summary(&repo) {
+            req.summary = ours.encode_to_vec();
+        }
+        self.request(task, peer, req);
         let session = Session {
             peer,
             repo,
@@ -141,16 +174,23 @@ impl<R: Replica> Service<R> {
         };
         let step = match std::mem::replace(&mut s.state, State::Summary) {
             State::Summary => self.on_summary(task, &mut s, items),
-            State::Identity { theirs } => self.on_identity(task, &mut s, items, theirs),
-            State::Buckets => self.on_buckets(task, &mut s, items),
+            State::Identity { theirs, buckets } => {
+                self.on_identity(task, &mut s, items, theirs, buckets)
+            }
+            State::Buckets => Buckets::decode(items.items.first().map_or(&[][..], |b| &b[..]))
+                .ok_or_else(|| Failure::Peer("undecodable log buckets".into()))
+                .map(|theirs| self.after_buckets(task, &mut s, &theirs)),
             State::Keys => keys_of(items).map(|keys| {
                 let missing: Vec<Key> = keys
                     .into_iter()
                     .filter(|k| !self.replica.is_logged(&s.repo, k))
                     .collect();
-                Some(missing)
+                Some(Next::Keys(missing))
             }),
             State::Entries { asked, rest } => return self.on_entries(task, s, items, asked, rest),
+            State::Range { buckets, haves } => {
+                return self.on_range(task, s, items, buckets, haves)
+            }
             State::EntryIdentity { entries, rest } => {
                 s.identity_taken = true;
                 match self.adopt(&s.repo, &items) {
@@ -170,7 +210,7 @@ impl<R: Replica> Service<R> {
             Ok(None) => {
                 self.tasks.insert(task, Task::Session(s));
             }
-            Ok(Some(keys)) => self.next_entries(task, s, keys),
+            Ok(Some(next)) => self.next_entries(task, s, next),
             Err(f) => {
                 if let Failure::Peer(why) = &f {
                     self.strike(s.peer, why);
@@ -180,27 +220,34 @@ impl<R: Replica> Service<R> {
         }
     }
 
-    /// The peer's summary: take its newer identity versions, and go on if
-    /// the updates differ. `Ok(None)`: waiting; `Ok(Some(keys))`: entries
-    /// to ask.
+    /// The peer's summary (and its buckets if they differ from ours):
+    /// take its newer identity versions, and go on if the updates differ.
+    /// `Ok(None)`: waiting; `Ok(Some(next))`: entries to ask.
     fn on_summary(
         &mut self,
         task: TaskId,
         s: &mut Session<R::Checked>,
         items: Items,
-    ) -> Result<Option<Vec<Key>>, Failure> {
+    ) -> Result<Option<Next>, Failure> {
         let theirs = items
             .items
             .first()
             .and_then(|b| LogSummary::decode(&b[..]).ok())
             .ok_or_else(|| Failure::Peer("no log summary".into()))?;
+        let buckets = match items.items.get(1) {
+            Some(b) => Some(
+                Buckets::decode(b)
+                    .ok_or_else(|| Failure::Peer("undecodable log buckets".into()))?,
+            ),
+            None => None,
+        };
         let ours = self.replica.log_summary(&s.repo).unwrap_or_default();
         if theirs.doc_versions > ours.doc_versions && !s.identity_taken {
             self.request(task, s.peer, request(Kind::Identity, &s.repo));
-            s.state = State::Identity { theirs };
+            s.state = State::Identity { theirs, buckets };
             return Ok(None);
         }
-        Ok(self.compare(task, s, &theirs, &ours))
+        Ok(self.compare(task, s, &theirs, &ours, buckets))
     }
 
     fn on_identity(
@@ -209,11 +256,12 @@ impl<R: Replica> Service<R> {
         s: &mut Session<R::Checked>,
         items: Items,
         theirs: LogSummary,
-    ) -> Result<Option<Vec<Key>>, Failure> {
+        buckets: Option<Buckets>,
+    ) -> Result<Option<Next>, Failure> {
         s.identity_taken = true;
         self.adopt(&s.repo, &items)?;
         let ours = self.replica.log_summary(&s.repo).unwrap_or_default();
-        Ok(self.compare(task, s, &theirs, &ours))
+        Ok(self.compare(task, s, &theirs, &ours, buckets))
     }
 
     /// Take identity document versions from a peer's answer.
@@ -232,53 +280,127 @@ impl<R: Replica> Service<R> {
         s: &mut Session<R::Checked>,
         theirs: &LogSummary,
         ours: &LogSummary,
-    ) -> Option<Vec<Key>> {
+        buckets: Option<Buckets>,
+    ) -> Option<Next> {
         if theirs.updates == 0 || theirs.same_updates(ours) {
-            return Some(Vec::new());
+            return Some(Next::Done);
         }
         tracing::debug!(peer = %s.peer, repo = %s.repo, theirs = theirs.updates, ours = ours.updates, "logs differ; comparing buckets");
+        if let Some(theirs) = buckets {
+            return self.after_buckets(task, s, &theirs);
+        }
         self.request(task, s.peer, request(Kind::Buckets, &s.repo));
         s.state = State::Buckets;
         None
     }
 
-    fn on_buckets(
+    /// The peer's buckets: ask for the entries of those that differ,
+    /// sending this node's keys in them, or for their keys first when this
+    /// node holds too many.
+    fn after_buckets(
         &mut self,
         task: TaskId,
         s: &mut Session<R::Checked>,
-        items: Items,
-    ) -> Result<Option<Vec<Key>>, Failure> {
-        let theirs = items
-            .items
-            .first()
-            .and_then(|b| Buckets::decode(b))
-            .ok_or_else(|| Failure::Peer("undecodable log buckets".into()))?;
+        theirs: &Buckets,
+    ) -> Option<Next> {
         let ours = self.replica.log_buckets(&s.repo).unwrap_or_default();
-        let wanted = ours.wanted_from(&theirs);
+        let wanted = ours.wanted_from(theirs);
         if wanted.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Some(Next::Done);
+        }
+        let held: u64 = wanted
+            .iter()
+            .filter_map(|&b| ours.0.get(usize::from(b)))
+            .map(|b| b.count)
+            .sum();
+        if held <= MAX_HAVES as u64 {
+            let haves = self.replica.log_keys(&s.repo, &wanted).unwrap_or_default();
+            return Some(Next::Range {
+                buckets: wanted,
+                haves,
+                after: None,
+            });
         }
         let mut req = request(Kind::Keys, &s.repo);
         req.buckets = wanted;
         self.request(task, s.peer, req);
         s.state = State::Keys;
-        Ok(None)
+        None
     }
 
     /// Ask for the next page of entries, or end.
-    fn next_entries(&mut self, task: TaskId, mut s: Session<R::Checked>, mut rest: Vec<Key>) {
-        if rest.is_empty() {
-            return self.end(task, s, Ok(()));
+    fn next_entries(&mut self, task: TaskId, mut s: Session<R::Checked>, next: Next) {
+        match next {
+            Next::Done => self.end(task, s, Ok(())),
+            Next::Keys(keys) if keys.is_empty() => self.end(task, s, Ok(())),
+            Next::Keys(mut asked) => {
+                let later = asked.split_off(asked.len().min(MAX_LOG_ENTRIES));
+                let mut req = request(Kind::Entries, &s.repo);
+                req.keys = asked.iter().map(|k| k.to_vec()).collect();
+                self.request(task, s.peer, req);
+                s.state = State::Entries {
+                    asked,
+                    rest: Next::Keys(later),
+                };
+                self.tasks.insert(task, Task::Session(s));
+            }
+            Next::Range {
+                buckets,
+                haves,
+                after,
+            } => {
+                let mut req = request(Kind::Entries, &s.repo);
+                req.buckets = buckets.clone();
+                req.keys = haves.iter().map(|k| k.to_vec()).collect();
+                req.after = after.map(|k| k.to_vec()).unwrap_or_default();
+                self.request(task, s.peer, req);
+                s.state = State::Range { buckets, haves };
+                self.tasks.insert(task, Task::Session(s));
+            }
         }
-        let later = rest.split_off(rest.len().min(MAX_LOG_ENTRIES));
-        let mut req = request(Kind::Entries, &s.repo);
-        req.keys = rest.iter().map(|k| k.to_vec()).collect();
-        self.request(task, s.peer, req);
-        s.state = State::Entries {
-            asked: rest,
-            rest: later,
+    }
+
+    /// A page of a range: the entries, and the range after the last one
+    /// if the page was cut.
+    fn on_range(
+        &mut self,
+        task: TaskId,
+        mut s: Session<R::Checked>,
+        items: Items,
+        buckets: Vec<u8>,
+        haves: Vec<Key>,
+    ) {
+        let last = items
+            .items
+            .iter()
+            .filter_map(|e| SignedRefUpdate::decode(&e[..]).ok())
+            .map(|u| u.key())
+            .max();
+        let rest = match (items.next, last) {
+            (0, _) => Next::Done,
+            (_, Some(after)) => Next::Range {
+                buckets,
+                haves,
+                after: Some(after),
+            },
+            (_, None) => {
+                self.strike(s.peer, "a log page out of bounds");
+                return self.end(
+                    task,
+                    s,
+                    Err(Failure::Peer("a cut log page with no entry".into())),
+                );
+            }
         };
-        self.tasks.insert(task, Task::Session(s));
+        s.state = State::Waiting {
+            entries: items.items,
+            rest,
+        };
+        if self.acquire(&s.repo.clone(), task) {
+            self.session_resume(task, s);
+        } else {
+            self.tasks.insert(task, Task::Session(s));
+        }
     }
 
     fn on_entries(
@@ -287,7 +409,7 @@ impl<R: Replica> Service<R> {
         mut s: Session<R::Checked>,
         items: Items,
         mut asked: Vec<Key>,
-        mut rest: Vec<Key>,
+        rest: Next,
     ) {
         let answered = match usize::try_from(items.next) {
             Ok(0) => asked.len(),
@@ -303,10 +425,16 @@ impl<R: Replica> Service<R> {
             );
         }
         let mut unanswered = asked.split_off(answered);
-        unanswered.append(&mut rest);
+        let rest = match rest {
+            Next::Keys(mut later) => {
+                unanswered.append(&mut later);
+                Next::Keys(unanswered)
+            }
+            other => other,
+        };
         s.state = State::Waiting {
             entries: items.items,
-            rest: unanswered,
+            rest,
         };
         if self.acquire(&s.repo.clone(), task) {
             self.session_resume(task, s);
@@ -354,6 +482,8 @@ impl<R: Replica> Service<R> {
     ) -> (Vec<R::Checked>, Vec<ObjectId>, bool) {
         let (mut ready, mut wants, mut wanted) = (Vec::new(), Vec::new(), HashSet::new());
         let mut needs_identity = false;
+        // A page with invalid entries counts once against the peer.
+        let mut invalid = None;
         for bytes in entries {
             let planned = match SignedRefUpdate::decode(&bytes[..]) {
                 Ok(update) => self.replica.plan(&s.repo, update),
@@ -368,12 +498,15 @@ impl<R: Replica> Service<R> {
                 Ok(Plan::NeedIdentity) => needs_identity = true,
                 Err(Fault::Peer(e)) => {
                     tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log entry refused");
-                    self.strike(s.peer, &e);
+                    invalid.get_or_insert(e);
                 }
                 Err(e) => {
                     tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log entry not applied")
                 }
             }
+        }
+        if let Some(why) = invalid {
+            self.strike(s.peer, &why);
         }
         (ready, wants, needs_identity)
     }
