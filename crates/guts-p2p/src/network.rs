@@ -272,7 +272,13 @@ fn build_swarm(
             })
         })
         .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(PEER_IDLE_TIMEOUT))
+        .with_swarm_config(|c| {
+            // Outbound streams propose one protocol each and send their
+            // first bytes with the proposal (multistream-select's "lazy"
+            // mode): a replication request costs one round trip, not two.
+            c.with_idle_connection_timeout(PEER_IDLE_TIMEOUT)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build())
 }
 
