@@ -22,4 +22,6 @@ pub mod replication;
 pub mod wire;
 
 pub use error::{Error, Result};
+/// Multiaddr parts ([`multiaddr::Protocol`]), to build and inspect addresses.
+pub use libp2p::multiaddr;
 pub use libp2p::{identity::Keypair as NodeKeypair, Multiaddr, PeerId};
