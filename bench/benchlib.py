@@ -227,7 +227,8 @@ class Bench:
         # Nodes replicate by default (default port, mDNS): a benchmark node
         # peers only when asked to (--p2p-listen).
         p2p = [] if "--p2p-listen" in extra else ["--no-p2p"]
-        node = subprocess.Popen([NODE_BIN, "run", "--data-dir", data, "--http-listen", "127.0.0.1:0", "--log", "info",
+        level = [] if "--log" in extra else ["--log", "info"]
+        node = subprocess.Popen([NODE_BIN, "run", "--data-dir", data, "--http-listen", "127.0.0.1:0", *level,
                                  *p2p, *extra], stdout=subprocess.DEVNULL, stderr=log)
         self.nodes.append(node)
         addr = wait_for_file(os.path.join(data, "http.addr"), f"{name}'s HTTP address")
