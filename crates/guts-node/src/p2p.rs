@@ -99,8 +99,11 @@ impl P2p {
         ));
         let status = listening(&net, &listen).await?;
         warn_fallbacks(&status, &fallbacks);
-        let lines: Vec<String> = status
-            .listen_addrs
+        // IPv4 before IPv6, TCP before QUIC: the first line is the one
+        // most peers can dial.
+        let mut addrs = status.listen_addrs.clone();
+        addrs.sort_by_key(|a| p2p_config::kind(a).unwrap_or((true, true)));
+        let lines: Vec<String> = addrs
             .iter()
             .map(|a| format!("{a}/p2p/{}", status.peer_id))
             .collect();
