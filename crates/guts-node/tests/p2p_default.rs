@@ -61,6 +61,26 @@ fn two_nodes_without_flags_both_peer_on_distinct_ports() {
 }
 
 #[test]
+fn nodes_started_at_once_all_start_on_distinct_ports() {
+    // Started together, the nodes may all find the default port free when
+    // they probe it; those that then fail to bind it retry on free ports.
+    let tmp = TempDir::new().expect("tmp");
+    let starts: Vec<_> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("n{i}"));
+            std::thread::spawn(move || Node::start_peering(&dir, &["--no-mdns", "--no-dht"]))
+        })
+        .collect();
+    let nodes: Vec<Node> = starts
+        .into_iter()
+        .map(|h| h.join().expect("start"))
+        .collect();
+    let ports: Vec<BTreeSet<u16>> = nodes.iter().map(tcp4_ports).collect();
+    let all: BTreeSet<u16> = ports.iter().flatten().copied().collect();
+    assert_eq!(all.len(), 3, "{ports:?}");
+}
+
+#[test]
 fn no_p2p_turns_replication_off() {
     let tmp = TempDir::new().expect("tmp");
     let data = tmp.path().join("data");
