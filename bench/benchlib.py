@@ -219,12 +219,17 @@ class Bench:
         self.refroot = None
 
     def start_node(self, name, *extra):
-        """Start guts-node with its own data dir; returns (Popen, http address)."""
+        """Start guts-node with its own data dir; returns (Popen, http address).
+        Without --p2p-listen in `extra` the node does not replicate (--no-p2p)."""
         data = os.path.join(self.tmp, name)
         os.makedirs(data, exist_ok=True)
         log = open(os.path.join(self.tmp, f"{name}.log"), "w")
-        node = subprocess.Popen([NODE_BIN, "run", "--data-dir", data, "--http-listen", "127.0.0.1:0", "--log", "info",
-                                 *extra], stdout=subprocess.DEVNULL, stderr=log)
+        # Nodes replicate by default (default port, mDNS): a benchmark node
+        # peers only when asked to (--p2p-listen).
+        p2p = [] if "--p2p-listen" in extra else ["--no-p2p"]
+        level = [] if "--log" in extra else ["--log", "info"]
+        node = subprocess.Popen([NODE_BIN, "run", "--data-dir", data, "--http-listen", "127.0.0.1:0", *level,
+                                 *p2p, *extra], stdout=subprocess.DEVNULL, stderr=log)
         self.nodes.append(node)
         addr = wait_for_file(os.path.join(data, "http.addr"), f"{name}'s HTTP address")
         node.data_dir = data

@@ -544,7 +544,7 @@ pub fn status(args: &ClientArgs) -> Result<(), NodeError> {
         .map_err(unreachable_node(&base))?;
     let v: crate::rest::NodeView = read_json(check(resp, "status")?)?;
     if !v.p2p {
-        println!("node at {base}: peer-to-peer replication is off (start with --p2p-listen)");
+        println!("node at {base}: peer-to-peer replication is off (started with --no-p2p or p2p.enabled = false)");
         return Ok(());
     }
     println!("peer id     {}", v.peer_id.unwrap_or_default());

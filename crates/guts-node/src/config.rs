@@ -11,6 +11,12 @@ use crate::error::NodeError;
 /// Default HTTP listen address.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
+/// Default libp2p port, TCP and QUIC (UDP), on every interface. Not 4001,
+/// which IPFS (Kubo) nodes use: a Guts node beside one would always fall
+/// back to a random port. A second node on the same machine falls back to
+/// a free port too (see `p2p::default_listen`).
+pub const DEFAULT_P2P_PORT: u16 = 4101;
+
 /// The optional TOML config file (`DATA_DIR/config.toml` or `--config`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +30,9 @@ pub struct FileConfig {
     /// Who may create repositories, quotas, public URLs (`[rules]`).
     #[serde(default)]
     pub rules: crate::rules::RulesConfig,
+    /// Peer-to-peer replication (`[p2p]`).
+    #[serde(default)]
+    pub p2p: P2pFileConfig,
     /// Seconds to send complete request headers; 0: no limit.
     pub header_read_timeout: Option<u64>,
     /// Connections served at once, node-wide.
@@ -50,6 +59,28 @@ pub struct FileConfig {
     pub pack_cache_bytes: Option<u64>,
     /// Maintain repositories in the background (default true).
     pub auto_maintenance: Option<bool>,
+}
+
+/// The `[p2p]` table: peer-to-peer replication. Every key is optional; the
+/// flags `--p2p-listen`, `--bootstrap`, `--no-mdns`, `--no-dht`,
+/// `--sync-interval` and `--no-p2p` win over it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pFileConfig {
+    /// Replicate at all (default true).
+    pub enabled: Option<bool>,
+    /// libp2p listen multiaddrs (default: TCP and QUIC on
+    /// [`DEFAULT_P2P_PORT`] on every interface).
+    pub listen: Option<Vec<String>>,
+    /// Peers to dial at start, `/…/p2p/<peer id>`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network (default true).
+    pub mdns: Option<bool>,
+    /// Join the Kademlia DHT (default true).
+    pub dht: Option<bool>,
+    /// Seconds between log comparisons with peers; 0: never (default 60).
+    pub sync_interval: Option<u64>,
 }
 
 impl FileConfig {
@@ -87,6 +118,8 @@ pub struct Config {
     pub http: crate::limits::HttpLimits,
     /// Pack generation, the pack cache, background maintenance.
     pub serve: crate::serving::ServeConfig,
+    /// Peer-to-peer replication; None: off.
+    pub p2p: Option<crate::p2p::P2pOptions>,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

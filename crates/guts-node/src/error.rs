@@ -41,7 +41,7 @@ pub enum NodeError {
     #[error("{0}")]
     Conflict(String),
     /// Peer-to-peer replication is off on this node.
-    #[error("peer-to-peer replication is off on this node (start it with --p2p-listen)")]
+    #[error("peer-to-peer replication is off on this node (started with --no-p2p or p2p.enabled = false)")]
     P2pOff,
     /// A peer-to-peer operation failed on the network side.
     #[error("{0}")]

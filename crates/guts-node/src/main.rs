@@ -20,6 +20,7 @@ mod log;
 mod maintenance;
 mod memory;
 mod p2p;
+mod p2p_config;
 mod policy;
 mod replica;
 mod repos;
@@ -146,7 +147,7 @@ struct RunArgs {
     /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
     #[arg(long, env = "GUTS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`) and a `[rules]` table (create policy, quotas, public URLs, seeding; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`), a `[rules]` table (create policy, quotas, public URLs, seeding) and a `[p2p]` table (`enabled`, `listen`, `bootstrap`, `mdns`, `dht`, `sync_interval`; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
     #[arg(long, env = "GUTS_CONFIG")]
     config: Option<PathBuf>,
     /// Largest pack a push may send, in bytes [default: 4 GiB].
@@ -155,21 +156,24 @@ struct RunArgs {
     /// How long a push-certificate nonce from the ref advertisement stays valid, in seconds [default: 600].
     #[arg(long, env = "GUTS_PUSH_CERT_NONCE_SLOP")]
     push_cert_nonce_slop: Option<u64>,
-    /// Listen for peers on this libp2p address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1. Without it the node does not replicate.
+    /// Listen for peers on this libp2p address instead of the default (repeatable), e.g. /ip4/0.0.0.0/tcp/4101 or /ip4/0.0.0.0/udp/4101/quic-v1; an address that cannot be bound is an error. Also `p2p.listen` [default: TCP and QUIC on port 4101 on every IPv4 and IPv6 interface; if that port is taken, a free port, with a warning].
     #[arg(long = "p2p-listen", env = "GUTS_P2P_LISTEN", value_delimiter = ',')]
     p2p_listen: Vec<guts_p2p::Multiaddr>,
-    /// Peer to connect to at start, with its peer id: /ip4/1.2.3.4/tcp/4001/p2p/12D3Koo... (repeatable).
+    /// Peer to connect to at start, with its peer id: /ip4/1.2.3.4/tcp/4101/p2p/12D3Koo... (repeatable; added to `p2p.bootstrap`).
     #[arg(long, env = "GUTS_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<guts_p2p::Multiaddr>,
-    /// Do not discover peers on the local network with mDNS.
+    /// Do not discover peers on the local network with mDNS (multicast on UDP 5353). Also `p2p.mdns = false`.
     #[arg(long, env = "GUTS_NO_MDNS")]
     no_mdns: bool,
-    /// Do not join the Kademlia DHT: connect only to --bootstrap peers (and mDNS ones), and find repositories only among them.
+    /// Do not join the Kademlia DHT: connect only to --bootstrap peers (and mDNS ones), and find repositories only among them. Also `p2p.dht = false`.
     #[arg(long, env = "GUTS_NO_DHT")]
     no_dht: bool,
-    /// Every this many seconds, compare signed-update logs with connected peers and fetch what is missing (updates whose announcement was lost); 0 turns it off.
-    #[arg(long, env = "GUTS_SYNC_INTERVAL", default_value_t = 60)]
-    sync_interval: u64,
+    /// Do not replicate: no peer-to-peer listening, discovery or node key; the node only serves HTTP. Also `p2p.enabled = false`.
+    #[arg(long, env = "GUTS_NO_P2P", conflicts_with_all = ["p2p_listen", "bootstrap"])]
+    no_p2p: bool,
+    /// Every this many seconds, compare signed-update logs with connected peers and fetch what is missing (updates whose announcement was lost); 0 turns it off. Also `p2p.sync_interval` [default: 60].
+    #[arg(long, env = "GUTS_SYNC_INTERVAL")]
+    sync_interval: Option<u64>,
     /// A public URL of this node, e.g. https://git.example.org (repeatable): push certificates may name it as pushee, besides the host a request was sent to. Also `rules.public_urls` in the config file.
     #[arg(long = "public-url", env = "GUTS_PUBLIC_URL", value_delimiter = ',')]
     public_url: Vec<String>,
@@ -363,6 +367,17 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
                 .min_free_bytes
                 .unwrap_or(rules::DEFAULT_MIN_FREE_BYTES),
         )?,
+        p2p: p2p_config::resolve(
+            &p2p_config::P2pFlags {
+                no_p2p: args.no_p2p,
+                listen: &args.p2p_listen,
+                bootstrap: &args.bootstrap,
+                no_mdns: args.no_mdns,
+                no_dht: args.no_dht,
+                sync_interval: args.sync_interval,
+            },
+            &file.p2p,
+        )?,
         rules: rules_config(args, file.rules)?,
         data_dir,
     })
@@ -413,20 +428,15 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let p2p = if args.p2p_listen.is_empty() {
-            tracing::info!("peer-to-peer replication off (no --p2p-listen)");
-            None
-        } else {
-            let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes)?;
-            let opts = p2p::P2pOptions {
-                listen: args.p2p_listen.clone(),
-                bootstrap: args.bootstrap.clone(),
-                mdns: !args.no_mdns,
-                dht: !args.no_dht,
-                sync_interval: (args.sync_interval > 0)
-                    .then(|| std::time::Duration::from_secs(args.sync_interval)),
-            };
-            Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
+        let p2p = match config.p2p.clone() {
+            None => {
+                tracing::info!("peer-to-peer replication off (--no-p2p or p2p.enabled = false)");
+                None
+            }
+            Some(opts) => {
+                let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes)?;
+                Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
+            }
         };
         let maintenance = maintenance::Maintenance::new(Arc::clone(&repos));
         if config.serve.auto_maintenance {

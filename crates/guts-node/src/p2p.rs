@@ -1,16 +1,20 @@
 //! Wiring of the peer-to-peer layer into the node: the node key, the
 //! network, the replicator, and the announcements of local pushes.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use guts_p2p::network::{self, Handle, NetworkConfig};
+use guts_p2p::network::{self, Event, Handle, NetworkConfig, Status};
 use guts_p2p::replication::{Replicator, Seeded};
 use guts_p2p::{Multiaddr, NodeKeypair};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 
+use crate::config::DEFAULT_P2P_PORT;
 use crate::error::NodeError;
+use crate::p2p_config::{self, Fallbacks};
 use crate::replica::NodeReplica;
 use crate::repos::RepoEvent;
 
@@ -25,6 +29,7 @@ pub struct P2p {
 }
 
 /// Options of the p2p layer.
+#[derive(Debug, Clone)]
 pub struct P2pOptions {
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
@@ -36,6 +41,9 @@ pub struct P2pOptions {
     pub dht: bool,
     /// How often logs are compared with connected peers (None: never).
     pub sync_interval: Option<Duration>,
+    /// `listen` are the defaults: a port that is taken falls back to a
+    /// free one (with a warning) instead of failing the start.
+    pub fallback: bool,
 }
 
 /// Load the node key from `path`, creating it (mode 0600) on first start.
@@ -74,16 +82,7 @@ impl P2p {
         replica: Arc<NodeReplica>,
     ) -> Result<Arc<Self>, NodeError> {
         let keypair = node_key(&data_dir.join("node.key"))?;
-        let (net, events) = network::start(NetworkConfig {
-            keypair,
-            listen: opts.listen,
-            bootstrap: opts.bootstrap,
-            mdns: opts.mdns,
-            dht: opts.dht,
-            accept: vec![guts_p2p::wire::REPLICATION_PROTOCOL],
-        })
-        .await
-        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let (net, events, listen, fallbacks) = start_network(keypair, &opts).await?;
         let replicator = Replicator::start(
             net.clone(),
             events,
@@ -98,35 +97,111 @@ impl P2p {
             Arc::clone(&replica),
             events,
         ));
-        let mut status = net
-            .status()
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        for _ in 0..50 {
-            if !status.listen_addrs.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            status = net
-                .status()
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
-        }
-        let lines: Vec<String> = status
-            .listen_addrs
+        let status = listening(&net, &listen).await?;
+        warn_fallbacks(&status, &fallbacks);
+        // IPv4 before IPv6, TCP before QUIC: the first line is the one
+        // most peers can dial.
+        let mut addrs = status.listen_addrs.clone();
+        addrs.sort_by_key(|a| p2p_config::kind(a).unwrap_or((true, true)));
+        let lines: Vec<String> = addrs
             .iter()
             .map(|a| format!("{a}/p2p/{}", status.peer_id))
             .collect();
         let tmp = data_dir.join("p2p.addr.tmp");
         std::fs::write(&tmp, lines.join("\n"))?;
         std::fs::rename(&tmp, data_dir.join("p2p.addr"))?;
-        tracing::info!(peer_id = %status.peer_id, addrs = ?lines, "peer-to-peer replication running");
+        tracing::info!(peer_id = %status.peer_id, addrs = ?lines, mdns = opts.mdns, dht = opts.dht, "peer-to-peer replication running");
         Ok(Arc::new(P2p {
             net,
             replicator,
             replica,
         }))
     }
+}
+
+/// Start the network on `opts.listen`. With the default addresses
+/// (`opts.fallback`), a port that is taken falls back to a free one; a port
+/// taken between the probe and the bind is retried, the last attempt on
+/// free ports only. Returns the addresses listened on and what fell back.
+async fn start_network(
+    keypair: NodeKeypair,
+    opts: &P2pOptions,
+) -> Result<(Handle, mpsc::Receiver<Event>, Vec<Multiaddr>, Fallbacks), NodeError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let (listen, fallbacks) = if opts.fallback {
+            p2p_config::available(&opts.listen, attempt == ATTEMPTS)
+        } else {
+            (opts.listen.clone(), Fallbacks::default())
+        };
+        let started = network::start(NetworkConfig {
+            keypair: keypair.clone(),
+            listen: listen.clone(),
+            bootstrap: opts.bootstrap.clone(),
+            mdns: opts.mdns,
+            dht: opts.dht,
+            accept: vec![guts_p2p::wire::REPLICATION_PROTOCOL],
+        })
+        .await;
+        match started {
+            Ok((net, events)) => return Ok((net, events, listen, fallbacks)),
+            Err(e) if opts.fallback && attempt < ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "cannot listen on the default p2p addresses; retrying");
+                attempt += 1;
+            }
+            Err(e) => return Err(NodeError::Config(e.to_string())),
+        }
+    }
+}
+
+/// The network's state once it listens on every kind of address in
+/// `listen` (TCP, QUIC; IPv4, IPv6), or after 2.5 s.
+async fn listening(net: &Handle, listen: &[Multiaddr]) -> Result<Status, NodeError> {
+    let want: HashSet<_> = listen.iter().filter_map(p2p_config::kind).collect();
+    let status = || async {
+        net.status()
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))
+    };
+    let mut current = status().await?;
+    for _ in 0..50 {
+        let have: HashSet<_> = current
+            .listen_addrs
+            .iter()
+            .filter_map(p2p_config::kind)
+            .collect();
+        if !current.listen_addrs.is_empty() && want.is_subset(&have) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        current = status().await?;
+    }
+    Ok(current)
+}
+
+/// Say which port each transport got when the default one was taken.
+fn warn_fallbacks(status: &Status, fallbacks: &Fallbacks) {
+    if fallbacks.moved.is_empty() {
+        return;
+    }
+    let got: Vec<String> = fallbacks
+        .moved
+        .iter()
+        .map(|&k| {
+            let port = status
+                .listen_addrs
+                .iter()
+                .find(|a| p2p_config::kind(a) == Some(k))
+                .and_then(p2p_config::port);
+            let port = port.map_or_else(|| "none".to_owned(), |p| p.to_string());
+            format!("{} port {port}", p2p_config::kind_name(k))
+        })
+        .collect();
+    tracing::warn!(
+        "the default p2p port {DEFAULT_P2P_PORT} is taken (another node on this machine?): listening on {} instead. These ports change at every start: give --p2p-listen (or p2p.listen in the config file) a fixed free port for peers to reach this node",
+        got.join(", ")
+    );
 }
 
 /// Announce a new identity document version of a repository this node seeds.

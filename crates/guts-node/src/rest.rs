@@ -464,7 +464,7 @@ async fn list_updates(
 /// The node's peer-to-peer state.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct NodeView {
-    /// Whether replication runs (`--p2p-listen` given).
+    /// Whether replication runs (on unless `--no-p2p`).
     pub p2p: bool,
     /// The node's libp2p peer id.
     pub peer_id: Option<String>,

@@ -26,4 +26,6 @@ pub mod service;
 pub mod wire;
 
 pub use error::{Error, Result};
+/// Multiaddr parts ([`multiaddr::Protocol`]), to build and inspect addresses.
+pub use libp2p::multiaddr;
 pub use libp2p::{identity::Keypair as NodeKeypair, Multiaddr, PeerId};

@@ -72,8 +72,26 @@ impl Node {
     }
 
     /// Like [`Node::start_with`], the node's command line prefixed by
-    /// `wrapper` (e.g. `unshare ... sh -c '...; exec "$@"' sh`).
+    /// `wrapper` (e.g. `unshare ... sh -c '...; exec "$@"' sh`). Without
+    /// `--p2p-listen` in `extra_args` the node does not replicate
+    /// (`--no-p2p`): parallel tests must not all take the default p2p port
+    /// or find each other by mDNS. [`Node::start_peering`] keeps the
+    /// defaults.
     pub fn start_under(data_dir: &Path, wrapper: &[&str], extra_args: &[&str]) -> Node {
+        let mut args = extra_args.to_vec();
+        if !extra_args.contains(&"--p2p-listen") {
+            args.push("--no-p2p");
+        }
+        Node::spawn(data_dir, wrapper, &args)
+    }
+
+    /// Start a node on `data_dir` with exactly `extra_args`: without
+    /// `--p2p-listen` it peers by default (default port, mDNS, DHT).
+    pub fn start_peering(data_dir: &Path, extra_args: &[&str]) -> Node {
+        Node::spawn(data_dir, &[], extra_args)
+    }
+
+    fn spawn(data_dir: &Path, wrapper: &[&str], extra_args: &[&str]) -> Node {
         let addr_file = data_dir.join("http.addr");
         // A previous node on the same data dir leaves a stale address behind.
         match fs::remove_file(&addr_file) {
