@@ -234,6 +234,9 @@ pub struct Service<R: Replica> {
     scores: BTreeMap<PeerId, Score>,
     next_sync: Time,
     outbox: VecDeque<Io>,
+    /// Whether [`Service::release`] is resuming waiting tasks (further up
+    /// the stack): a task that ends at once then only frees the repository.
+    releasing: bool,
 }
 
 impl<R: Replica> Service<R> {
@@ -256,6 +259,7 @@ impl<R: Replica> Service<R> {
             delayed: BTreeMap::new(),
             scores: BTreeMap::new(),
             outbox: VecDeque::new(),
+            releasing: false,
         };
         for seeded in s.replica.seeded() {
             s.follow(&seeded);
@@ -516,26 +520,43 @@ impl<R: Replica> Service<R> {
     }
 
     /// `task` is done with the repository: resume the next one waiting.
+    /// Tasks that end at once (an announcement already known) release it
+    /// again; they are resumed in a loop, not by recursion, however many
+    /// wait.
     fn release(&mut self, repo: &RepoName, task: TaskId) {
         if self.busy.get(repo) != Some(&task) {
             return;
         }
         self.busy.remove(repo);
-        let next = self.waiting.get_mut(repo).and_then(VecDeque::pop_front);
-        if self.waiting.get(repo).is_some_and(VecDeque::is_empty) {
-            self.waiting.remove(repo);
+        if self.releasing {
+            return;
         }
-        let Some(next) = next else { return };
-        self.busy.insert(repo.clone(), next);
-        match self.tasks.remove(&next) {
-            Some(Task::Session(s)) => self.session_resume(next, s),
-            Some(Task::Announce(a)) => self.announce_resume(next, a),
-            Some(other) => {
-                self.tasks.insert(next, other);
-                self.release(repo, next);
+        self.releasing = true;
+        while let Some(repo) = self
+            .waiting
+            .keys()
+            .find(|r| !self.busy.contains_key(*r))
+            .cloned()
+        {
+            let next = self.waiting.get_mut(&repo).and_then(VecDeque::pop_front);
+            if self.waiting.get(&repo).is_some_and(VecDeque::is_empty) {
+                self.waiting.remove(&repo);
             }
-            None => self.release(repo, next),
+            let Some(next) = next else { continue };
+            self.busy.insert(repo.clone(), next);
+            match self.tasks.remove(&next) {
+                Some(Task::Session(s)) => self.session_resume(next, s),
+                Some(Task::Announce(a)) => self.announce_resume(next, a),
+                Some(other) => {
+                    self.tasks.insert(next, other);
+                    self.busy.remove(&repo);
+                }
+                None => {
+                    self.busy.remove(&repo);
+                }
+            }
         }
+        self.releasing = false;
     }
 
     /// Apply verified updates whose objects are present; returns the keys
