@@ -40,6 +40,13 @@ use crate::wire::{Items, Request};
 
 pub use scores::Score;
 
+/// Most updates taken in one page of a log comparison that are announced
+/// (see [`Service::apply_all`]).
+const MAX_ANNOUNCED_CATCH_UP: usize = 64;
+
+/// Checked updates whose objects are (to be) present, with the updates.
+type Ready<C> = Vec<(SignedRefUpdate, C)>;
+
 /// Milliseconds since the Unix epoch (virtual in the simulator).
 pub type Time = u64;
 
@@ -559,13 +566,23 @@ impl<R: Replica> Service<R> {
         self.releasing = false;
     }
 
-    /// Apply verified updates whose objects are present; returns the keys
-    /// applied (those that changed something).
-    fn apply_all(&mut self, repo: &RepoName, ready: Vec<R::Checked>) -> usize {
+    /// Apply verified updates whose objects are present; returns how many
+    /// changed something. A few updates taken from a peer's log are
+    /// announced, as those received by gossip are: otherwise what crossed a
+    /// healed partition would spread one hop per sync interval. A long
+    /// catch-up is not (peers compare logs instead).
+    fn apply_all(&mut self, repo: &RepoName, ready: Ready<R::Checked>) -> usize {
+        let announce = ready.len() <= MAX_ANNOUNCED_CATCH_UP;
+        let seeded = self.seeded(repo);
         let mut applied = 0;
-        for checked in ready {
+        for (update, checked) in ready {
             match self.replica.apply(checked) {
-                Ok(true) => applied += 1,
+                Ok(true) => {
+                    applied += 1;
+                    if let Some(s) = seeded.as_ref().filter(|_| announce) {
+                        self.announce(s, &update);
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%repo, error = %e, "update not applied"),
             }
