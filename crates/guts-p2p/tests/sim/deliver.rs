@@ -309,7 +309,7 @@ impl Sim {
         let result = if !self.linked(to, from) {
             Err(Failure::Dropped("no connection".into()))
         } else if self.nodes[to].replica.holds(&repo, &tips) {
-            delay += tips.len() as u64 / 10;
+            delay += tips.len() as u64 / 100;
             self.nodes[to].stats.sent += TIP_BYTES * tips.len() as u64;
             self.nodes[to].stats.messages += 1;
             Ok(tips)

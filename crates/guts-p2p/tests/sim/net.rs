@@ -36,7 +36,8 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// Defaults for `seed`: 5–50 ms latency, no loss, ticks every 100 ms,
-    /// sync every 5 s, requests time out after 1 s, transfers after 3 s.
+    /// sync every 5 s, requests time out after 0.5 s, transfers after 1 s
+    /// (ten times the slowest message).
     pub fn new(seed: u64) -> Self {
         SimConfig {
             seed,
@@ -45,8 +46,8 @@ impl SimConfig {
             tick: 100,
             service: Config {
                 sync_interval: Some(5_000),
-                request_timeout: 1_000,
-                fetch_timeout: 3_000,
+                request_timeout: 500,
+                fetch_timeout: 1_000,
             },
         }
     }
@@ -171,7 +172,7 @@ impl Event {
     }
 }
 
-pub(super) struct Scheduled {
+pub struct Scheduled {
     pub(super) at: Time,
     pub(super) seq: u64,
     pub(super) event: Event,
@@ -206,7 +207,7 @@ pub struct Sim {
     /// The repository replicated.
     pub repo: RepoName,
     pub(super) rng: Rng,
-    pub(super) queue: BinaryHeap<Scheduled>,
+    pub queue: BinaryHeap<Scheduled>,
     seq: u64,
     /// Links, each as (smaller index, larger index).
     pub links: BTreeSet<(usize, usize)>,
