@@ -19,8 +19,8 @@ fn twice<T: PartialEq + std::fmt::Debug>(f: impl Fn() -> T) -> T {
 fn report(name: &str, sim: &Sim, took: u64) {
     let t = sim.total();
     println!(
-        "{name}: converged after {took} ms of virtual time (at {} ms); {} messages sent, {} delivered, {} bytes sent, {} received",
-        sim.now, t.messages, sim.delivered, t.sent, t.received
+        "{name}: converged after {took} ms of virtual time (at {} ms); {} messages sent ({} gossip hops), {} delivered, {} bytes sent, {} received",
+        sim.now, t.messages, t.gossip, sim.delivered, t.sent, t.received
     );
 }
 
@@ -231,6 +231,15 @@ fn forger() -> Vec<(usize, u32, bool)> {
         out.push((i, score.strikes, blocked));
     }
     assert!(sim.neighbours(forger).is_empty(), "the forger is cut off");
+    // A victim restarted still blocks the forger (its score was kept).
+    let v = victims[0];
+    sim.crash(v);
+    assert!(sim.nodes[v].blocked.is_empty());
+    sim.start(v);
+    assert!(sim.nodes[v].blocked.contains(&forger_peer), "blocked again");
+    assert!(sim.score(v, &forger_peer).blocked_until > sim.now);
+    sim.link(v, forger);
+    assert!(!sim.linked(v, forger), "a blocked peer cannot link");
     println!(
         "forger: {} neighbours blocked it after 3 forged updates; {} messages",
         victims.len(),

@@ -150,6 +150,7 @@ impl Sim {
             }
             self.nodes[i].stats.sent += data.len() as u64;
             self.nodes[i].stats.messages += 1;
+            self.nodes[i].stats.gossip += 1;
             let delay = self.latency();
             if self.lost() {
                 continue;

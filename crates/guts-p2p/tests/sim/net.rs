@@ -58,6 +58,8 @@ impl SimConfig {
 pub struct Stats {
     /// Messages sent (gossip hops, requests, answers, transfers).
     pub messages: u64,
+    /// Of which gossip hops.
+    pub gossip: u64,
     /// Bytes sent.
     pub sent: u64,
     /// Bytes received.
@@ -69,6 +71,7 @@ impl std::ops::Sub for Stats {
     fn sub(self, o: Stats) -> Stats {
         Stats {
             messages: self.messages - o.messages,
+            gossip: self.gossip - o.gossip,
             sent: self.sent - o.sent,
             received: self.received - o.received,
         }
@@ -80,6 +83,7 @@ impl std::ops::Add for Stats {
     fn add(self, o: Stats) -> Stats {
         Stats {
             messages: self.messages + o.messages,
+            gossip: self.gossip + o.gossip,
             sent: self.sent + o.sent,
             received: self.received + o.received,
         }
@@ -294,6 +298,9 @@ impl Sim {
         node.seen.clear();
         node.pending.clear();
         node.sources.clear();
+        // The swarm's blocks are in memory; the service restores them from
+        // the scores its replica kept.
+        node.blocked.clear();
         let queue = std::mem::take(&mut self.queue);
         self.queue = queue.into_iter().filter(|s| s.event.to() != i).collect();
         for j in neighbours {
