@@ -1,7 +1,8 @@
 //! Replication under a simulated network (issue 11): a hundred services
 //! over fake replicas, with a virtual clock, lost and reordered messages,
 //! partitions, crashes, a big log and a forger. Every test runs with a
-//! fixed seed and is deterministic.
+//! fixed seed and is deterministic; `SIMSEED=n` runs the burst and the
+//! partition under another seed (to explore).
 
 mod sim;
 
@@ -16,6 +17,14 @@ fn twice<T: PartialEq + std::fmt::Debug>(f: impl Fn() -> T) -> T {
     a
 }
 
+/// The seed from `SIMSEED`, or `default`.
+fn seed_or(default: u64) -> u64 {
+    std::env::var("SIMSEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn report(name: &str, sim: &Sim, took: u64) {
     let t = sim.total();
     println!(
@@ -25,10 +34,11 @@ fn report(name: &str, sim: &Sim, took: u64) {
 }
 
 fn burst() -> (u64, sim::Stats, u64) {
-    let mut config = SimConfig::new(11);
+    let seed = seed_or(11);
+    let mut config = SimConfig::new(seed);
     config.loss = 0.10;
     let mut sim = Sim::new(config, 100);
-    let mut rng = Rng::new(1011);
+    let mut rng = Rng::new(1000 + seed);
     for (a, b) in random_topology(&mut rng, 100, 4) {
         sim.link(a, b);
     }
@@ -92,10 +102,11 @@ fn a_hundred_nodes_converge_after_a_burst_of_concurrent_pushes() {
 }
 
 fn partition() -> (u64, sim::Stats) {
-    let mut config = SimConfig::new(22);
+    let seed = seed_or(22);
+    let mut config = SimConfig::new(seed);
     config.loss = 0.02;
     let mut sim = Sim::new(config, 20);
-    let mut rng = Rng::new(2022);
+    let mut rng = Rng::new(2000 + seed);
     // Each half connected on its own, and a few links across.
     for half in [0, 10] {
         for (a, b) in random_topology(&mut rng, 10, 3) {
