@@ -41,6 +41,13 @@ use crate::wire::{Items, Request};
 pub use libp2p::gossipsub::MessageId as GossipId;
 pub use scores::Score;
 
+/// Most updates taken in one page of a log comparison that are announced
+/// (see [`Service::apply_all`]).
+const MAX_ANNOUNCED_CATCH_UP: usize = 64;
+
+/// Checked updates whose objects are (to be) present, with the updates.
+type Ready<C> = Vec<(SignedRefUpdate, C)>;
+
 /// Milliseconds since the Unix epoch (virtual in the simulator).
 pub type Time = u64;
 
@@ -241,6 +248,9 @@ pub struct Service<R: Replica> {
     scores: BTreeMap<PeerId, Score>,
     next_sync: Time,
     outbox: VecDeque<Io>,
+    /// Whether [`Service::release`] is resuming waiting tasks (further up
+    /// the stack): a task that ends at once then only frees the repository.
+    releasing: bool,
 }
 
 impl<R: Replica> Service<R> {
@@ -265,6 +275,7 @@ impl<R: Replica> Service<R> {
             queued: BTreeMap::new(),
             scores: BTreeMap::new(),
             outbox: VecDeque::new(),
+            releasing: false,
         };
         for seeded in s.replica.seeded() {
             s.follow(&seeded);
@@ -542,35 +553,62 @@ impl<R: Replica> Service<R> {
     }
 
     /// `task` is done with the repository: resume the next one waiting.
+    /// Tasks that end at once (an announcement already known) release it
+    /// again; they are resumed in a loop, not by recursion, however many
+    /// wait.
     fn release(&mut self, repo: &RepoName, task: TaskId) {
         if self.busy.get(repo) != Some(&task) {
             return;
         }
         self.busy.remove(repo);
-        let next = self.waiting.get_mut(repo).and_then(VecDeque::pop_front);
-        if self.waiting.get(repo).is_some_and(VecDeque::is_empty) {
-            self.waiting.remove(repo);
+        if self.releasing {
+            return;
         }
-        let Some(next) = next else { return };
-        self.busy.insert(repo.clone(), next);
-        match self.tasks.remove(&next) {
-            Some(Task::Session(s)) => self.session_resume(next, s),
-            Some(Task::Announce(a)) => self.announce_resume(next, a),
-            Some(other) => {
-                self.tasks.insert(next, other);
-                self.release(repo, next);
+        self.releasing = true;
+        while let Some(repo) = self
+            .waiting
+            .keys()
+            .find(|r| !self.busy.contains_key(*r))
+            .cloned()
+        {
+            let next = self.waiting.get_mut(&repo).and_then(VecDeque::pop_front);
+            if self.waiting.get(&repo).is_some_and(VecDeque::is_empty) {
+                self.waiting.remove(&repo);
             }
-            None => self.release(repo, next),
+            let Some(next) = next else { continue };
+            self.busy.insert(repo.clone(), next);
+            match self.tasks.remove(&next) {
+                Some(Task::Session(s)) => self.session_resume(next, s),
+                Some(Task::Announce(a)) => self.announce_resume(next, a),
+                Some(other) => {
+                    self.tasks.insert(next, other);
+                    self.busy.remove(&repo);
+                }
+                None => {
+                    self.busy.remove(&repo);
+                }
+            }
         }
+        self.releasing = false;
     }
 
-    /// Apply verified updates whose objects are present; returns the keys
-    /// applied (those that changed something).
-    fn apply_all(&mut self, repo: &RepoName, ready: Vec<R::Checked>) -> usize {
+    /// Apply verified updates whose objects are present; returns how many
+    /// changed something. A few updates taken from a peer's log are
+    /// announced, as those received by gossip are: otherwise what crossed a
+    /// healed partition would spread one hop per sync interval. A long
+    /// catch-up is not (peers compare logs instead).
+    fn apply_all(&mut self, repo: &RepoName, ready: Ready<R::Checked>) -> usize {
+        let announce = ready.len() <= MAX_ANNOUNCED_CATCH_UP;
+        let seeded = self.seeded(repo);
         let mut applied = 0;
-        for checked in ready {
+        for (update, checked) in ready {
             match self.replica.apply(checked) {
-                Ok(true) => applied += 1,
+                Ok(true) => {
+                    applied += 1;
+                    if let Some(s) = seeded.as_ref().filter(|_| announce) {
+                        self.announce(s, &update);
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%repo, error = %e, "update not applied"),
             }

@@ -12,7 +12,7 @@ use guts_identity::SignedRefUpdate;
 use libp2p::PeerId;
 use prost::Message;
 
-use super::{Failure, OpId, OpKind, Outcome, Service, Task, TaskId};
+use super::{Failure, OpId, OpKind, Outcome, Ready, Service, Task, TaskId};
 use crate::limits::MAX_LOG_ENTRIES;
 use crate::logset::{Buckets, Key};
 use crate::replication::{Fault, Plan, Replica};
@@ -62,7 +62,7 @@ enum State<C> {
         rest: Next,
     },
     Fetching {
-        ready: Vec<C>,
+        ready: Ready<C>,
         rest: Next,
     },
 }
@@ -479,23 +479,26 @@ impl<R: Replica> Service<R> {
         &mut self,
         s: &Session<R::Checked>,
         entries: &[Vec<u8>],
-    ) -> (Vec<R::Checked>, Vec<ObjectId>, bool) {
+    ) -> (Ready<R::Checked>, Vec<ObjectId>, bool) {
         let (mut ready, mut wants, mut wanted) = (Vec::new(), Vec::new(), HashSet::new());
         let mut needs_identity = false;
         // A page with invalid entries counts once against the peer.
         let mut invalid = None;
         for bytes in entries {
             let planned = match SignedRefUpdate::decode(&bytes[..]) {
-                Ok(update) => self.replica.plan(&s.repo, update),
+                Ok(update) => self
+                    .replica
+                    .plan(&s.repo, update.clone())
+                    .map(|plan| (update, plan)),
                 Err(e) => Err(Fault::Peer(format!("undecodable update: {e}"))),
             };
             match planned {
-                Ok(Plan::Known) => {}
-                Ok(Plan::Apply { missing, checked }) => {
+                Ok((_, Plan::Known)) => {}
+                Ok((update, Plan::Apply { missing, checked })) => {
                     wants.extend(missing.into_iter().filter(|t| wanted.insert(*t)));
-                    ready.push(checked);
+                    ready.push((update, checked));
                 }
-                Ok(Plan::NeedIdentity) => needs_identity = true,
+                Ok((_, Plan::NeedIdentity)) => needs_identity = true,
                 Err(Fault::Peer(e)) => {
                     tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log entry refused");
                     invalid.get_or_insert(e);
