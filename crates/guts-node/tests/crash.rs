@@ -602,7 +602,21 @@ fn replicate(h: &mut Harness, node1: &Node) {
         h.violation(ITERATIONS, what);
         return;
     }
-    let same_log = || updates(node1, &h.owner, NAME) == updates(&node2, &h.owner, NAME);
+    // The same updates; node 2's log is in the order it received them
+    // (log comparison sends them by key range, ADR 0016).
+    let sorted = |node: &Node| {
+        let mut u: Vec<String> = updates(node, &h.owner, NAME)
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                v["seq"] = serde_json::Value::Null;
+                v.to_string()
+            })
+            .collect();
+        u.sort();
+        u
+    };
+    let same_log = || sorted(node1) == sorted(&node2);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(same_refs(node1, &node2, &h.owner, NAME) && same_log()) {
         if Instant::now() > deadline {

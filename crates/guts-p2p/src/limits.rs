@@ -36,3 +36,8 @@ pub const MAX_SERVED_TOTAL: usize = 32;
 pub const REQUEST_ATTEMPTS: u32 = 3;
 /// Pause before asking again (twice as long before the third attempt).
 pub const REQUEST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// An update received by gossip and applied later than this is announced
+/// again by the node that applied it: gossipsub keeps a message awaiting its
+/// verdict for five 500 ms heartbeats, after which it can no longer be
+/// forwarded. Sooner, forwarding the original message is enough.
+pub const REANNOUNCE_AFTER: Duration = Duration::from_secs(2);

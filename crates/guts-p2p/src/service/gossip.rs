@@ -1,8 +1,10 @@
 //! Announcements: a signed update another node accepted, or a change of a
 //! repository's identity document. An update is verified before anything
 //! else, its missing objects fetched from the peer that delivered it, then
-//! applied and announced again (so peers further away fetch from here);
-//! only then is the message judged, and forwarded if valid.
+//! applied; only then is the message judged, and forwarded if valid, so
+//! that peers further away fetch from a node that holds the objects. If
+//! that took longer than gossipsub keeps a message for ([`REANNOUNCE_AFTER`]),
+//! the forward is lost and the update is announced again instead.
 
 use guts_git::names::RepoName;
 use guts_identity::SignedRefUpdate;
@@ -11,6 +13,7 @@ use libp2p::PeerId;
 use prost::Message;
 
 use super::{Failure, Io, OpKind, Outcome, Service, Task, TaskId, Time, Verdict};
+use crate::limits::REANNOUNCE_AFTER;
 use crate::replication::{Fault, Plan, Replica, Seeded};
 use crate::wire::{Announce, Kind, Request};
 
@@ -21,6 +24,8 @@ pub(super) struct Announced<C> {
     seeded: Seeded,
     what: What<C>,
     identity_taken: bool,
+    /// When it arrived.
+    received: Time,
 }
 
 enum What<C> {
@@ -82,6 +87,7 @@ impl<R: Replica> Service<R> {
             seeded,
             what,
             identity_taken: false,
+            received: now,
         };
         if let What::Document(_) = a.what {
             self.request(task, source, identity_request(&a.seeded.name));
@@ -144,7 +150,11 @@ impl<R: Replica> Service<R> {
     ) {
         match self.replica.apply(checked) {
             Ok(changed) => {
-                if changed {
+                // Forwarding the message (on `Accept`) reaches the same
+                // peers, unless gossipsub dropped it meanwhile.
+                let late =
+                    self.now.saturating_sub(a.received) >= REANNOUNCE_AFTER.as_millis() as Time;
+                if changed && late {
                     self.announce(&a.seeded, &update);
                 }
                 self.finish(task, a, Verdict::Accept)
