@@ -167,6 +167,12 @@ struct RunArgs {
     /// Do not join the Kademlia DHT: connect only to --bootstrap peers (and mDNS ones), and find repositories only among them.
     #[arg(long, env = "GUTS_NO_DHT")]
     no_dht: bool,
+    /// Do not relay for peers behind NAT (circuit relay v2; limits in ADR 0015). The node still uses other peers' relays.
+    #[arg(long, env = "GUTS_NO_RELAY_SERVICE")]
+    no_relay_service: bool,
+    /// Let AutoNAT probe with peers at private addresses (10/8, 192.168/16, ...): for networks whose peers reach each other only at such addresses.
+    #[arg(long, env = "GUTS_AUTONAT_PRIVATE_IPS")]
+    autonat_private_ips: bool,
     /// Every this many seconds, compare signed-update logs with connected peers and fetch what is missing (updates whose announcement was lost); 0 turns it off.
     #[arg(long, env = "GUTS_SYNC_INTERVAL", default_value_t = 60)]
     sync_interval: u64,
@@ -425,6 +431,10 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
                 dht: !args.no_dht,
                 sync_interval: (args.sync_interval > 0)
                     .then(|| std::time::Duration::from_secs(args.sync_interval)),
+                nat: guts_p2p::network::NatConfig {
+                    relay_service: !args.no_relay_service,
+                    autonat_private_ips: args.autonat_private_ips,
+                },
             };
             Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
         };

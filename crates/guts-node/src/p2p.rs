@@ -36,6 +36,8 @@ pub struct P2pOptions {
     pub dht: bool,
     /// How often logs are compared with connected peers (None: never).
     pub sync_interval: Option<Duration>,
+    /// NAT traversal: the relay service, AutoNAT (ADR 0015).
+    pub nat: network::NatConfig,
 }
 
 /// Load the node key from `path`, creating it (mode 0600) on first start.
@@ -81,6 +83,7 @@ impl P2p {
             mdns: opts.mdns,
             dht: opts.dht,
             accept: vec![guts_p2p::wire::REPLICATION_PROTOCOL],
+            nat: opts.nat,
         })
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;

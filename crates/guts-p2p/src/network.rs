@@ -1,7 +1,8 @@
 //! The libp2p side: one swarm per node with TCP and QUIC transports, noise,
 //! yamux, identify, ping, Kademlia (providers of repositories), mDNS (LAN
 //! discovery, optional), gossipsub (signed-update announcements) and raw
-//! streams (object transfer, identity and log exchange).
+//! streams (object transfer, identity and log exchange), and NAT traversal
+//! ([`nat`]): AutoNAT, circuit relay v2 (service and client) and DCUtR.
 //!
 //! The swarm runs on its own task; the rest of the node talks to it through a
 //! cloneable [`Handle`] and receives [`Event`]s on a channel.
@@ -22,6 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_GOSSIP_BYTES, PEER_IDLE_TIMEOUT};
+
+mod nat;
+pub use libp2p::multiaddr::Protocol;
+pub use nat::{ConnectionInfo, NatConfig, Reachability};
 
 /// Agent string in identify.
 const AGENT: &str = concat!("guts/", env!("CARGO_PKG_VERSION"));
@@ -46,6 +51,8 @@ pub struct NetworkConfig {
     /// catch-up request) is never turned away. Take them with
     /// [`Handle::accept`].
     pub accept: Vec<StreamProtocol>,
+    /// AutoNAT, the relay service, hole punching.
+    pub nat: NatConfig,
 }
 
 #[derive(NetworkBehaviour)]
@@ -57,6 +64,10 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     stream: libp2p_stream::Behaviour,
+    relay_client: libp2p::relay::client::Behaviour,
+    relay: Toggle<libp2p::relay::Behaviour>,
+    autonat: libp2p::autonat::Behaviour,
+    dcutr: libp2p::dcutr::Behaviour,
 }
 
 /// What the network reports to the node.
@@ -86,6 +97,15 @@ pub struct Status {
     pub listen_addrs: Vec<Multiaddr>,
     /// Currently connected peers.
     pub connected: Vec<PeerId>,
+    /// Whether AutoNAT found the node publicly reachable.
+    pub reachability: Reachability,
+    /// Addresses peers are told to reach this node at: confirmed by AutoNAT,
+    /// or relayed (`/p2p-circuit`) through a relay that accepted a reservation.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Every open connection.
+    pub connections: Vec<ConnectionInfo>,
+    /// Relayed connections upgraded to direct ones by hole punching (DCUtR).
+    pub hole_punches: u64,
 }
 
 enum Command {
@@ -199,7 +219,7 @@ impl Handle {
 /// Start the swarm on the current tokio runtime.
 pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Event>)> {
     let peer_id = config.keypair.public().to_peer_id();
-    let mut swarm = build_swarm(config.keypair, config.mdns, config.dht)?;
+    let mut swarm = build_swarm(config.keypair, config.mdns, config.dht, config.nat)?;
     let mut control = swarm.behaviour().stream.new_control();
     let mut registered = HashMap::new();
     for protocol in config.accept {
@@ -223,12 +243,13 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
     ))
 }
 
-/// The swarm: TCP and QUIC transports and every behaviour, mDNS and the
-/// DHT only if asked.
+/// The swarm: TCP and QUIC transports, circuits through relays, and every
+/// behaviour, mDNS, the DHT and the relay service only if asked.
 fn build_swarm(
     keypair: identity::Keypair,
     mdns_on: bool,
     dht_on: bool,
+    nat_config: NatConfig,
 ) -> Result<Swarm<Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -239,7 +260,9 @@ fn build_swarm(
         )
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config::default(),
@@ -259,6 +282,14 @@ fn build_swarm(
                 mdns: Toggle::from(mdns),
                 gossipsub: gossip_behaviour(key)?,
                 stream: libp2p_stream::Behaviour::new(),
+                relay_client,
+                relay: Toggle::from(
+                    nat_config
+                        .relay_service
+                        .then(|| nat::relay_behaviour(key.public().to_peer_id())),
+                ),
+                autonat: nat::autonat_behaviour(key.public().to_peer_id(), nat_config),
+                dcutr: libp2p::dcutr::Behaviour::new(key.public().to_peer_id()),
             })
         })
         .map_err(|e| Error::Transport(e.to_string()))?
@@ -343,15 +374,24 @@ async fn run(
 ) {
     let mut provider_queries = ProviderQueries::new();
     let mut strikes = Strikes::new();
+    let mut nat = nat::Nat::default();
+    let mut nat_tick = tokio::time::interval(crate::limits::HOLE_PUNCH_RETRY_INTERVAL / 3);
     loop {
         tokio::select! {
             cmd = commands.recv() => {
-                let Some(cmd) = cmd else { return };
-                handle_command(&mut swarm, cmd, &mut provider_queries, &mut strikes);
+                match cmd {
+                    None => return,
+                    // The NAT state lives here, beside the swarm.
+                    Some(Command::Status(reply)) => {
+                        let _ = reply.send(nat.status(&swarm));
+                    }
+                    Some(cmd) => handle_command(&mut swarm, cmd, &mut provider_queries, &mut strikes),
+                }
             }
             event = swarm.select_next_some() => {
-                handle_event(&mut swarm, event, &events, &mut provider_queries).await;
+                handle_event(&mut swarm, event, &events, &mut provider_queries, &mut nat).await;
             }
+            _ = nat_tick.tick() => nat.tick(&mut swarm),
         }
     }
 }
@@ -414,13 +454,8 @@ fn handle_command(
                 }
             }
         }
-        Command::Status(reply) => {
-            let _ = reply.send(Status {
-                peer_id: *swarm.local_peer_id(),
-                listen_addrs: swarm.listeners().cloned().collect(),
-                connected: swarm.connected_peers().copied().collect(),
-            });
-        }
+        // Answered by `run`, which holds the NAT state.
+        Command::Status(_) => {}
     }
 }
 
@@ -429,18 +464,33 @@ async fn handle_event(
     event: SwarmEvent<BehaviourEvent>,
     events: &mpsc::Sender<Event>,
     provider_queries: &mut ProviderQueries,
+    nat: &mut nat::Nat,
 ) {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, peer_id = %swarm.local_peer_id(), "p2p listening");
         }
+        SwarmEvent::ListenerClosed {
+            listener_id,
+            reason,
+            ..
+        } => nat.listener_closed(listener_id, reason.map_err(|e| e.to_string())),
+        SwarmEvent::ExternalAddrConfirmed { address } => {
+            tracing::info!(%address, "external address confirmed: peers are told it");
+        }
+        SwarmEvent::ExternalAddrExpired { address } => {
+            tracing::info!(%address, "external address expired");
+        }
         SwarmEvent::ConnectionEstablished {
             peer_id,
+            connection_id,
             endpoint,
             num_established,
             ..
         } => {
-            tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+            let relayed = endpoint.is_relayed();
+            tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "peer connected");
+            nat.connected(swarm, connection_id, peer_id, &endpoint);
             swarm.behaviour_mut().gossipsub.add_explicit_peer(&peer_id);
             if num_established.get() == 1 {
                 let _ = events.send(Event::Connected(peer_id)).await;
@@ -448,10 +498,14 @@ async fn handle_event(
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
-            num_established: 0,
+            connection_id,
+            num_established,
             ..
         } => {
-            tracing::info!(peer = %peer_id, "peer disconnected");
+            nat.disconnected(connection_id, peer_id, num_established);
+            if num_established == 0 {
+                tracing::info!(peer = %peer_id, "peer disconnected");
+            }
         }
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(peer),
@@ -461,7 +515,7 @@ async fn handle_event(
             tracing::warn!(%peer, %error, "cannot connect to peer");
         }
         SwarmEvent::Behaviour(event) => {
-            handle_behaviour_event(swarm, event, events, provider_queries).await
+            handle_behaviour_event(swarm, event, events, provider_queries, nat).await
         }
         _ => {}
     }
@@ -472,9 +526,11 @@ async fn handle_behaviour_event(
     event: BehaviourEvent,
     events: &mpsc::Sender<Event>,
     provider_queries: &mut ProviderQueries,
+    nat: &mut nat::Nat,
 ) {
     match event {
         BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            nat.identified(swarm, peer_id, &info);
             if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
                 for addr in info.listen_addrs {
                     kad.add_address(&peer_id, addr);
@@ -513,6 +569,7 @@ async fn handle_behaviour_event(
             if let (Some((_, found)), Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) =
                 (provider_queries.get_mut(&id), res)
             {
+                nat::dial_providers(swarm, &providers);
                 found.extend(providers);
             }
             if step.last {
@@ -521,6 +578,10 @@ async fn handle_behaviour_event(
                 }
             }
         }
+        BehaviourEvent::RelayClient(e) => nat.relay_client(e),
+        BehaviourEvent::Relay(e) => nat.relay_service(e),
+        BehaviourEvent::Autonat(e) => nat.autonat(swarm, e),
+        BehaviourEvent::Dcutr(e) => nat.dcutr(e),
         _ => {}
     }
 }
