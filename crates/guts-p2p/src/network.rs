@@ -477,9 +477,11 @@ async fn handle_event(
         } => nat.listener_closed(listener_id, reason.map_err(|e| e.to_string())),
         SwarmEvent::ExternalAddrConfirmed { address } => {
             tracing::info!(%address, "external address confirmed: peers are told it");
+            nat::push_addresses(swarm);
         }
         SwarmEvent::ExternalAddrExpired { address } => {
             tracing::info!(%address, "external address expired");
+            nat::push_addresses(swarm);
         }
         SwarmEvent::ConnectionEstablished {
             peer_id,

@@ -92,7 +92,11 @@ pub(super) fn relay_behaviour(local: PeerId) -> relay::Behaviour {
         // libp2p's default rate limits per peer and per IP address stay.
         ..relay::Config::default()
     };
-    relay::Behaviour::new(local, config)
+    let mut relay = relay::Behaviour::new(local, config);
+    // Offered once AutoNAT finds the node public (see `Nat::autonat`), not
+    // as soon as it has any external address: a relayed address is one.
+    relay.set_status(Some(relay::Status::Disable));
+    relay
 }
 
 /// AutoNAT (v1): probes start soon after start and are repeated; every
@@ -109,18 +113,32 @@ pub(super) fn autonat_behaviour(local: PeerId, config: NatConfig) -> autonat::Be
     autonat::Behaviour::new(local, config)
 }
 
-/// Dial the providers a query found while it runs: Kademlia knows their
-/// addresses (a relayed one for a node behind NAT) only until the query
-/// ends, and the caller connects to them by peer id right after.
+/// Dial the providers a query found while it runs: Kademlia knows the
+/// addresses of their provider records (a relayed one for a node behind
+/// NAT) only until the query ends, and the caller connects to them by peer
+/// id right after. Dialed even while another dial is under way, which may
+/// know only older, unreachable addresses.
 pub(super) fn dial_providers(swarm: &mut Swarm<Behaviour>, providers: &HashSet<PeerId>) {
     for peer in providers {
         if peer == swarm.local_peer_id() || swarm.is_connected(peer) {
             continue;
         }
-        if let Err(e) = swarm.dial(*peer) {
+        let opts = DialOpts::peer_id(*peer)
+            .condition(PeerCondition::Disconnected)
+            .build();
+        if let Err(e) = swarm.dial(opts) {
             tracing::debug!(%peer, error = %e, "cannot dial a provider");
         }
     }
+}
+
+/// Tell connected peers at once that this node's external addresses
+/// changed (identify sends them otherwise only at its next periodic
+/// exchange): they add a new relayed address to their routing tables, and
+/// hand it to whoever looks this node up.
+pub(super) fn push_addresses(swarm: &mut Swarm<Behaviour>) {
+    let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+    swarm.behaviour_mut().identify.push(peers);
 }
 
 /// One open connection.
@@ -359,7 +377,18 @@ impl Nat {
             reachability.as_str()
         );
         self.reachability = reachability;
-        if reachability == Reachability::Public {
+        let public = reachability == Reachability::Public;
+        if let Some(service) = swarm.behaviour_mut().relay.as_mut() {
+            let status = if public {
+                tracing::info!("relay service offered to peers (the node is public)");
+                relay::Status::Enable
+            } else {
+                tracing::info!("relay service not offered (the node is not known to be public)");
+                relay::Status::Disable
+            };
+            service.set_status(Some(status));
+        }
+        if public {
             for relay in self.relays.values_mut() {
                 if let Some(id) = relay.listener.take() {
                     swarm.remove_listener(id);
@@ -404,14 +433,6 @@ impl Nat {
                 src_peer_id,
                 dst_peer_id,
             } => tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "relaying a circuit"),
-            // libp2p offers the service only while the node has a confirmed
-            // external address: a node behind NAT does not relay.
-            relay::Event::StatusChanged {
-                status: relay::Status::Enable,
-            } => tracing::info!("relay service offered to peers (public address confirmed)"),
-            relay::Event::StatusChanged {
-                status: relay::Status::Disable,
-            } => tracing::info!("relay service not offered (no confirmed public address)"),
             other => tracing::debug!(event = ?other, "relay service"),
         }
     }
