@@ -494,3 +494,82 @@ impl Nat {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn conn(peer: PeerId, addr: &str, dialer: bool, age: Duration) -> Conn {
+        let addr: Multiaddr = addr.parse().expect("address");
+        Conn {
+            peer,
+            relayed: addr.iter().any(|p| p == Protocol::P2pCircuit),
+            addr,
+            dialer,
+            since: Instant::now()
+                .checked_sub(age)
+                .expect("an instant in the past"),
+        }
+    }
+
+    const CIRCUIT: &str = "/ip4/198.51.100.2/tcp/4001/p2p/12D3KooWRBYRqJYRE8XUytw4mDUz8UUMggkseiK2B7YNnfhdEsCv/p2p-circuit";
+
+    fn nat_with(conns: Vec<Conn>) -> Nat {
+        let mut nat = Nat::default();
+        for (i, c) in conns.into_iter().enumerate() {
+            nat.connections.insert(ConnectionId::new_unchecked(i), c);
+        }
+        nat
+    }
+
+    #[test]
+    fn a_peer_reached_only_through_an_old_circuit_is_dialed_again() {
+        let peer = PeerId::random();
+        let old = HOLE_PUNCH_RETRY_INTERVAL + Duration::from_secs(1);
+        let nat = nat_with(vec![conn(peer, CIRCUIT, true, old)]);
+        let due = nat.punch_retries_due();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, peer);
+        assert!(due[0].1.to_string().ends_with("/p2p-circuit"));
+    }
+
+    #[test]
+    fn no_retry_with_a_direct_connection_a_young_circuit_or_none_left() {
+        let peer = PeerId::random();
+        let old = HOLE_PUNCH_RETRY_INTERVAL + Duration::from_secs(1);
+        let direct = "/ip4/203.0.113.2/tcp/4001";
+        let cases = [
+            vec![
+                conn(peer, CIRCUIT, true, old),
+                conn(peer, direct, true, old),
+            ],
+            vec![conn(peer, CIRCUIT, true, Duration::from_secs(1))],
+            // A newer circuit the peer opened is still being punched.
+            vec![
+                conn(peer, CIRCUIT, true, old),
+                conn(peer, CIRCUIT, false, Duration::ZERO),
+            ],
+            // Only the peer dialed: this node has no circuit address to dial.
+            vec![conn(peer, CIRCUIT, false, old)],
+        ];
+        for conns in cases {
+            assert!(nat_with(conns).punch_retries_due().is_empty());
+        }
+        let mut nat = nat_with(vec![conn(peer, CIRCUIT, true, old)]);
+        nat.retries.insert(peer, MAX_HOLE_PUNCH_RETRIES);
+        assert!(nat.punch_retries_due().is_empty());
+    }
+
+    #[test]
+    fn without_peer_strips_only_a_trailing_peer_id() {
+        let a: Multiaddr =
+            format!("{CIRCUIT}/p2p/12D3KooWRBYRqJYRE8XUytw4mDUz8UUMggkseiK2B7YNnfhdEsCv")
+                .parse()
+                .expect("address");
+        assert_eq!(without_peer(&a).to_string(), CIRCUIT);
+        let b: Multiaddr = "/ip4/198.51.100.2/tcp/4001".parse().expect("address");
+        assert_eq!(without_peer(&b), b);
+    }
+}
