@@ -128,6 +128,26 @@ fn clone_inside(ns: &str, node: &Node, owner: &str, dest: &Path) -> Vec<(String,
     refs_of(dest).into_iter().collect()
 }
 
+/// The public node, then A and B bootstrapping from it only; returns once
+/// both listen through its relay.
+fn start_nodes(lab: &Lab, dir: &Path) -> [Node; 3] {
+    let p = lab_node(lab, Host::Public, &dir.join("p"), None);
+    let relay = format!("/ip4/{PUBLIC_IP}/tcp/4001/p2p/{}", peer_id(&p));
+    let a = lab_node(lab, Host::A, &dir.join("a"), Some(&relay));
+    let b = lab_node(lab, Host::B, &dir.join("b"), Some(&relay));
+    eventually(20, "A and B listen through the public node's relay", || {
+        !relayed_external_addrs(&a).is_empty() && !relayed_external_addrs(&b).is_empty()
+    });
+    for node in [&a, &b] {
+        let relayed = relayed_external_addrs(node);
+        assert!(
+            relayed.iter().all(|r| r.contains(&peer_id(&p))),
+            "{relayed:?}"
+        );
+    }
+    [p, a, b]
+}
+
 #[test]
 fn private_nodes_replicate_through_a_relay_then_over_a_hole_punched_connection() {
     let lab = match Lab::new() {
@@ -142,19 +162,8 @@ fn private_nodes_replicate_through_a_relay_then_over_a_hole_punched_connection()
     // A and B, and hole punching fails.
     lab.cut_between_routers(true);
     let tmp = TempDir::new().expect("tmp");
-    let p = lab_node(&lab, Host::Public, &tmp.path().join("p"), None);
-    let relay = format!("/ip4/{PUBLIC_IP}/tcp/4001/p2p/{}", peer_id(&p));
-    let a = lab_node(&lab, Host::A, &tmp.path().join("a"), Some(&relay));
-    let b = lab_node(&lab, Host::B, &tmp.path().join("b"), Some(&relay));
+    let [p, a, b] = start_nodes(&lab, tmp.path());
     let (a_id, b_id) = (peer_id(&a), peer_id(&b));
-    eventually(20, "A and B listen through the public node's relay", || {
-        !relayed_external_addrs(&a).is_empty() && !relayed_external_addrs(&b).is_empty()
-    });
-    let a_relayed = relayed_external_addrs(&a);
-    assert!(
-        a_relayed.iter().all(|r| r.contains(&peer_id(&p))),
-        "{a_relayed:?}"
-    );
 
     a.create_repo("alice", "demo");
     let work = tmp.path().join("work");

@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 use crate::limits::{MAX_GOSSIP_BYTES, PEER_IDLE_TIMEOUT};
 
 mod nat;
+mod providers;
 pub use libp2p::multiaddr::Protocol;
 pub use nat::{ConnectionInfo, NatConfig, Reachability};
+use providers::ProviderQueries;
 
 /// Agent string in identify.
 const AGENT: &str = concat!("guts/", env!("CARGO_PKG_VERSION"));
@@ -359,10 +361,6 @@ fn listen_and_dial(
     Ok(())
 }
 
-/// Provider queries under way: where to send the providers found, and
-/// those found so far.
-type ProviderQueries = HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>;
-
 /// Per-peer count of invalid messages; a peer reaching
 /// [`MAX_INVALID_MESSAGES`](crate::limits::MAX_INVALID_MESSAGES) is blocked.
 type Strikes = HashMap<PeerId, u32>;
@@ -428,10 +426,7 @@ fn handle_command(
             }
         }
         Command::FindProviders(key, reply) => match b.kad.as_mut() {
-            Some(kad) => {
-                let id = kad.get_providers(kad::RecordKey::new(&key));
-                provider_queries.insert(id, (reply, Vec::new()));
-            }
+            Some(kad) => providers::find(kad, provider_queries, &key, reply),
             None => {
                 let _ = reply.send(Vec::new());
             }
@@ -567,19 +562,7 @@ async fn handle_behaviour_event(
             result: kad::QueryResult::GetProviders(res),
             step,
             ..
-        }) => {
-            if let (Some((_, found)), Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) =
-                (provider_queries.get_mut(&id), res)
-            {
-                nat::dial_providers(swarm, &providers);
-                found.extend(providers);
-            }
-            if step.last {
-                if let Some((reply, found)) = provider_queries.remove(&id) {
-                    let _ = reply.send(found);
-                }
-            }
-        }
+        }) => providers::progress(swarm, provider_queries, nat, id, res, step.last),
         BehaviourEvent::RelayClient(e) => nat.relay_client(e),
         BehaviourEvent::Relay(e) => nat.relay_service(e),
         BehaviourEvent::Autonat(e) => nat.autonat(swarm, e),

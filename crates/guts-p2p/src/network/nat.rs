@@ -8,7 +8,7 @@
 //! This module keeps the connection table the node reports, the relays it
 //! listens through and the hole-punching retries.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use libp2p::core::transport::ListenerId;
@@ -113,25 +113,6 @@ pub(super) fn autonat_behaviour(local: PeerId, config: NatConfig) -> autonat::Be
     autonat::Behaviour::new(local, config)
 }
 
-/// Dial the providers a query found while it runs: Kademlia knows the
-/// addresses of their provider records (a relayed one for a node behind
-/// NAT) only until the query ends, and the caller connects to them by peer
-/// id right after. Dialed even while another dial is under way, which may
-/// know only older, unreachable addresses.
-pub(super) fn dial_providers(swarm: &mut Swarm<Behaviour>, providers: &HashSet<PeerId>) {
-    for peer in providers {
-        if peer == swarm.local_peer_id() || swarm.is_connected(peer) {
-            continue;
-        }
-        let opts = DialOpts::peer_id(*peer)
-            .condition(PeerCondition::Disconnected)
-            .build();
-        if let Err(e) = swarm.dial(opts) {
-            tracing::debug!(%peer, error = %e, "cannot dial a provider");
-        }
-    }
-}
-
 /// Tell connected peers at once that this node's external addresses
 /// changed (identify sends them otherwise only at its next periodic
 /// exchange): they add a new relayed address to their routing tables, and
@@ -204,6 +185,11 @@ impl Nat {
             connections,
             hole_punches: self.hole_punches,
         }
+    }
+
+    /// Whether any connection goes through a relay.
+    pub(super) fn has_relayed_connections(&self) -> bool {
+        self.connections.values().any(|c| c.relayed)
     }
 
     /// A connection is up: note it; once a peer is reached directly, its
