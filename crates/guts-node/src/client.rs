@@ -551,10 +551,21 @@ pub fn status(args: &ClientArgs) -> Result<(), NodeError> {
     for a in v.listen_addrs {
         println!("listening   {a}");
     }
+    if let Some(r) = &v.reachability {
+        println!("reachable   {r} (AutoNAT)");
+    }
+    for a in v.external_addrs {
+        println!("external    {a}");
+    }
     println!("peers       {}", v.connected_peers.len());
     for p in v.connected_peers {
         println!("  {p}");
+        for c in v.connections.iter().filter(|c| c.peer == p) {
+            let how = if c.relayed { "relayed" } else { "direct" };
+            println!("    {how:<8} {}", c.address);
+        }
     }
+    println!("hole punches {}", v.hole_punches);
     println!("seeding     {}", v.seeding.join(", "));
     Ok(())
 }

@@ -168,6 +168,12 @@ struct RunArgs {
     /// Do not join the Kademlia DHT: connect only to --bootstrap peers (and mDNS ones), and find repositories only among them. Also `p2p.dht = false`.
     #[arg(long, env = "GUTS_NO_DHT")]
     no_dht: bool,
+    /// Do not relay for peers behind NAT (circuit relay v2; limits in ADR 0015). The node still uses other peers' relays.
+    #[arg(long, env = "GUTS_NO_RELAY_SERVICE")]
+    no_relay_service: bool,
+    /// Let AutoNAT probe with peers at private addresses (10/8, 192.168/16, ...): for networks whose peers reach each other only at such addresses.
+    #[arg(long, env = "GUTS_AUTONAT_PRIVATE_IPS")]
+    autonat_private_ips: bool,
     /// Do not replicate: no peer-to-peer listening, discovery or node key; the node only serves HTTP. Also `p2p.enabled = false`.
     #[arg(long, env = "GUTS_NO_P2P", conflicts_with_all = ["p2p_listen", "bootstrap"])]
     no_p2p: bool,
@@ -375,6 +381,10 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
                 no_mdns: args.no_mdns,
                 no_dht: args.no_dht,
                 sync_interval: args.sync_interval,
+                nat: guts_p2p::network::NatConfig {
+                    relay_service: !args.no_relay_service,
+                    autonat_private_ips: args.autonat_private_ips,
+                },
             },
             &file.p2p,
         )?,

@@ -44,6 +44,8 @@ pub struct P2pOptions {
     /// `listen` are the defaults: a port that is taken falls back to a
     /// free one (with a warning) instead of failing the start.
     pub fallback: bool,
+    /// NAT traversal: the relay service, AutoNAT (ADR 0015).
+    pub nat: network::NatConfig,
 }
 
 /// Load the node key from `path`, creating it (mode 0600) on first start.
@@ -142,6 +144,7 @@ async fn start_network(
             mdns: opts.mdns,
             dht: opts.dht,
             accept: vec![guts_p2p::wire::REPLICATION_PROTOCOL],
+            nat: opts.nat.clone(),
         })
         .await;
         match started {

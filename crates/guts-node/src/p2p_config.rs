@@ -30,6 +30,8 @@ pub struct P2pFlags<'a> {
     pub no_dht: bool,
     /// `--sync-interval`.
     pub sync_interval: Option<u64>,
+    /// `--no-relay-service` and `--autonat-private-ips` (ADR 0015).
+    pub nat: guts_p2p::network::NatConfig,
 }
 
 /// The options replication runs with, or None when it is off (`--no-p2p`,
@@ -65,6 +67,7 @@ pub fn resolve(flags: &P2pFlags, file: &P2pFileConfig) -> Result<Option<P2pOptio
         dht: !flags.no_dht && file.dht.unwrap_or(true),
         sync_interval: (sync > 0).then(|| Duration::from_secs(sync)),
         fallback,
+        nat: flags.nat.clone(),
     }))
 }
 
@@ -213,6 +216,7 @@ mod tests {
             no_mdns: false,
             no_dht: false,
             sync_interval: None,
+            nat: Default::default(),
         }
     }
 

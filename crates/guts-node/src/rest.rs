@@ -474,6 +474,30 @@ pub struct NodeView {
     pub connected_peers: Vec<String>,
     /// Repositories followed.
     pub seeding: Vec<String>,
+    /// What AutoNAT found: `unknown`, `public` or `private` (ADR 0015).
+    #[serde(default)]
+    pub reachability: Option<String>,
+    /// Addresses peers are told: confirmed public ones and relayed ones
+    /// (`.../p2p/RELAY/p2p-circuit/p2p/SELF`).
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
+    /// Every open connection.
+    #[serde(default)]
+    pub connections: Vec<ConnectionView>,
+    /// Relayed connections upgraded to direct ones by hole punching (DCUtR).
+    #[serde(default)]
+    pub hole_punches: u64,
+}
+
+/// One open connection of the node.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ConnectionView {
+    /// The peer id.
+    pub peer: String,
+    /// The peer's address (for a relayed connection, the circuit).
+    pub address: String,
+    /// Through a relay (the address has `/p2p-circuit`).
+    pub relayed: bool,
 }
 
 async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiError> {
@@ -484,6 +508,10 @@ async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiE
             listen_addrs: Vec::new(),
             connected_peers: Vec::new(),
             seeding: Vec::new(),
+            reachability: None,
+            external_addrs: Vec::new(),
+            connections: Vec::new(),
+            hole_punches: 0,
         }));
     };
     let status = p2p
@@ -507,10 +535,30 @@ async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiE
         listen_addrs: status
             .listen_addrs
             .iter()
-            .map(|a| format!("{a}/p2p/{}", status.peer_id))
+            .map(|a| match a.iter().last() {
+                // A relayed listen address already ends with the peer id.
+                Some(guts_p2p::network::Protocol::P2p(_)) => a.to_string(),
+                _ => format!("{a}/p2p/{}", status.peer_id),
+            })
             .collect(),
         connected_peers: status.connected.iter().map(|p| p.to_string()).collect(),
         seeding,
+        reachability: Some(status.reachability.as_str().to_owned()),
+        external_addrs: status
+            .external_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        connections: status
+            .connections
+            .iter()
+            .map(|c| ConnectionView {
+                peer: c.peer.to_string(),
+                address: c.address.to_string(),
+                relayed: c.relayed,
+            })
+            .collect(),
+        hole_punches: status.hole_punches,
     }))
 }
 

@@ -90,6 +90,22 @@ fn a_push_to_one_end_of_a_line_reaches_the_other_end() {
         same_refs(&l.a, &l.c, &l.owner, "demo"),
         "seeding copied the refs"
     );
+    // On loopback every connection is direct (NAT traversal: tests/nat.rs).
+    let info = l.b.get("/api/v1/node").json();
+    let conns = info["connections"].as_array().expect("connections");
+    assert!(conns.len() >= 2, "{info}");
+    assert!(conns.iter().all(|c| c["relayed"] == false), "{info}");
+    assert!(
+        ["unknown", "public", "private"]
+            .contains(&info["reachability"].as_str().expect("reachability")),
+        "{info}"
+    );
+    assert_eq!(info["hole_punches"], 0, "{info}");
+    let status = cli_ok(&l.b, &["status"]);
+    assert!(
+        status.contains("direct") && status.contains("hole punches 0"),
+        "{status}"
+    );
 
     let c2 = commit_file(&l.work, "README.md", "v2\n", "third");
     git_ok(

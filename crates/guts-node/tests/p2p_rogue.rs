@@ -181,6 +181,7 @@ impl Rogue {
                 mdns: false,
                 dht: false,
                 accept: vec![wire::REPLICATION_PROTOCOL],
+                nat: Default::default(),
             })
             .await
             .expect("start the rogue's network");

@@ -41,3 +41,31 @@ pub const REQUEST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// verdict for five 500 ms heartbeats, after which it can no longer be
 /// forwarded. Sooner, forwarding the original message is enough.
 pub const REANNOUNCE_AFTER: Duration = Duration::from_secs(2);
+
+// Circuit relay v2 (ADR 0015). A relay spends its own bandwidth on peers
+// behind NAT; circuits are meant for coordination (identify, DCUtR) and small
+// transfers until a hole-punched direct connection takes over, not for bulk
+// replication.
+
+/// Reservations a relaying node holds at once, for all peers together.
+pub const MAX_RELAY_RESERVATIONS: usize = 128;
+/// Reservations one peer may hold at once on a relaying node.
+pub const MAX_RELAY_RESERVATIONS_PER_PEER: usize = 2;
+/// How long a reservation lasts before the client must renew it.
+pub const RELAY_RESERVATION_DURATION: Duration = Duration::from_secs(60 * 60);
+/// Circuits a relaying node carries at once, for all peers together.
+pub const MAX_RELAY_CIRCUITS: usize = 32;
+/// Circuits at once to or from one peer.
+pub const MAX_RELAY_CIRCUITS_PER_PEER: usize = 4;
+/// How long one circuit may stay open; the relay then closes it.
+pub const MAX_RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
+/// Bytes one circuit may carry (both directions); the relay then closes it.
+pub const MAX_RELAYED_BYTES: u64 = 64 * 1024 * 1024;
+/// Relays a node behind NAT listens through at once.
+pub const MAX_RELAYS_USED: usize = 2;
+/// A peer reached only through a relay is dialed through it again (a new
+/// circuit, a new hole-punching attempt) once the last circuit is this old.
+pub const HOLE_PUNCH_RETRY_INTERVAL: Duration = Duration::from_secs(15);
+/// New circuits opened to one peer to retry hole punching, before the node
+/// settles for the relay until the peer disconnects.
+pub const MAX_HOLE_PUNCH_RETRIES: u32 = 4;

@@ -1,7 +1,8 @@
 //! The libp2p side: one swarm per node with TCP and QUIC transports, noise,
 //! yamux, identify, ping, Kademlia (providers of repositories), mDNS (LAN
 //! discovery, optional), gossipsub (signed-update announcements) and raw
-//! streams (object transfer, identity and log exchange).
+//! streams (object transfer, identity and log exchange), and NAT traversal
+//! ([`nat`]): AutoNAT, circuit relay v2 (service and client) and DCUtR.
 //!
 //! The swarm runs on its own task; the rest of the node talks to it through a
 //! cloneable [`Handle`] and receives [`Event`]s on a channel.
@@ -22,6 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_GOSSIP_BYTES, PEER_IDLE_TIMEOUT};
+
+mod nat;
+mod providers;
+pub use libp2p::multiaddr::Protocol;
+pub use nat::{ConnectionInfo, NatConfig, Reachability};
+use providers::ProviderQueries;
 
 /// Agent string in identify.
 const AGENT: &str = concat!("guts/", env!("CARGO_PKG_VERSION"));
@@ -46,6 +53,8 @@ pub struct NetworkConfig {
     /// catch-up request) is never turned away. Take them with
     /// [`Handle::accept`].
     pub accept: Vec<StreamProtocol>,
+    /// AutoNAT, the relay service, hole punching.
+    pub nat: NatConfig,
 }
 
 #[derive(NetworkBehaviour)]
@@ -57,6 +66,10 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     stream: libp2p_stream::Behaviour,
+    relay_client: libp2p::relay::client::Behaviour,
+    relay: Toggle<libp2p::relay::Behaviour>,
+    autonat: libp2p::autonat::Behaviour,
+    dcutr: libp2p::dcutr::Behaviour,
 }
 
 /// What the network reports to the node.
@@ -88,6 +101,15 @@ pub struct Status {
     pub listen_addrs: Vec<Multiaddr>,
     /// Currently connected peers.
     pub connected: Vec<PeerId>,
+    /// Whether AutoNAT found the node publicly reachable.
+    pub reachability: Reachability,
+    /// Addresses peers are told to reach this node at: confirmed by AutoNAT,
+    /// or relayed (`/p2p-circuit`) through a relay that accepted a reservation.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Every open connection.
+    pub connections: Vec<ConnectionInfo>,
+    /// Relayed connections upgraded to direct ones by hole punching (DCUtR).
+    pub hole_punches: u64,
 }
 
 enum Command {
@@ -209,7 +231,7 @@ impl Handle {
 /// Start the swarm on the current tokio runtime.
 pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Event>)> {
     let peer_id = config.keypair.public().to_peer_id();
-    let mut swarm = build_swarm(config.keypair, config.mdns, config.dht)?;
+    let mut swarm = build_swarm(config.keypair, config.mdns, config.dht, config.nat)?;
     let mut control = swarm.behaviour().stream.new_control();
     let mut registered = HashMap::new();
     for protocol in config.accept {
@@ -233,12 +255,13 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
     ))
 }
 
-/// The swarm: TCP and QUIC transports and every behaviour, mDNS and the
-/// DHT only if asked.
+/// The swarm: TCP and QUIC transports, circuits through relays, and every
+/// behaviour, mDNS, the DHT and the relay service only if asked.
 fn build_swarm(
     keypair: identity::Keypair,
     mdns_on: bool,
     dht_on: bool,
+    nat_config: NatConfig,
 ) -> Result<Swarm<Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -249,7 +272,9 @@ fn build_swarm(
         )
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config::default(),
@@ -269,6 +294,14 @@ fn build_swarm(
                 mdns: Toggle::from(mdns),
                 gossipsub: gossip_behaviour(key)?,
                 stream: libp2p_stream::Behaviour::new(),
+                relay_client,
+                relay: Toggle::from(
+                    nat_config
+                        .relay_service
+                        .then(|| nat::relay_behaviour(key.public().to_peer_id())),
+                ),
+                autonat: nat::autonat_behaviour(key.public().to_peer_id(), nat_config),
+                dcutr: libp2p::dcutr::Behaviour::new(key.public().to_peer_id()),
             })
         })
         .map_err(|e| Error::Transport(e.to_string()))?
@@ -344,9 +377,6 @@ fn listen_and_dial(
     Ok(())
 }
 
-/// Provider queries under way: where to send the providers found, and
-/// those found so far.
-type ProviderQueries = HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>;
 
 async fn run(
     mut swarm: Swarm<Behaviour>,
@@ -354,15 +384,24 @@ async fn run(
     events: mpsc::Sender<Event>,
 ) {
     let mut provider_queries = ProviderQueries::new();
+    let mut nat = nat::Nat::default();
+    let mut nat_tick = tokio::time::interval(crate::limits::HOLE_PUNCH_RETRY_INTERVAL / 3);
     loop {
         tokio::select! {
             cmd = commands.recv() => {
-                let Some(cmd) = cmd else { return };
-                handle_command(&mut swarm, cmd, &mut provider_queries);
+                match cmd {
+                    None => return,
+                    // The NAT state lives here, beside the swarm.
+                    Some(Command::Status(reply)) => {
+                        let _ = reply.send(nat.status(&swarm));
+                    }
+                    Some(cmd) => handle_command(&mut swarm, cmd, &mut provider_queries),
+                }
             }
             event = swarm.select_next_some() => {
-                handle_event(&mut swarm, event, &events, &mut provider_queries).await;
+                handle_event(&mut swarm, event, &events, &mut provider_queries, &mut nat).await;
             }
+            _ = nat_tick.tick() => nat.tick(&mut swarm),
         }
     }
 }
@@ -398,10 +437,7 @@ fn handle_command(
             }
         }
         Command::FindProviders(key, reply) => match b.kad.as_mut() {
-            Some(kad) => {
-                let id = kad.get_providers(kad::RecordKey::new(&key));
-                provider_queries.insert(id, (reply, Vec::new()));
-            }
+            Some(kad) => providers::find(kad, provider_queries, &key, reply),
             None => {
                 let _ = reply.send(Vec::new());
             }
@@ -419,13 +455,8 @@ fn handle_command(
         Command::Block(peer, false) => {
             b.blocked.unblock_peer(peer);
         }
-        Command::Status(reply) => {
-            let _ = reply.send(Status {
-                peer_id: *swarm.local_peer_id(),
-                listen_addrs: swarm.listeners().cloned().collect(),
-                connected: swarm.connected_peers().copied().collect(),
-            });
-        }
+        // Answered by `run`, which holds the NAT state.
+        Command::Status(_) => {}
     }
 }
 
@@ -434,18 +465,35 @@ async fn handle_event(
     event: SwarmEvent<BehaviourEvent>,
     events: &mpsc::Sender<Event>,
     provider_queries: &mut ProviderQueries,
+    nat: &mut nat::Nat,
 ) {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, peer_id = %swarm.local_peer_id(), "p2p listening");
         }
+        SwarmEvent::ListenerClosed {
+            listener_id,
+            reason,
+            ..
+        } => nat.listener_closed(listener_id, reason.map_err(|e| e.to_string())),
+        SwarmEvent::ExternalAddrConfirmed { address } => {
+            tracing::info!(%address, "external address confirmed: peers are told it");
+            nat::push_addresses(swarm);
+        }
+        SwarmEvent::ExternalAddrExpired { address } => {
+            tracing::info!(%address, "external address expired");
+            nat::push_addresses(swarm);
+        }
         SwarmEvent::ConnectionEstablished {
             peer_id,
+            connection_id,
             endpoint,
             num_established,
             ..
         } => {
-            tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+            let relayed = endpoint.is_relayed();
+            tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "peer connected");
+            nat.connected(swarm, connection_id, peer_id, &endpoint);
             swarm.behaviour_mut().gossipsub.add_explicit_peer(&peer_id);
             if num_established.get() == 1 {
                 let _ = events.send(Event::Connected(peer_id)).await;
@@ -453,11 +501,15 @@ async fn handle_event(
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
-            num_established: 0,
+            connection_id,
+            num_established,
             ..
         } => {
-            tracing::info!(peer = %peer_id, "peer disconnected");
-            let _ = events.send(Event::Disconnected(peer_id)).await;
+            nat.disconnected(connection_id, peer_id, num_established);
+            if num_established == 0 {
+                tracing::info!(peer = %peer_id, "peer disconnected");
+                let _ = events.send(Event::Disconnected(peer_id)).await;
+            }
         }
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(peer),
@@ -467,7 +519,7 @@ async fn handle_event(
             tracing::warn!(%peer, %error, "cannot connect to peer");
         }
         SwarmEvent::Behaviour(event) => {
-            handle_behaviour_event(swarm, event, events, provider_queries).await
+            handle_behaviour_event(swarm, event, events, provider_queries, nat).await
         }
         _ => {}
     }
@@ -478,9 +530,11 @@ async fn handle_behaviour_event(
     event: BehaviourEvent,
     events: &mpsc::Sender<Event>,
     provider_queries: &mut ProviderQueries,
+    nat: &mut nat::Nat,
 ) {
     match event {
         BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            nat.identified(swarm, peer_id, &info);
             if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
                 for addr in info.listen_addrs {
                     kad.add_address(&peer_id, addr);
@@ -515,18 +569,11 @@ async fn handle_behaviour_event(
             result: kad::QueryResult::GetProviders(res),
             step,
             ..
-        }) => {
-            if let (Some((_, found)), Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) =
-                (provider_queries.get_mut(&id), res)
-            {
-                found.extend(providers);
-            }
-            if step.last {
-                if let Some((reply, found)) = provider_queries.remove(&id) {
-                    let _ = reply.send(found);
-                }
-            }
-        }
+        }) => providers::progress(swarm, provider_queries, nat, id, res, step.last),
+        BehaviourEvent::RelayClient(e) => nat.relay_client(e),
+        BehaviourEvent::Relay(e) => nat.relay_service(e),
+        BehaviourEvent::Autonat(e) => nat.autonat(swarm, e),
+        BehaviourEvent::Dcutr(e) => nat.dcutr(e),
         _ => {}
     }
 }

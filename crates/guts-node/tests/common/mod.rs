@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod oracle;
 pub mod p2p;
 
@@ -161,6 +162,12 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Reach the node's HTTP at `addr` from now on (a forwarder to a node
+    /// whose HTTP is not reachable directly, e.g. in a network namespace).
+    pub fn reach_through(&mut self, addr: std::net::SocketAddr) {
+        self.addr = addr.to_string();
     }
 
     /// `host:port` the node listens on.
