@@ -144,7 +144,7 @@ async fn start_network(
             mdns: opts.mdns,
             dht: opts.dht,
             accept: vec![guts_p2p::wire::REPLICATION_PROTOCOL],
-            nat: opts.nat.clone(),
+            nat: opts.nat,
         })
         .await;
         match started {

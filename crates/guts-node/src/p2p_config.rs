@@ -67,7 +67,7 @@ pub fn resolve(flags: &P2pFlags, file: &P2pFileConfig) -> Result<Option<P2pOptio
         dht: !flags.no_dht && file.dht.unwrap_or(true),
         sync_interval: (sync > 0).then(|| Duration::from_secs(sync)),
         fallback,
-        nat: flags.nat.clone(),
+        nat: flags.nat,
     }))
 }
 

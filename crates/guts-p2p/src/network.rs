@@ -377,7 +377,6 @@ fn listen_and_dial(
     Ok(())
 }
 
-
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
