@@ -542,7 +542,7 @@ pub fn status(args: &ClientArgs) -> Result<(), NodeError> {
         .get(&format!("{base}/api/v1/node"))
         .call()
         .map_err(unreachable_node(&base))?;
-    let v: crate::rest::NodeView = read_json(check(resp, "status")?)?;
+    let v: crate::rest_p2p::NodeView = read_json(check(resp, "status")?)?;
     if !v.p2p {
         println!("node at {base}: peer-to-peer replication is off (started with --no-p2p or p2p.enabled = false)");
         return Ok(());

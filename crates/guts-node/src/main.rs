@@ -25,6 +25,7 @@ mod policy;
 mod replica;
 mod repos;
 mod rest;
+mod rest_p2p;
 mod rules;
 mod server;
 mod serving;
