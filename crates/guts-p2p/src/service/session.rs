@@ -49,6 +49,7 @@ enum State<C> {
     Range {
         buckets: Vec<u8>,
         haves: Vec<Key>,
+        after: Option<Key>,
     },
     /// Entries received, waiting for the repository (another task is
     /// applying to it).
@@ -188,9 +189,11 @@ impl<R: Replica> Service<R> {
                 Some(Next::Keys(missing))
             }),
             State::Entries { asked, rest } => return self.on_entries(task, s, items, asked, rest),
-            State::Range { buckets, haves } => {
-                return self.on_range(task, s, items, buckets, haves)
-            }
+            State::Range {
+                buckets,
+                haves,
+                after,
+            } => return self.on_range(task, s, items, (buckets, haves, after)),
             State::EntryIdentity { entries, rest } => {
                 s.identity_taken = true;
                 match self.adopt(&s.repo, &items) {
@@ -354,21 +357,24 @@ impl<R: Replica> Service<R> {
                 req.keys = haves.iter().map(|k| k.to_vec()).collect();
                 req.after = after.map(|k| k.to_vec()).unwrap_or_default();
                 self.request(task, s.peer, req);
-                s.state = State::Range { buckets, haves };
+                s.state = State::Range {
+                    buckets,
+                    haves,
+                    after,
+                };
                 self.tasks.insert(task, Task::Session(s));
             }
         }
     }
 
     /// A page of a range: the entries, and the range after the last one
-    /// if the page was cut.
+    /// if the page was cut (which must move forward).
     fn on_range(
         &mut self,
         task: TaskId,
-        mut s: Session<R::Checked>,
+        s: Session<R::Checked>,
         items: Items,
-        buckets: Vec<u8>,
-        haves: Vec<Key>,
+        (buckets, haves, before): (Vec<u8>, Vec<Key>, Option<Key>),
     ) {
         let last = items
             .items
@@ -378,24 +384,32 @@ impl<R: Replica> Service<R> {
             .max();
         let rest = match (items.next, last) {
             (0, _) => Next::Done,
-            (_, Some(after)) => Next::Range {
+            (_, Some(after)) if Some(after) > before => Next::Range {
                 buckets,
                 haves,
                 after: Some(after),
             },
-            (_, None) => {
+            (_, _) => {
                 self.strike(s.peer, "a log page out of bounds");
                 return self.end(
                     task,
                     s,
-                    Err(Failure::Peer("a cut log page with no entry".into())),
+                    Err(Failure::Peer("a cut log page that does not move on".into())),
                 );
             }
         };
-        s.state = State::Waiting {
-            entries: items.items,
-            rest,
-        };
+        self.wait_for_repo(task, s, items.items, rest);
+    }
+
+    /// Hold entries until the repository is this task's (at once if free).
+    fn wait_for_repo(
+        &mut self,
+        task: TaskId,
+        mut s: Session<R::Checked>,
+        entries: Vec<Vec<u8>>,
+        rest: Next,
+    ) {
+        s.state = State::Waiting { entries, rest };
         if self.acquire(&s.repo.clone(), task) {
             self.session_resume(task, s);
         } else {
@@ -406,7 +420,7 @@ impl<R: Replica> Service<R> {
     fn on_entries(
         &mut self,
         task: TaskId,
-        mut s: Session<R::Checked>,
+        s: Session<R::Checked>,
         items: Items,
         mut asked: Vec<Key>,
         rest: Next,
@@ -432,15 +446,7 @@ impl<R: Replica> Service<R> {
             }
             other => other,
         };
-        s.state = State::Waiting {
-            entries: items.items,
-            rest,
-        };
-        if self.acquire(&s.repo.clone(), task) {
-            self.session_resume(task, s);
-        } else {
-            self.tasks.insert(task, Task::Session(s));
-        }
+        self.wait_for_repo(task, s, items.items, rest);
     }
 
     /// Continue with the repository held: plan the entries received, fetch
