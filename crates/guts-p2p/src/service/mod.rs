@@ -210,6 +210,8 @@ struct Op {
     kind: OpKind,
     attempt: u32,
     deadline: Time,
+    /// Whether it holds its peer's stream slot (see `Service::streaming`).
+    holds_stream: bool,
 }
 
 type TaskId = u64;
@@ -245,6 +247,9 @@ pub struct Service<R: Replica> {
     /// still taking the previous one.
     streaming: BTreeSet<PeerId>,
     queued: BTreeMap<PeerId, VecDeque<(OpId, Op)>>,
+    /// Ops for peers blocked since they were asked for: failed, not sent,
+    /// before the next `Io` is handed out.
+    refused: Vec<OpId>,
     scores: BTreeMap<PeerId, Score>,
     next_sync: Time,
     outbox: VecDeque<Io>,
@@ -273,6 +278,7 @@ impl<R: Replica> Service<R> {
             delayed: BTreeMap::new(),
             streaming: BTreeSet::new(),
             queued: BTreeMap::new(),
+            refused: Vec::new(),
             scores: BTreeMap::new(),
             outbox: VecDeque::new(),
             releasing: false,
@@ -291,11 +297,15 @@ impl<R: Replica> Service<R> {
 
     /// The next thing to do, if any.
     pub fn next_io(&mut self) -> Option<Io> {
+        if self.outbox.is_empty() {
+            self.settle_refused();
+        }
         self.outbox.pop_front()
     }
 
     /// Everything to do now.
     pub fn drain(&mut self) -> Vec<Io> {
+        self.settle_refused();
         self.outbox.drain(..).collect()
     }
 

@@ -14,6 +14,17 @@ use crate::replication::Replica;
 use crate::wire::Request;
 
 impl<R: Replica> Service<R> {
+    /// Fail the ops refused because their peer is blocked (their tasks
+    /// end or move on, which may refuse more).
+    pub(super) fn settle_refused(&mut self) {
+        while !self.refused.is_empty() {
+            for id in std::mem::take(&mut self.refused) {
+                let blocked = Failure::Refused("the peer is blocked".into());
+                self.complete(id, Outcome::Failed(blocked));
+            }
+        }
+    }
+
     /// Ask `peer` for something, on behalf of `task`.
     pub(super) fn request(&mut self, task: TaskId, peer: PeerId, request: Request) {
         self.new_op(task, peer, OpKind::Request(request));
@@ -26,16 +37,26 @@ impl<R: Replica> Service<R> {
             kind,
             attempt: 1,
             deadline: 0,
+            holds_stream: false,
         };
         let id = self.id();
         self.start_op(id, op);
     }
 
     pub(super) fn start_op(&mut self, id: OpId, mut op: Op) {
-        if !matches!(op.kind, OpKind::Providers(_)) && !self.streaming.insert(op.peer) {
+        let streams = !matches!(op.kind, OpKind::Providers(_));
+        if streams && self.is_blocked(&op.peer) {
+            // Nothing is asked of a blocked peer: the op fails instead.
+            op.deadline = Time::MAX;
+            self.ops.insert(id, op);
+            self.refused.push(id);
+            return;
+        }
+        if streams && !self.streaming.insert(op.peer) {
             self.queued.entry(op.peer).or_default().push_back((id, op));
             return;
         }
+        op.holds_stream = streams;
         let (io, timeout) = match &op.kind {
             OpKind::Request(r) => (
                 Io::Request {
@@ -73,7 +94,7 @@ impl<R: Replica> Service<R> {
         let Some(op) = self.ops.remove(&id) else {
             return; // Late, after a timeout: already handled.
         };
-        if !matches!(op.kind, OpKind::Providers(_)) {
+        if op.holds_stream {
             self.streaming.remove(&op.peer);
             let next = self.queued.get_mut(&op.peer).and_then(VecDeque::pop_front);
             if self.queued.get(&op.peer).is_some_and(VecDeque::is_empty) {
@@ -103,6 +124,7 @@ impl<R: Replica> Service<R> {
                 let at = self.now + delay.as_millis() as Time * Time::from(op.attempt);
                 let again = Op {
                     attempt: op.attempt + 1,
+                    holds_stream: false,
                     ..op
                 };
                 let new_id = self.id();
