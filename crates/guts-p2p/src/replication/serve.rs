@@ -118,14 +118,14 @@ pub fn answer<R: Replica>(replica: &R, req: &Request) -> Items {
     }
 }
 
-/// The summary; with the buckets too when the requester's summary differs.
+/// The summary; with the buckets too when the requester's summary differs
+/// (read only then: comparing equal logs, the common case, reads them once).
 fn summary_answer<R: Replica>(replica: &R, repo: &RepoName, theirs: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let buckets = replica.log_buckets(repo)?;
     let ours = replica.log_summary(repo)?;
     let differs = LogSummary::decode(theirs).is_ok_and(|t| !t.same_updates(&ours));
     let mut items = vec![ours.encode_to_vec()];
     if differs && ours.updates > 0 {
-        items.push(buckets.to_wire().encode_to_vec());
+        items.push(replica.log_buckets(repo)?.to_wire().encode_to_vec());
     }
     Some(items)
 }
