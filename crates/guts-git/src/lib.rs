@@ -30,6 +30,7 @@ pub mod pack_in;
 pub mod pack_out;
 pub mod pack_rewrite;
 pub mod pktline;
+pub mod progress;
 pub mod protocol;
 pub mod receive_pack;
 pub mod resume;

@@ -417,7 +417,7 @@ fn operator_token(args: &ClientArgs) -> Option<String> {
 }
 
 /// `Authorization` for an operator-only request.
-fn operator_auth(args: &ClientArgs) -> Result<String, NodeError> {
+pub(crate) fn operator_auth(args: &ClientArgs) -> Result<String, NodeError> {
     operator_token(args).map(|t| format!("Bearer {t}")).ok_or_else(|| {
         NodeError::Client(
             "this needs the node's operator token (DATA_DIR/operator.token of the node; pass --data-dir)"
@@ -492,12 +492,14 @@ fn maintain_repo(
 ) -> Result<(), NodeError> {
     let auth = operator_auth(args)?;
     eprintln!("maintaining {name} (consolidating packs, writing the commit-graph)...");
+    let (accept, ndjson) = crate::cli_progress::accept();
     let resp = agent
         .post(&format!("{base}/api/v1/repos/{name}/maintain"))
         .header("Authorization", &auth)
+        .header(accept, ndjson)
         .send_empty()
         .map_err(unreachable_node(base))?;
-    let r: guts_git::storage::MaintainReport = read_json(check(resp, "maintain")?)?;
+    let r: guts_git::storage::MaintainReport = crate::cli_progress::follow(resp, "maintain")?;
     if r.up_to_date {
         println!("{name}: already maintained ({} packs)", r.packs_after);
         return Ok(());
@@ -532,59 +534,5 @@ fn set_repo(
         .map_err(unreachable_node(base))?;
     let resp = check(resp, "set")?;
     println!("{}", resp.into_body().read_to_string().unwrap_or_default());
-    Ok(())
-}
-
-/// `guts-node status`
-pub fn status(args: &ClientArgs) -> Result<(), NodeError> {
-    let base = node_url(args);
-    let resp = agent()
-        .get(&format!("{base}/api/v1/node"))
-        .call()
-        .map_err(unreachable_node(&base))?;
-    let v: crate::rest_p2p::NodeView = read_json(check(resp, "status")?)?;
-    if !v.p2p {
-        println!("node at {base}: peer-to-peer replication is off (started with --no-p2p or p2p.enabled = false)");
-        return Ok(());
-    }
-    println!("peer id     {}", v.peer_id.unwrap_or_default());
-    for a in v.listen_addrs {
-        println!("listening   {a}");
-    }
-    if let Some(r) = &v.reachability {
-        println!("reachable   {r} (AutoNAT)");
-    }
-    for a in v.external_addrs {
-        println!("external    {a}");
-    }
-    println!("peers       {}", v.connected_peers.len());
-    for p in v.connected_peers {
-        println!("  {p}");
-        for c in v.connections.iter().filter(|c| c.peer == p) {
-            let how = if c.relayed { "relayed" } else { "direct" };
-            println!("    {how:<8} {}", c.address);
-        }
-    }
-    println!("hole punches {}", v.hole_punches);
-    println!("seeding     {}", v.seeding.join(", "));
-    Ok(())
-}
-
-/// `guts-node seed` / `unseed`
-pub fn seed(repo: &str, on: bool, args: &ClientArgs) -> Result<(), NodeError> {
-    let base = node_url(args);
-    let url = format!("{base}/api/v1/repos/{repo}/seed");
-    let auth = operator_auth(args)?;
-    let resp = if on {
-        agent()
-            .post(&url)
-            .header("Authorization", &auth)
-            .send_empty()
-    } else {
-        agent().delete(&url).header("Authorization", &auth).call()
-    }
-    .map_err(unreachable_node(&base))?;
-    check(resp, if on { "seed" } else { "unseed" })?;
-    println!("{} {repo}", if on { "seeding" } else { "stopped seeding" });
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub slots: WorkSlots,
     /// Repository maintenance (on request and in the background).
     pub maintenance: Arc<crate::maintenance::Maintenance>,
+    /// Progress of the seeds requests wait for.
+    pub seeds: Arc<crate::progress::Board>,
 }
 
 pub(crate) type Shared = Arc<AppState>;

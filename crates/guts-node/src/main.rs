@@ -9,7 +9,9 @@
 mod archive;
 mod auth;
 mod body;
+mod cli_progress;
 mod client;
+mod client_p2p;
 mod clients;
 mod config;
 mod error;
@@ -22,6 +24,7 @@ mod memory;
 mod p2p;
 mod p2p_config;
 mod policy;
+mod progress;
 mod replica;
 mod repos;
 mod rest;
@@ -74,7 +77,7 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Follow a repository from peers: fetch its identity, objects and refs, and keep it up to date.
+    /// Follow a repository from peers: fetch its identity, objects and refs, and keep it up to date. Returns once the log and objects are here, with a progress bar on a terminal. Needs the operator token (--data-dir of the node).
     Seed {
         /// Canonical name OWNER/NAME (OWNER is the owner's z6Mk... id).
         repo: String,
@@ -197,6 +200,9 @@ struct RunArgs {
     /// Log filter, e.g. `info` or `guts_git=debug` (RUST_LOG syntax).
     #[arg(long, env = "GUTS_LOG", default_value = "info")]
     log: String,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line, with the time, level, target, message and fields) for journald readers and log shippers.
+    #[arg(long, env = "GUTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     limits: limits::LimitArgs,
     #[command(flatten)]
@@ -298,7 +304,7 @@ enum RepoAction {
         /// Repository name, OWNER/NAME.
         name: String,
     },
-    /// Consolidate OWNER/NAME's packs and write its commit-graph now (the node also does this in the background after pushes). Needs the operator token (--data-dir of the node).
+    /// Consolidate OWNER/NAME's packs and write its commit-graph now (the node also does this in the background after pushes). Shows a progress bar of each phase on a terminal. Needs the operator token (--data-dir of the node).
     Maintain {
         /// Repository name, OWNER/NAME.
         name: String,
@@ -319,11 +325,11 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run(*args),
         Command::Repo { action, client } => client::repo_command(action, &client),
         Command::Id { action, client } => client::id_command(action, &client),
-        Command::Status { client } => client::status(&client),
+        Command::Status { client } => client_p2p::status(&client),
         Command::Token { action, client } => token_cli::token_command(action, &client),
         Command::Credential { operation, client } => token_cli::credential(&operation, &client),
-        Command::Seed { repo, client } => client::seed(&repo, true, &client),
-        Command::Unseed { repo, client } => client::seed(&repo, false, &client),
+        Command::Seed { repo, client } => client_p2p::seed(&repo, true, &client),
+        Command::Unseed { repo, client } => client_p2p::seed(&repo, false, &client),
         Command::GitSetup {
             repo,
             remote_url,
@@ -412,15 +418,35 @@ fn rules_config(
     Ok(rules)
 }
 
+/// The format of the node's log lines (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> Result<(), NodeError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| NodeError::Config(format!("invalid --log filter: {e}")))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<(), NodeError> {
     memory::limit_arenas();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .map_err(|e| NodeError::Config(format!("invalid --log filter: {e}")))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&args.log, args.log_format)?;
     let config = resolve(&args)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let storage = Storage::open_with(&config.data_dir, config.serve.serving(&config.data_dir)?)?;
@@ -438,6 +464,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let board = Arc::new(progress::Board::default());
     runtime.block_on(async move {
         let p2p = match config.p2p.clone() {
             None => {
@@ -445,7 +472,11 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
                 None
             }
             Some(opts) => {
-                let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes)?;
+                let replica = replica::NodeReplica::new(
+                    Arc::clone(&repos),
+                    config.max_pack_bytes,
+                    Arc::clone(&board),
+                )?;
                 Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
             }
         };
@@ -462,6 +493,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             token,
             transfer: config.http.transfer,
             slots: limits::WorkSlots::new(&config.http),
+            seeds: board,
         });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use guts_git::names::RepoName;
 use guts_git::storage::{MaintainOptions, MaintainReport, Repo};
@@ -55,14 +56,34 @@ impl Maintenance {
 
     /// Maintain `name` now (waits for a run in progress to end first).
     pub async fn run(&self, name: &RepoName) -> Result<MaintainReport, NodeError> {
-        let _turn = self.running.lock().await;
+        self.run_with(name, None).await
+    }
+
+    /// [`Maintenance::run`], reporting its phases into `progress`.
+    pub async fn run_with(
+        &self,
+        name: &RepoName,
+        progress: Option<Arc<crate::progress::Progress>>,
+    ) -> Result<MaintainReport, NodeError> {
+        let _turn = match self.running.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                if let Some(p) = &progress {
+                    p.phase("waiting for other maintenance to end", "", None);
+                }
+                self.running.lock().await
+            }
+        };
         let repo = self.repos.storage().open_repo(name)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("guts-maintain".into())
             .spawn(move || {
                 lower_priority();
-                let result = repo.maintain(MaintainOptions { threads: Some(1) });
+                let result = repo.maintain(MaintainOptions {
+                    threads: Some(1),
+                    progress,
+                });
                 crate::memory::release();
                 let _ = tx.send(result);
             })?;
@@ -191,20 +212,31 @@ pub fn routes() -> Router<Shared> {
     )
 }
 
-/// `POST`: operator only; answers with the run's report when it is done.
+/// `POST`: operator only; answers with the run's report when it is done,
+/// or with its progress and then the report (`Accept: application/x-ndjson`,
+/// see `crate::progress`).
 async fn maintain_repo(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<MaintainReport>, ApiError> {
+) -> Result<Response, ApiError> {
     crate::auth::require_operator(&state.token, &headers)?;
     let st = state.clone();
     let name = tokio::task::spawn_blocking(move || st.repos.resolve(&owner, &name))
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))??;
-    let report = state.maintenance.run(&name).await?;
-    tracing::info!(repo = %name, ?report, "maintenance on request");
-    Ok(Json(report))
+    let progress: Option<Arc<crate::progress::Progress>> =
+        crate::progress::wanted(&headers).then(Arc::default);
+    let reported = progress.clone();
+    let work = async move {
+        let report = state.maintenance.run_with(&name, reported).await?;
+        tracing::info!(repo = %name, ?report, "maintenance on request");
+        Ok(report)
+    };
+    Ok(match progress {
+        Some(p) => crate::progress::stream(p, work),
+        None => Json(work.await?).into_response(),
+    })
 }
 
 /// Shared by the REST repository view: packs and the last run.

@@ -40,6 +40,8 @@ pub struct NodeReplica {
     pub max_pack_bytes: u64,
     /// Strikes and blocks of peers (`peer-scores`: peer id -> score).
     scores: sled::Tree,
+    /// Progress of the seeds a request waits for (`guts-node seed`).
+    board: Arc<crate::progress::Board>,
 }
 
 /// Whose fault an error of the domain layer is: what the peer sent, or
@@ -80,7 +82,11 @@ pub struct CheckedUpdate {
 
 impl NodeReplica {
     /// A replica over the node's repositories.
-    pub fn new(repos: Arc<Repos>, max_pack_bytes: u64) -> Result<Arc<Self>, NodeError> {
+    pub fn new(
+        repos: Arc<Repos>,
+        max_pack_bytes: u64,
+        board: Arc<crate::progress::Board>,
+    ) -> Result<Arc<Self>, NodeError> {
         let scores = repos
             .storage()
             .db()
@@ -90,6 +96,7 @@ impl NodeReplica {
             repos,
             max_pack_bytes,
             scores,
+            board,
         }))
     }
 
@@ -236,12 +243,27 @@ impl Replica for NodeReplica {
         pack: &mut dyn BufRead,
     ) -> Result<(), Fault> {
         let (repo, _) = self.open(name)?;
-        guts_git::fetch::receive(&repo, tips, request, resume_from, pack, self.max_pack_bytes)
-            .map_err(fetch_fault)
+        let max = self.max_pack_bytes;
+        match self.board.get(name) {
+            Some(p) => {
+                p.phase("receiving objects", "bytes", None);
+                p.set(resume_from);
+                let mut counted = crate::progress::Counted::new(pack, &p);
+                guts_git::fetch::receive(&repo, tips, request, resume_from, &mut counted, max)
+            }
+            None => guts_git::fetch::receive(&repo, tips, request, resume_from, pack, max),
+        }
+        .map_err(fetch_fault)
     }
 
     fn apply(&self, checked: CheckedUpdate) -> Result<bool, Fault> {
         let CheckedUpdate { name, entry } = checked;
+        if let Some(p) = self.board.get(&name) {
+            if p.snapshot().phase != "applying signed updates" {
+                p.phase("applying signed updates", "updates", None);
+            }
+            p.add(1);
+        }
         let repo = self.repos.open_repo(&name).map_err(fault)?;
         let odb = repo.objects().map_err(local)?;
         for line in entry.lines.iter().filter(|l| l.new != ZERO) {

@@ -1,14 +1,18 @@
 //! The REST API's peer-to-peer endpoints: the node's network state
 //! (`GET /api/v1/node`), seeding and unseeding a repository.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
 use crate::error::{ApiError, NodeError};
 use crate::http::Shared;
+use crate::progress::Progress;
 use crate::rest::blocking;
 
 /// The node's peer-to-peer state.
@@ -116,11 +120,14 @@ fn p2p_of(state: &Shared) -> Result<std::sync::Arc<crate::p2p::P2p>, NodeError> 
     state.p2p.clone().ok_or(NodeError::P2pOff)
 }
 
+/// `POST`: operator only; follow the repository and answer once its log
+/// and objects are here, or stream the seed's progress first
+/// (`Accept: application/x-ndjson`, see `crate::progress`).
 pub(crate) async fn seed_repo(
     State(state): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     auth::require_operator(&state.token, &headers)?;
     let p2p = p2p_of(&state)?;
     let st = state.clone();
@@ -135,15 +142,26 @@ pub(crate) async fn seed_repo(
         let n = name.clone();
         blocking(move || st.repos.set_seeding(&n, true)).await?;
     }
-    let id = p2p
-        .replicator
-        .seed(&name)
-        .await
-        .map_err(|e| NodeError::Network(format!("seeding {name} failed: {e}")))?;
-    tracing::info!(repo = %name, %id, "seeding");
-    Ok(Json(
-        serde_json::json!({ "repo": name.to_string(), "id": id.to_string() }),
-    ))
+    let progress: Arc<Progress> = Arc::default();
+    progress.phase("finding peers and the repository's signed log", "", None);
+    let work = {
+        let progress = Arc::clone(&progress);
+        async move {
+            let _watch = state.seeds.watch(&name, progress);
+            let id = p2p
+                .replicator
+                .seed(&name)
+                .await
+                .map_err(|e| NodeError::Network(format!("seeding {name} failed: {e}")))?;
+            tracing::info!(repo = %name, %id, "seeding");
+            Ok(serde_json::json!({ "repo": name.to_string(), "id": id.to_string() }))
+        }
+    };
+    Ok(if crate::progress::wanted(&headers) {
+        crate::progress::stream(progress, work)
+    } else {
+        Json(work.await?).into_response()
+    })
 }
 
 pub(crate) async fn unseed_repo(

@@ -32,8 +32,14 @@ fn push_in_batches(node: &Node, src: &Path) {
 }
 
 /// `guts-node repo maintain` as the operator (the CLI reads the token from
-/// the node's data dir).
+/// the node's data dir); what it printed on stdout.
 fn maintain_cli(node: &Node) -> String {
+    maintain_cli_with_progress(node).0
+}
+
+/// [`maintain_cli`], with what it printed on stderr: the progress (one line
+/// per phase, stderr not being a terminal).
+fn maintain_cli_with_progress(node: &Node) -> (String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_guts-node"))
         .args(["repo", "maintain", &format!("{OWNER}/{NAME}")])
         .arg("--node")
@@ -48,7 +54,10 @@ fn maintain_cli(node: &Node) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The repository's `objects/` (stored under its canonical owner id, not the alias).
@@ -101,8 +110,24 @@ fn clones_before_and_after_maintenance_are_identical() {
     let before = clone_v(&node, tmp.path(), "2", "before.git");
     assert_eq!(before, source);
 
-    let printed = maintain_cli(&node);
+    let (printed, progress) = maintain_cli_with_progress(&node);
     assert!(printed.contains("3 packs -> 1"), "{printed}");
+    // The phases the node streamed, in order (ripgrep's packs hold no
+    // object that no ref reaches: no cruft pack).
+    let phases: Vec<&str> = progress
+        .lines()
+        .filter_map(|l| l.strip_suffix("..."))
+        .filter(|l| !l.starts_with("maintaining"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "counting reachable objects",
+            "writing the reachable pack",
+            "writing the commit-graph"
+        ],
+        "{progress}"
+    );
     let info = node.repo_info(OWNER, NAME);
     assert_eq!(info["packs"], 1, "{info}");
     assert!(info["maintained_at"].as_u64().is_some(), "{info}");

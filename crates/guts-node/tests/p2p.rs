@@ -176,7 +176,26 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
     let d_dir = l._tmp.path().join("d");
     let d = line_node(&d_dir, Some(&p2p_addr(&l.b)));
     wait_connected(&d, 1);
-    seed(&d, &l.owner, "demo");
+    // With the CLI: one progress line per phase (stderr is not a terminal).
+    let repo = format!("{}/demo", l.owner);
+    let data_dir = d_dir.to_str().expect("utf-8");
+    let out = cli(&d, &["seed", &repo, "--data-dir", data_dir]);
+    let (stdout, progress) = (stdout_of(&out), stderr_of(&out));
+    assert!(out.status.success(), "{stdout}{progress}");
+    assert_eq!(stdout.trim(), format!("seeding {repo}"));
+    let phases: Vec<&str> = progress
+        .lines()
+        .filter_map(|l| l.strip_suffix("..."))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "finding peers and the repository's signed log",
+            "receiving objects",
+            "applying signed updates"
+        ],
+        "{progress}"
+    );
     assert!(same_refs(&l.a, &d, &l.owner, "demo"));
     let tmp = TempDir::new().expect("tmp");
     let refs = clone_refs(&d, &l.owner, "demo", &tmp.path().join("d.git"));
@@ -187,6 +206,37 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
         &serde_json::json!({}),
     );
     assert_eq!(resp.status, 502, "{}", resp.text());
+    // Asked for progress, the failure ends the stream with its status.
+    let token = format!("Bearer {}", d.operator_token());
+    let resp = http_request(
+        d.addr(),
+        "POST",
+        &format!("/api/v1/repos/{}/nope/seed", l.owner),
+        &[
+            ("Authorization", &token),
+            ("Accept", "application/x-ndjson"),
+        ],
+        b"",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("application/x-ndjson"));
+    let text = resp.text();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.get("progress").is_some()),
+        "{text}"
+    );
+    let last = lines.last().expect("a last line");
+    assert_eq!(last["error"]["status"], 502, "{text}");
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -46,11 +46,21 @@ pub const RETIRED_PACK_GRACE: Duration = Duration::from_secs(30 * 60);
 pub const STATE_FILE: &str = "info/guts-maintained.json";
 
 /// How to run maintenance.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct MaintainOptions {
     /// Threads for writing packs; `None` uses every core. The node passes 1
     /// so that maintenance never competes with serving for more than a core.
     pub threads: Option<usize>,
+    /// Where the run reports its phases and counts (the CLI's progress bar).
+    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
+}
+
+impl MaintainOptions {
+    fn phase(&self, phase: &'static str, unit: &'static str, total: Option<u64>) {
+        if let Some(p) = &self.progress {
+            p.phase(phase, unit, total);
+        }
+    }
 }
 
 /// One ref as the reachable pack was made for it.
@@ -170,6 +180,7 @@ impl Repo {
         std::fs::create_dir_all(&scratch.0)?;
         let odb = self.objects()?;
         let wants: Vec<ObjectId> = dedup(refs.iter().map(|r| r.id));
+        opts.phase("counting reachable objects", "objects", None);
         let reach = objects_to_send(
             &odb,
             WalkSpec {
@@ -183,8 +194,13 @@ impl Repo {
         drop(reach_set);
         report.reachable_objects = reach.ids.len();
         report.cruft_objects = cruft.len();
-        let new = write_and_publish(&odb, &objects_dir, reach.ids, cruft, &scratch.0, opts)?;
+        let new = write_and_publish(&odb, &objects_dir, reach.ids, cruft, &scratch.0, &opts)?;
         report.pack_bytes = new.iter().map(|p| p.bytes).sum();
+        opts.phase(
+            "writing the commit-graph",
+            "commits",
+            Some(commit_ids.len() as u64),
+        );
         report.commits = write_commit_graph(&odb, &objects_dir, &commit_ids)?;
         record_state(&objects_dir, &new, !wants.is_empty(), tips)?;
         let keep: HashSet<&str> = new.iter().map(|p| p.stem.as_str()).collect();
@@ -276,11 +292,15 @@ fn write_and_publish(
     reachable: Vec<ObjectId>,
     cruft: Vec<ObjectId>,
     scratch: &Path,
-    opts: MaintainOptions,
+    opts: &MaintainOptions,
 ) -> Result<Vec<NewPack>> {
     let mut new = Vec::new();
-    for ids in [reachable, cruft] {
+    for (ids, phase) in [
+        (reachable, "writing the reachable pack"),
+        (cruft, "writing the cruft pack"),
+    ] {
         if !ids.is_empty() {
+            opts.phase(phase, "objects", Some(ids.len() as u64));
             new.push(write_pack_file(odb, ids, scratch, opts)?);
         }
     }
@@ -293,7 +313,7 @@ fn write_pack_file(
     odb: &crate::odb::ObjectStore,
     ids: Vec<ObjectId>,
     dir: &Path,
-    opts: MaintainOptions,
+    opts: &MaintainOptions,
 ) -> Result<NewPack> {
     let tmp = dir.join("pack.tmp");
     let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
@@ -302,7 +322,11 @@ fn write_pack_file(
         ids,
         None,
         &mut file,
-        &mut |_, _| {},
+        &mut |done, _| {
+            if let Some(p) = &opts.progress {
+                p.set(done as u64);
+            }
+        },
         PackOptions {
             threads: opts.threads,
             index: true,

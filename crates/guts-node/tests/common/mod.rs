@@ -194,6 +194,38 @@ impl Node {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Sends the node SIGTERM (what systemd and `docker stop` send).
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("the node is running").id();
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}");
+    }
+
+    /// Whether the node process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits up to `timeout` for the node to exit; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("the node was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the node and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
