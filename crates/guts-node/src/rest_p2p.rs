@@ -5,14 +5,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth;
 use crate::error::{ApiError, NodeError};
 use crate::http::Shared;
-use crate::rest::blocking;
+use crate::openapi::ErrorBody;
+use crate::rest::{blocking, RepoPath};
 
 /// The node's peer-to-peer state.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct NodeView {
     /// Whether replication runs (on unless `--no-p2p`).
     pub p2p: bool,
@@ -40,7 +42,7 @@ pub struct NodeView {
 }
 
 /// One open connection of the node.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct ConnectionView {
     /// The peer id.
     pub peer: String,
@@ -50,6 +52,13 @@ pub struct ConnectionView {
     pub relayed: bool,
 }
 
+/// `GET /api/v1/node`: the node's peer-to-peer state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/node",
+    tag = "node",
+    responses((status = 200, description = "The node's network state", body = NodeView))
+)]
 pub(crate) async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiError> {
     let Some(p2p) = state.p2p.clone() else {
         return Ok(Json(NodeView {
@@ -116,11 +125,36 @@ fn p2p_of(state: &Shared) -> Result<std::sync::Arc<crate::p2p::P2p>, NodeError> 
     state.p2p.clone().ok_or(NodeError::P2pOff)
 }
 
+/// A repository the node seeds.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SeedView {
+    /// The repository, canonical `OWNER/NAME`.
+    repo: String,
+    /// Its id.
+    id: String,
+}
+
+/// `POST`: seed (follow and serve to peers) a repository; operator only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/repos/{owner}/{name}/seed",
+    tag = "p2p",
+    params(RepoPath),
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Seeding", body = SeedView),
+        (status = 401, description = "No or a wrong operator token", body = ErrorBody),
+        (status = 403, description = "The node's rules refuse to seed it", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 409, description = "Peer-to-peer replication is off", body = ErrorBody),
+        (status = 502, description = "Seeding failed on the network", body = ErrorBody),
+    )
+)]
 pub(crate) async fn seed_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SeedView>, ApiError> {
     auth::require_operator(&state.token, &headers)?;
     let p2p = p2p_of(&state)?;
     let st = state.clone();
@@ -141,14 +175,29 @@ pub(crate) async fn seed_repo(
         .await
         .map_err(|e| NodeError::Network(format!("seeding {name} failed: {e}")))?;
     tracing::info!(repo = %name, %id, "seeding");
-    Ok(Json(
-        serde_json::json!({ "repo": name.to_string(), "id": id.to_string() }),
-    ))
+    Ok(Json(SeedView {
+        repo: name.to_string(),
+        id: id.to_string(),
+    }))
 }
 
+/// `DELETE`: stop seeding a repository (it stays stored); operator only.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/repos/{owner}/{name}/seed",
+    tag = "p2p",
+    params(RepoPath),
+    security(("operator" = [])),
+    responses(
+        (status = 204, description = "No longer seeding"),
+        (status = 401, description = "No or a wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 409, description = "Peer-to-peer replication is off", body = ErrorBody),
+    )
+)]
 pub(crate) async fn unseed_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     auth::require_operator(&state.token, &headers)?;
