@@ -255,7 +255,10 @@ fn pushes_and_their_replication_are_streamed_in_order() {
     assert_update(&on_b, "demo", None, &first);
     assert_eq!(on_b["origin"], "replicated");
     // The pushee git names: the push URL with a trailing slash.
-    assert_eq!(on_b["origin_node"], format!("{}/", a.repo_url("alice", "demo")));
+    assert_eq!(
+        on_b["origin_node"],
+        format!("{}/", a.repo_url("alice", "demo"))
+    );
     assert_eq!(on_b["repo_id"], on_a["repo_id"]);
     assert!(ev_b.id.is_some());
     let b_first_seq = on_b["seq"].as_u64();
@@ -280,4 +283,36 @@ fn pushes_and_their_replication_are_streamed_in_order() {
     assert_update(&on_b, "demo", Some(&first), &second);
     assert_eq!(on_b["origin"], "replicated");
     assert!(on_b["seq"].as_u64() > b_first_seq, "{on_b}");
+}
+
+#[test]
+fn the_number_of_open_streams_is_bounded() {
+    // 256 streams is the node-wide bound (events.rs MAX_SUBSCRIBERS); one
+    // client may hold them all here.
+    const MAX_SUBSCRIBERS: usize = 256;
+    let dir = TempDir::new().expect("tmp");
+    let node = Node::start_with(
+        dir.path(),
+        &["--max-connections-per-client", "1000", "--rate-limit", "0"],
+    );
+    let open: Vec<SseStream> = (0..MAX_SUBSCRIBERS)
+        .map(|_| SseStream::open(&node, "/api/v1/events"))
+        .collect();
+    let resp = node.get("/api/v1/events");
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.json()["error"].is_string());
+    assert!(resp.header("retry-after").is_some());
+    // The open streams still work.
+    node.create_repo("alice", "demo");
+    let work = TempDir::new().expect("tmp");
+    let head = init_work_repo(work.path());
+    push(work.path(), &node.repo_url("alice", "demo"));
+    let mut last = open.into_iter().last().expect("a stream");
+    let (_, data) = last.next_update();
+    assert_update(&data, "demo", None, &head);
+    assert_eq!(data["origin"], "local");
+    assert!(
+        data["origin_node"].is_null(),
+        "no peer id without p2p: {data}"
+    );
 }
