@@ -25,7 +25,7 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use guts_git::names::RepoName;
 use serde::Serialize;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
@@ -190,62 +190,104 @@ pub(crate) async fn events(
         filtered = filter.as_ref().map_or(0, HashSet::len),
         "event stream opened"
     );
-    let stream = Subscriber {
+    let closing = state.events.closing.clone();
+    let sub = Arc::new(Subscriber {
         state,
-        rx,
         filter,
         peer_id,
         _permit: permit,
-    }
-    .into_stream();
+    });
+    let stream = relay(rx, closing, move |ev| {
+        let sub = Arc::clone(&sub);
+        async move { sub.events_of(ev).await }
+    })
+    .map(|out| Ok::<_, Infallible>(out.into_sse()));
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
 }
 
-/// One open stream: its receiver, filter and slot.
+/// What a stream sends.
+#[derive(Debug)]
+enum Out {
+    /// The subscriber fell behind and missed this many domain events.
+    Lagged(u64),
+    /// One ref moved.
+    Update {
+        /// The event id.
+        id: String,
+        /// The event data.
+        data: Box<RefUpdateEvent>,
+    },
+}
+
+impl Out {
+    fn into_sse(self) -> Event {
+        match self {
+            Out::Lagged(missed) => Event::default()
+                .event("lagged")
+                .data(serde_json::json!({ "missed": missed }).to_string()),
+            Out::Update { id, data } => match serde_json::to_string(&data) {
+                Ok(json) => Event::default().event("ref-update").id(id).data(json),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode an event");
+                    Event::default().comment("an event could not be encoded")
+                }
+            },
+        }
+    }
+}
+
+/// The stream of what `render` makes of each event of `rx`, with a
+/// [`Out::Lagged`] where the receiver fell behind; ends when `closing` is
+/// cancelled or the channel closes.
+fn relay<F, Fut>(
+    rx: broadcast::Receiver<RepoEvent>,
+    closing: CancellationToken,
+    render: F,
+) -> impl Stream<Item = Out> + Send
+where
+    F: Fn(RepoEvent) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<Out>> + Send,
+{
+    let pending = std::collections::VecDeque::new();
+    let render = Arc::new(render);
+    futures_util::stream::unfold((rx, pending), move |(mut rx, mut pending)| {
+        let closing = closing.clone();
+        let render = Arc::clone(&render);
+        async move {
+            loop {
+                if let Some(out) = pending.pop_front() {
+                    return Some((out, (rx, pending)));
+                }
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    () = closing.cancelled() => return None,
+                };
+                match received {
+                    Ok(ev) => pending.extend(render(ev).await),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "event subscriber lagged");
+                        return Some((Out::Lagged(missed), (rx, pending)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+}
+
+/// One open stream: its filter, this node's peer id and its slot.
 struct Subscriber {
     state: Shared,
-    rx: broadcast::Receiver<RepoEvent>,
     filter: Filter,
     peer_id: Option<String>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Subscriber {
-    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send {
-        let closing = self.state.events.closing.clone();
-        let pending = std::collections::VecDeque::new();
-        futures_util::stream::unfold((self, pending), move |(mut sub, mut pending)| {
-            let closing = closing.clone();
-            async move {
-                loop {
-                    if let Some(ev) = pending.pop_front() {
-                        return Some((Ok(ev), (sub, pending)));
-                    }
-                    let received = tokio::select! {
-                        r = sub.rx.recv() => r,
-                        () = closing.cancelled() => return None,
-                    };
-                    match received {
-                        Ok(ev) => pending.extend(sub.events_of(ev).await),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            tracing::debug!(missed, "event subscriber lagged");
-                            let data = serde_json::json!({ "missed": missed }).to_string();
-                            return Some((
-                                Ok(Event::default().event("lagged").data(data)),
-                                (sub, pending),
-                            ));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        })
-    }
-
     /// The SSE events of one domain event (none if filtered out).
-    async fn events_of(&self, ev: RepoEvent) -> Vec<Event> {
+    async fn events_of(&self, ev: RepoEvent) -> Vec<Out> {
         let RepoEvent::RefsMoved {
             repo,
             moves,
@@ -283,8 +325,9 @@ impl Subscriber {
         moves
             .into_iter()
             .enumerate()
-            .filter_map(|(i, (ref_name, old, new))| {
-                let data = RefUpdateEvent {
+            .map(|(i, (ref_name, old, new))| Out::Update {
+                id: format!("{id_prefix}:{seq}:{i}"),
+                data: Box::new(RefUpdateEvent {
                     repo: repo.to_string(),
                     aliases: aliases.clone(),
                     repo_id: repo_id.clone(),
@@ -296,17 +339,84 @@ impl Subscriber {
                     origin_node: origin_node.clone(),
                     seq,
                     time: at,
-                };
-                let json = serde_json::to_string(&data)
-                    .map_err(|e| tracing::warn!(error = %e, "cannot encode an event"))
-                    .ok()?;
-                Some(
-                    Event::default()
-                        .event("ref-update")
-                        .id(format!("{id_prefix}:{seq}:{i}"))
-                        .data(json),
-                )
+                }),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved(seq: u64) -> RepoEvent {
+        RepoEvent::RefsMoved {
+            repo: RepoName::new("alice", "demo").expect("name"),
+            moves: Vec::new(),
+            replicated: false,
+            seq,
+            signer: None,
+            pushee: None,
+            at: 0,
+        }
+    }
+
+    /// The stream a test reads: each `RefsMoved` rendered as
+    /// `Lagged(1000 + seq)` (the variant that needs no data), to tell
+    /// rendered events from real lag reports.
+    fn seqs(
+        rx: broadcast::Receiver<RepoEvent>,
+        closing: CancellationToken,
+    ) -> impl Stream<Item = Out> + Send {
+        relay(rx, closing, |ev| async move {
+            match ev {
+                RepoEvent::RefsMoved { seq, .. } => vec![Out::Lagged(1000 + seq)],
+                _ => Vec::new(),
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_how_many_it_missed_and_goes_on() {
+        let (tx, rx) = broadcast::channel(2);
+        let closing = CancellationToken::new();
+        let mut stream = Box::pin(seqs(rx, closing.clone()));
+        for seq in 1..=5 {
+            tx.send(moved(seq)).expect("a receiver");
+        }
+        // Three were pushed out of the 2-event buffer; 4 and 5 remain.
+        let got: Vec<u64> = (&mut stream)
+            .take(3)
+            .map(|o| match o {
+                Out::Lagged(n) => n,
+                Out::Update { .. } => panic!("no update expected"),
+            })
+            .collect()
+            .await;
+        assert_eq!(got, vec![3, 1004, 1005]);
+        tx.send(moved(6)).expect("a receiver");
+        assert!(matches!(stream.next().await, Some(Out::Lagged(1006))));
+        // The node stopping ends the stream.
+        closing.cancel();
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_the_channel_closes() {
+        let (tx, rx) = broadcast::channel(4);
+        let mut stream = Box::pin(seqs(rx, CancellationToken::new()));
+        tx.send(moved(1)).expect("a receiver");
+        drop(tx);
+        assert!(matches!(stream.next().await, Some(Out::Lagged(1001))));
+        assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn events_are_encoded_as_sse() {
+        let lagged = format!("{:?}", Out::Lagged(7).into_sse());
+        assert!(
+            lagged.contains("event: lagged") && lagged.contains(r#"{\"missed\":7}"#),
+            "{lagged}"
+        );
     }
 }
