@@ -148,7 +148,9 @@ fn parse_filter(state: &Shared, query: Option<&str>) -> Result<Filter, NodeError
     Ok(Some(names))
 }
 
-/// `GET /api/v1/events`.
+/// The stream of ref updates, as server-sent events.
+///
+/// `GET /api/v1/events`; see the module documentation.
 #[utoipa::path(
     get,
     path = "/api/v1/events",

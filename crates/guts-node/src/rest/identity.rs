@@ -78,8 +78,10 @@ pub(super) async fn show_identity(
     Ok(Json(view))
 }
 
-/// `PUT`: the next version of the identity document, signed by enough
-/// delegates of the current one (the signatures are the authorization).
+/// `PUT`: store the next version of the identity document.
+///
+/// It must be signed by enough delegates of the current version: the
+/// signatures are the authorization.
 #[utoipa::path(
     put,
     path = "/api/v1/repos/{owner}/{name}/identity",

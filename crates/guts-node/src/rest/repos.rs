@@ -96,8 +96,10 @@ pub(super) struct ListQuery {
     after: Option<String>,
 }
 
-/// One page of repositories, by canonical name; a `Link: <...>; rel="next"`
-/// header points at the next page when there is one.
+/// One page of repositories, by canonical name.
+///
+/// A `Link: <...>; rel="next"` header points at the next page when there
+/// is one.
 #[utoipa::path(
     get,
     path = "/api/v1/repos",
