@@ -9,7 +9,7 @@
 //! lines plus the new entry's, and commits those ref changes and the log
 //! entry in one sled transaction, under the repository's lock. What
 //! happened is published as [`RepoEvent`]s (replication announces local
-//! pushes from them).
+//! pushes from them; `GET /api/v1/events` streams their ref moves).
 //!
 //! Every method blocks (sled, files): call them from blocking threads.
 
