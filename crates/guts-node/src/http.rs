@@ -36,6 +36,8 @@ pub struct AppState {
     pub maintenance: Arc<crate::maintenance::Maintenance>,
     /// Progress of the seeds requests wait for.
     pub seeds: Arc<crate::progress::Board>,
+    /// The event streams (`GET /api/v1/events`).
+    pub events: Arc<crate::events::EventHub>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -43,12 +45,8 @@ pub(crate) type Shared = Arc<AppState>;
 /// Build the router.
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .merge(crate::rest::routes())
-        .merge(crate::maintenance::routes())
-        .route(
-            "/api/v1/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        // The REST API and its description (`crate::openapi`).
+        .merge(crate::openapi::api())
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))
         .route("/{owner}/{name}/git-receive-pack", post(receive_pack))
@@ -58,6 +56,20 @@ pub fn router(state: Shared) -> Router {
             post(crate::archive::upload_archive),
         )
         .with_state(state)
+}
+
+/// The body of `GET /api/v1/health`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// `GET /api/v1/health`: the node is up and serving.
+#[utoipa::path(get, path = "/api/v1/health", tag = "node",
+    responses((status = 200, description = "The node is up", body = Health)))]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 pub(crate) fn no_cache(headers: &mut HeaderMap) {

@@ -71,6 +71,10 @@ pub struct Entry {
     pub key: UpdateKey,
     /// The lines that take effect (the certificate's, refused ones left out).
     pub lines: Vec<Line>,
+    /// The certificate's signer (`did:key:...`), for the event stream.
+    pub signer: Option<String>,
+    /// The pushee URL the certificate names (the node that accepted it).
+    pub pushee: Option<String>,
 }
 
 impl Entry {
@@ -90,6 +94,8 @@ impl Entry {
             key: update.key(),
             update,
             lines,
+            signer: Some(cert.signer().to_string()),
+            pushee: cert.pushee().map(str::to_owned),
         })
     }
 }

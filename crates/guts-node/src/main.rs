@@ -15,12 +15,14 @@ mod client_p2p;
 mod clients;
 mod config;
 mod error;
+mod events;
 mod http;
 mod identity;
 mod limits;
 mod log;
 mod maintenance;
 mod memory;
+mod openapi;
 mod p2p;
 mod p2p_config;
 mod policy;
@@ -486,7 +488,9 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         } else {
             tracing::info!("background maintenance off (--no-auto-maintenance)");
         }
+        let events = Arc::new(events::EventHub::default());
         let state = Arc::new(http::AppState {
+            events: Arc::clone(&events),
             maintenance,
             repos,
             p2p,
@@ -504,7 +508,12 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, &addr_file)?;
         tracing::info!(%addr, "serving git smart HTTP on http://{addr}/OWNER/NAME.git and the REST API on http://{addr}/api/v1");
-        server::serve(listener, http::router(state), &config.http, shutdown_signal()).await;
+        // Event streams never end by themselves: they end when the node stops.
+        let shutdown = async move {
+            shutdown_signal().await;
+            events.close();
+        };
+        server::serve(listener, http::router(state), &config.http, shutdown).await;
         let _ = std::fs::remove_file(&addr_file);
         tracing::info!("node stopped");
         Ok(())

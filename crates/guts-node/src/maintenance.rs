@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Json;
 use guts_git::names::RepoName;
 use guts_git::storage::{MaintainOptions, MaintainReport, Repo};
 use tokio::sync::broadcast;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::{ApiError, NodeError};
 use crate::http::Shared;
 use crate::repos::{RepoEvent, Repos};
+use crate::rest::RepoPath;
 
 /// Background maintenance starts once a repository has this many packs
 /// besides the ones the last maintenance wrote.
@@ -205,19 +207,31 @@ fn lower_priority() {
 }
 
 /// The maintenance route.
-pub fn routes() -> Router<Shared> {
-    Router::new().route(
-        "/api/v1/repos/{owner}/{name}/maintain",
-        axum::routing::post(maintain_repo),
-    )
+pub fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new().routes(utoipa_axum::routes!(maintain_repo))
 }
 
 /// `POST`: operator only; answers with the run's report when it is done,
 /// or with its progress and then the report (`Accept: application/x-ndjson`,
 /// see `crate::progress`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/repos/{owner}/{name}/maintain",
+    tag = "repos",
+    params(RepoPath),
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "The run's report; with `Accept: application/x-ndjson`, progress lines and then `{\"result\": MaintainReport}` or `{\"error\": {status, error}}`", content(
+            (MaintainReport = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such repository", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn maintain_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::auth::require_operator(&state.token, &headers)?;

@@ -257,6 +257,7 @@ async fn announce_pushes(
                 repo,
                 moves,
                 replicated,
+                ..
             }) => {
                 if replicated {
                     for (name, old, new) in moves {

@@ -9,7 +9,7 @@
 //! lines plus the new entry's, and commits those ref changes and the log
 //! entry in one sled transaction, under the repository's lock. What
 //! happened is published as [`RepoEvent`]s (replication announces local
-//! pushes from them).
+//! pushes from them; `GET /api/v1/events` streams their ref moves).
 //!
 //! Every method blocks (sled, files): call them from blocking threads.
 
@@ -71,6 +71,14 @@ pub enum RepoEvent {
         moves: Vec<(String, Option<ObjectId>, Option<ObjectId>)>,
         /// Whether a peer's update caused it.
         replicated: bool,
+        /// The position of the update that moved them in this node's log.
+        seq: u64,
+        /// Its certificate's signer (`did:key:...`).
+        signer: Option<String>,
+        /// The pushee URL its certificate names: the node that accepted it.
+        pushee: Option<String>,
+        /// When they moved, seconds since the epoch.
+        at: u64,
     },
 }
 
@@ -527,7 +535,7 @@ impl Repos {
         }
         let (seq, moves) = self.commit_entry(repo, entry)?;
         tracing::info!(repo = %name, seq, refs = moves.len(), refused = entry.update.refused.len(), "replicated a signed update");
-        self.emit_moves(name, moves, true);
+        self.emit_moves(name, entry, seq, moves, true);
         Ok(true)
     }
 
@@ -573,14 +581,21 @@ impl Repos {
         self.emit(RepoEvent::Pushed {
             repo: name.clone(),
             id,
-            update: entry.update,
+            update: entry.update.clone(),
             seq,
         });
-        self.emit_moves(name, moves, false);
+        self.emit_moves(name, &entry, seq, moves, false);
         Ok(results)
     }
 
-    fn emit_moves(&self, repo: RepoName, moves: Vec<RefUpdate>, replicated: bool) {
+    fn emit_moves(
+        &self,
+        repo: RepoName,
+        entry: &Entry,
+        seq: u64,
+        moves: Vec<RefUpdate>,
+        replicated: bool,
+    ) {
         if moves.is_empty() {
             return;
         }
@@ -588,6 +603,10 @@ impl Repos {
             repo,
             moves: moves.into_iter().map(|m| (m.name, m.old, m.new)).collect(),
             replicated,
+            seq,
+            signer: entry.signer.clone(),
+            pushee: entry.pushee.clone(),
+            at: crate::auth::now(),
         });
     }
 }

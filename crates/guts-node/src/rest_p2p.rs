@@ -8,15 +8,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth;
 use crate::error::{ApiError, NodeError};
 use crate::http::Shared;
+use crate::openapi::ErrorBody;
 use crate::progress::Progress;
-use crate::rest::blocking;
+use crate::rest::{blocking, RepoPath};
 
 /// The node's peer-to-peer state.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct NodeView {
     /// Whether replication runs (on unless `--no-p2p`).
     pub p2p: bool,
@@ -44,7 +46,7 @@ pub struct NodeView {
 }
 
 /// One open connection of the node.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct ConnectionView {
     /// The peer id.
     pub peer: String,
@@ -54,6 +56,13 @@ pub struct ConnectionView {
     pub relayed: bool,
 }
 
+/// `GET /api/v1/node`: the node's peer-to-peer state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/node",
+    tag = "node",
+    responses((status = 200, description = "The node's network state", body = NodeView))
+)]
 pub(crate) async fn node_status(State(state): State<Shared>) -> Result<Json<NodeView>, ApiError> {
     let Some(p2p) = state.p2p.clone() else {
         return Ok(Json(NodeView {
@@ -120,12 +129,39 @@ fn p2p_of(state: &Shared) -> Result<std::sync::Arc<crate::p2p::P2p>, NodeError> 
     state.p2p.clone().ok_or(NodeError::P2pOff)
 }
 
-/// `POST`: operator only; follow the repository and answer once its log
-/// and objects are here, or stream the seed's progress first
-/// (`Accept: application/x-ndjson`, see `crate::progress`).
+/// A repository the node seeds.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SeedView {
+    /// The repository, canonical `OWNER/NAME`.
+    repo: String,
+    /// Its id.
+    id: String,
+}
+
+/// `POST`: seed (follow and serve to peers) a repository; operator only.
+/// Answers once its log and objects are here, or streams the seed's
+/// progress first (`Accept: application/x-ndjson`, see `crate::progress`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/repos/{owner}/{name}/seed",
+    tag = "p2p",
+    params(RepoPath),
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Seeding; with `Accept: application/x-ndjson`, progress lines and then `{\"result\": SeedView}` or `{\"error\": {status, error}}`", content(
+            (SeedView = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 401, description = "No or a wrong operator token", body = ErrorBody),
+        (status = 403, description = "The node's rules refuse to seed it", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 409, description = "Peer-to-peer replication is off", body = ErrorBody),
+        (status = 502, description = "Seeding failed on the network", body = ErrorBody),
+    )
+)]
 pub(crate) async fn seed_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_operator(&state.token, &headers)?;
@@ -154,7 +190,10 @@ pub(crate) async fn seed_repo(
                 .await
                 .map_err(|e| NodeError::Network(format!("seeding {name} failed: {e}")))?;
             tracing::info!(repo = %name, %id, "seeding");
-            Ok(serde_json::json!({ "repo": name.to_string(), "id": id.to_string() }))
+            Ok(SeedView {
+                repo: name.to_string(),
+                id: id.to_string(),
+            })
         }
     };
     Ok(if crate::progress::wanted(&headers) {
@@ -164,9 +203,23 @@ pub(crate) async fn seed_repo(
     })
 }
 
+/// `DELETE`: stop seeding a repository (it stays stored); operator only.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/repos/{owner}/{name}/seed",
+    tag = "p2p",
+    params(RepoPath),
+    security(("operator" = [])),
+    responses(
+        (status = 204, description = "No longer seeding"),
+        (status = 401, description = "No or a wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 409, description = "Peer-to-peer replication is off", body = ErrorBody),
+    )
+)]
 pub(crate) async fn unseed_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     auth::require_operator(&state.token, &headers)?;

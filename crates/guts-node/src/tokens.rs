@@ -104,7 +104,7 @@ pub fn signs_pushes(headers: &HeaderMap) -> bool {
 }
 
 /// A push grant, as shown with a token push's update.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, utoipa::ToSchema)]
 pub struct GrantView {
     /// The grant id (hex SHA-256 of its body).
     pub id: String,

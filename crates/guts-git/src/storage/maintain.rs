@@ -94,6 +94,7 @@ pub struct MaintainedState {
 
 /// What one maintenance run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MaintainReport {
     /// Packs before.
     pub packs_before: usize,

@@ -27,6 +27,8 @@ fn entry(repo_id: Vec<u8>, certificate: String) -> Entry {
         key: update.key(),
         update,
         lines: Vec::new(),
+        signer: None,
+        pushee: None,
     }
 }
 

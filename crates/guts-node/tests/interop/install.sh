@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party git clients the interoperability suite
 # (crates/guts-node/tests/interop.rs) drives: dulwich and pygit2 in a Python
-# virtual environment, isomorphic-git in an npm directory, all pinned, under
+# virtual environment (with openapi-spec-validator, for tests/openapi.rs),
+# isomorphic-git in an npm directory, all pinned, under
 # ${GUTS_INTEROP_DIR:-<workspace>/target/interop}. Idempotent: a client whose
 # pinned version is already there is not installed again. A client that cannot
 # be installed gets a WARNING and its tests print SKIP; the script exits 0.
@@ -10,6 +11,8 @@ set -uo pipefail
 DULWICH_VERSION=1.2.21
 PYGIT2_VERSION=1.21.0
 ISOGIT_VERSION=1.44.19
+# Not a git client: validates the node's OpenAPI description (tests/openapi.rs).
+OPENAPI_VALIDATOR_VERSION=0.9.0
 
 ROOT="$(cd "$(dirname "$0")/../../../.." && pwd)"
 DIR="${GUTS_INTEROP_DIR:-$ROOT/target/interop}"
@@ -77,6 +80,7 @@ install_python_clients() {
     if [ -x "$VENV/bin/pip" ] && "$VENV/bin/python" -c "" 2>/dev/null; then
         pip_install dulwich "$DULWICH_VERSION" dulwich.porcelain
         pip_install pygit2 "$PYGIT2_VERSION" pygit2
+        pip_install openapi-spec-validator "$OPENAPI_VALIDATOR_VERSION" openapi_spec_validator
         return
     fi
     if ! command -v python3 >/dev/null 2>&1 || ! venv_usable; then
@@ -96,6 +100,7 @@ install_python_clients() {
     fi
     pip_install dulwich "$DULWICH_VERSION" dulwich.porcelain
     pip_install pygit2 "$PYGIT2_VERSION" pygit2
+    pip_install openapi-spec-validator "$OPENAPI_VALIDATOR_VERSION" openapi_spec_validator
 }
 
 install_isogit() {

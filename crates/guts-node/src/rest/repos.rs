@@ -1,79 +1,23 @@
-//! The REST API under `/api/v1`: repositories, their identity documents and
-//! their signed-update logs. Errors are JSON `{"error": "..."}`.
+//! Repositories: list, create, show, change settings, delete, nonces.
 
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use axum::Json;
 use guts_git::names::RepoName;
-use guts_identity::PushCert;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::{bad_request, blocking, decode_document, DocumentRequest, RepoPath};
 use crate::auth;
 use crate::error::{ApiError, NodeError};
 use crate::http::Shared;
-use crate::rest_p2p;
-
-/// The REST routes.
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/api/v1/repos", get(list_repos).post(create_repo))
-        .route(
-            "/api/v1/repos/{owner}/{name}",
-            get(show_repo).delete(delete_repo).patch(patch_repo),
-        )
-        .route(
-            "/api/v1/repos/{owner}/{name}/identity",
-            get(show_identity).put(update_identity),
-        )
-        .route("/api/v1/repos/{owner}/{name}/updates", get(list_updates))
-        .route("/api/v1/repos/{owner}/{name}/nonce", get(repo_nonce))
-        .route(
-            "/api/v1/repos/{owner}/{name}/seed",
-            axum::routing::post(rest_p2p::seed_repo).delete(rest_p2p::unseed_repo),
-        )
-        .route("/api/v1/node", get(rest_p2p::node_status))
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, NodeError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-}
-
-fn bad_request(msg: impl Into<String>) -> NodeError {
-    NodeError::Invalid(msg.into())
-}
-
-/// A signed identity document in a request body.
-#[derive(Deserialize)]
-struct DocumentRequest {
-    /// The encoded `SignedDocument`, base64.
-    document: Option<String>,
-    /// Present in requests of the old, unsigned form; refused with a hint.
-    owner: Option<String>,
-}
-
-fn decode_document(req: DocumentRequest) -> Result<Vec<u8>, NodeError> {
-    match (req.document, req.owner) {
-        (Some(doc), _) => B64.decode(doc.trim()).map_err(|e| bad_request(format!("document is not base64: {e}"))),
-        (None, _) => Err(bad_request(
-            "creating a repository requires an identity document signed by its owner: \
-             run `guts-node repo create NAME` (it signs one with your identity from `guts-node id new`), \
-             or POST {\"document\": \"<base64 SignedDocument>\"}",
-        )),
-    }
-}
+use crate::openapi::ErrorBody;
 
 /// A repository as the REST API lists it.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct RepoSummary {
     /// Owner segment: the owner's DID id (`z6Mk...`).
     pub owner: String,
@@ -88,7 +32,7 @@ pub struct RepoSummary {
 }
 
 /// A repository in detail.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct RepoDetail {
     /// Owner segment.
     pub owner: String,
@@ -143,15 +87,30 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
 /// `GET /api/v1/repos?limit=N&after=OWNER/NAME`.
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Repositories per page (default 100, at most 1000).
     limit: Option<usize>,
+    /// List the names after this one (`OWNER/NAME`, canonical).
     after: Option<String>,
 }
 
-/// One page of repositories, by canonical name; a `Link: <...>; rel="next"`
-/// header points at the next page when there is one.
-async fn list_repos(
+/// One page of repositories, by canonical name.
+///
+/// A `Link: <...>; rel="next"` header points at the next page when there
+/// is one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/repos",
+    tag = "repos",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of repositories", body = Vec<RepoSummary>,
+         headers(("Link" = String, description = "`<...>; rel=\"next\"` when there is a next page"))),
+    )
+)]
+pub(super) async fn list_repos(
     State(state): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -182,7 +141,22 @@ async fn list_repos(
     Ok(resp)
 }
 
-async fn create_repo(
+/// `POST`: create a repository from its owner's signed identity document.
+#[utoipa::path(
+    post,
+    path = "/api/v1/repos",
+    tag = "repos",
+    request_body = DocumentRequest,
+    responses(
+        (status = 201, description = "Created", body = RepoSummary),
+        (status = 400, description = "No, or an invalid, signed document", body = ErrorBody),
+        (status = 403, description = "The node's rules refuse the owner or name", body = ErrorBody),
+        (status = 409, description = "The repository exists", body = ErrorBody),
+        (status = 429, description = "The owner's write rate limit", body = ErrorBody),
+        (status = 507, description = "The owner's quota or the node's disk is full", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_repo(
     State(state): State<Shared>,
     body: Result<Json<DocumentRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RepoSummary>), ApiError> {
@@ -203,9 +177,20 @@ async fn create_repo(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn show_repo(
+/// `GET`: a repository in detail (refs, identity, disk use).
+#[utoipa::path(
+    get,
+    path = "/api/v1/repos/{owner}/{name}",
+    tag = "repos",
+    params(RepoPath),
+    responses(
+        (status = 200, description = "The repository", body = RepoDetail),
+        (status = 404, description = "No such repository", body = ErrorBody),
+    )
+)]
+pub(super) async fn show_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
 ) -> Result<Json<RepoDetail>, ApiError> {
     let detail = blocking(move || {
         let name = state.repos.resolve(&owner, &name)?;
@@ -246,9 +231,21 @@ async fn show_repo(
 }
 
 /// `DELETE`: the operator, or the repository's delegates (a signed `delete`).
-async fn delete_repo(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/repos/{owner}/{name}",
+    tag = "repos",
+    params(RepoPath),
+    security(("operator" = []), ("gutsAction" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or a wrong credential", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let st = state.clone();
@@ -272,27 +269,59 @@ async fn delete_repo(
 }
 
 /// A fresh nonce of this node for `OWNER/NAME`, to sign a repository action over.
-async fn repo_nonce(
+#[utoipa::path(
+    get,
+    path = "/api/v1/repos/{owner}/{name}/nonce",
+    tag = "repos",
+    params(RepoPath),
+    responses(
+        (status = 200, description = "A nonce", body = NonceView),
+        (status = 404, description = "No such repository", body = ErrorBody),
+    )
+)]
+pub(super) async fn repo_nonce(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(RepoPath { owner, name }): Path<RepoPath>,
+) -> Result<Json<NonceView>, ApiError> {
     let nonce = blocking(move || {
         let name = state.repos.resolve(&owner, &name)?;
         let identity = state.repos.identity(&name)?;
-        Ok(serde_json::json!({
-            "repo": name.to_string(),
-            "id": identity.id.to_string(),
-            "nonce": state.repos.issue_nonce(&name),
-        }))
+        Ok(NonceView {
+            repo: name.to_string(),
+            id: identity.id.to_string(),
+            nonce: state.repos.issue_nonce(&name),
+        })
     })
     .await?;
     Ok(Json(nonce))
 }
 
-#[derive(Deserialize)]
+/// A settings change; absent fields are left as they are.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchRepo {
+pub(super) struct PatchRepo {
+    /// Refuse non-fast-forward pushes.
     deny_non_fast_forwards: Option<bool>,
+}
+
+/// A repository's settings.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SettingsView {
+    /// HEAD's symref target.
+    head: String,
+    /// Whether non-fast-forward pushes are refused.
+    deny_non_fast_forwards: bool,
+}
+
+/// A nonce to sign an action over (`GutsAction`).
+#[derive(Serialize, ToSchema)]
+pub(super) struct NonceView {
+    /// The repository, canonical `OWNER/NAME`.
+    repo: String,
+    /// Its id.
+    id: String,
+    /// The nonce.
+    nonce: String,
 }
 
 /// The action text delegates sign for a settings change.
@@ -304,12 +333,26 @@ pub fn settings_action(deny_non_fast_forwards: Option<bool>) -> String {
 }
 
 /// `PATCH`: the operator, or the repository's delegates (a signed `settings ...`).
-async fn patch_repo(
+#[utoipa::path(
+    patch,
+    path = "/api/v1/repos/{owner}/{name}",
+    tag = "repos",
+    params(RepoPath),
+    request_body = PatchRepo,
+    security(("operator" = []), ("gutsAction" = [])),
+    responses(
+        (status = 200, description = "The settings now", body = SettingsView),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No or a wrong credential", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+    )
+)]
+pub(super) async fn patch_repo(
     State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
+    Path(RepoPath { owner, name }): Path<RepoPath>,
     headers: HeaderMap,
     body: Result<Json<PatchRepo>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SettingsView>, ApiError> {
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let settings = blocking(move || {
         let name = state.repos.resolve(&owner, &name)?;
@@ -318,146 +361,8 @@ async fn patch_repo(
         state.repos.set_settings(&name, req.deny_non_fast_forwards)
     })
     .await?;
-    Ok(Json(serde_json::json!({
-        "head": settings.head,
-        "deny_non_fast_forwards": settings.deny_non_fast_forwards,
-    })))
-}
-
-/// A repository's identity: every document version (base64) and the current one decoded.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct IdentityView {
-    /// Repository id.
-    pub id: String,
-    /// Every version, oldest first, as base64 `SignedDocument`s.
-    pub versions: Vec<String>,
-    /// The current version.
-    pub version: u64,
-    /// Owner DID.
-    pub owner: String,
-    /// Delegate DIDs.
-    pub delegates: Vec<String>,
-    /// Signatures needed for the next version.
-    pub threshold: u32,
-    /// Default branch.
-    pub default_branch: String,
-    /// Aliases.
-    pub aliases: Vec<String>,
-}
-
-fn identity_view(state: &Shared, name: &RepoName) -> Result<IdentityView, NodeError> {
-    let identity = state
-        .repos
-        .identities()
-        .current(name)?
-        .ok_or_else(|| guts_git::Error::RepoNotFound(name.to_string()))?;
-    let body = identity.doc.body().clone();
-    Ok(IdentityView {
-        id: identity.id.to_string(),
-        versions: identity.versions.iter().map(|v| B64.encode(v)).collect(),
-        version: body.version,
-        owner: body.owner,
-        delegates: body.delegates,
-        threshold: body.threshold,
-        default_branch: body.default_branch,
-        aliases: body.aliases,
-    })
-}
-
-async fn show_identity(
-    State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-) -> Result<Json<IdentityView>, ApiError> {
-    let view = blocking(move || {
-        let name = state.repos.resolve(&owner, &name)?;
-        identity_view(&state, &name)
-    })
-    .await?;
-    Ok(Json(view))
-}
-
-async fn update_identity(
-    State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-    body: Result<Json<DocumentRequest>, JsonRejection>,
-) -> Result<Json<IdentityView>, ApiError> {
-    let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
-    let bytes = decode_document(req)?;
-    let view = blocking(move || {
-        let name = state.repos.resolve(&owner, &name)?;
-        state.repos.update_identity(&name, &bytes)?;
-        identity_view(&state, &name)
-    })
-    .await?;
-    Ok(Json(view))
-}
-
-/// One entry of a repository's signed-update log.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct UpdateView {
-    /// Position in the log, from 1.
-    pub seq: u64,
-    /// Identity document version the update was accepted under.
-    pub doc_version: u64,
-    /// Signer DID, if the certificate verifies.
-    pub signer: Option<String>,
-    /// The `old new ref` lines.
-    pub updates: Vec<String>,
-    /// Refs of the certificate that the accepting node refused (no effect).
-    pub refused: Vec<String>,
-    /// Refs for which this update lost under the conflict rule (ADR 0008):
-    /// another update of the same ref won, so this line does not give the
-    /// ref's value. Empty when every effective line is on a winning path.
-    pub superseded: Vec<String>,
-    /// The push certificate, signature included.
-    pub certificate: String,
-    /// For a push made with a token: the grant its signer pushed under.
-    pub grant: Option<crate::tokens::GrantView>,
-}
-
-async fn list_updates(
-    State(state): State<Shared>,
-    Path((owner, name)): Path<(String, String)>,
-) -> Result<Json<Vec<UpdateView>>, ApiError> {
-    let list = blocking(move || {
-        let name = state.repos.resolve(&owner, &name)?;
-        state.repos.open_repo(&name)?;
-        let updates = state.repos.log().updates(&name)?;
-        let resolved = state.repos.log().resolutions(&name)?;
-        Ok(updates
-            .into_iter()
-            .map(|(seq, u)| {
-                let cert = PushCert::parse(&u.certificate)
-                    .and_then(PushCert::verify)
-                    .ok();
-                let key = u.key();
-                let superseded = resolved
-                    .iter()
-                    .filter(|(_, r)| r.superseded.contains(&key))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                UpdateView {
-                    seq,
-                    doc_version: u.doc_version,
-                    signer: cert.as_ref().map(|c| c.signer().to_string()),
-                    updates: cert
-                        .map(|c| {
-                            c.commands()
-                                .iter()
-                                .map(|c| format!("{} {} {}", c.old, c.new, c.name))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    refused: u.refused,
-                    superseded,
-                    certificate: u.certificate,
-                    grant: (!u.grant.is_empty())
-                        .then(|| crate::tokens::grant_view(&u.grant))
-                        .flatten(),
-                }
-            })
-            .collect())
-    })
-    .await?;
-    Ok(Json(list))
+    Ok(Json(SettingsView {
+        head: settings.head,
+        deny_non_fast_forwards: settings.deny_non_fast_forwards,
+    }))
 }
