@@ -1,4 +1,4 @@
-//! The HTTP server: git smart HTTP and the REST API.
+//! The HTTP server: git smart HTTP, the REST API and the web view.
 
 use std::sync::Arc;
 
@@ -43,6 +43,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(crate::rest::routes())
         .merge(crate::maintenance::routes())
+        .merge(crate::web::routes())
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
