@@ -230,6 +230,7 @@ fn bad_and_missing_paths_get_html_errors() {
         format!("{base}/blob/main/%2e%2e/%2e%2e/etc/passwd"),
         format!("{base}/blob/main/src/%2E%2E/README.md"),
         format!("{base}/raw/main/../../etc/passwd"),
+        format!("{base}/blob/main/..%2F..%2Fetc%2Fpasswd"),
         format!("{base}/tree/main/src/%2e%2e"),
         format!("{base}/blob/main/src//main.rs"),
         format!("{base}/commit/not-an-id"),
@@ -249,6 +250,12 @@ fn bad_and_missing_paths_get_html_errors() {
     f.error(&format!("{base}/commit/{}", "0".repeat(40)), 404);
     f.error(&format!("/{}/nope", f.owner), 404);
     f.error("/.bad/x", 400);
+    // What browsers send for `/OWNER/NAME/blob/main/../../etc/passwd`.
+    f.error(&format!("{base}/etc/passwd"), 404);
+    f.error("/no/such/page/at/all", 404);
+    let api = f.node.get("/api/v1/nothing-here");
+    assert_eq!(api.status, 404);
+    assert!(api.json()["error"].is_string(), "{}", api.text());
 }
 
 #[test]

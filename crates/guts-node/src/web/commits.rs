@@ -92,9 +92,9 @@ async fn log_of(
                 rest.unwrap_or_default()
             )));
         }
-        let store = ctx.repo.objects()?;
+        let store = &ctx.store;
         // One more than a page: whether there is a next one.
-        let mut commits = log::walk(&store, &resolved.id, (page_no - 1) * LOG_PAGE, LOG_PAGE + 1)?;
+        let mut commits = log::walk(store, &resolved.id, (page_no - 1) * LOG_PAGE, LOG_PAGE + 1)?;
         let more = commits.len() > LOG_PAGE && page_no < MAX_LOG_PAGES;
         commits.truncate(LOG_PAGE);
         let here = format!("{}/commits/{}", ctx.base(), encode_path(&resolved.name));
@@ -129,8 +129,8 @@ pub(crate) async fn commit_page(
     let n = nonce.clone();
     let markup = blocking(move || {
         let ctx = RepoCtx::open(&state, &owner, &name)?;
-        let store = ctx.repo.objects()?;
-        let commit = match log::read_commit(&store, &oid) {
+        let store = &ctx.store;
+        let commit = match log::read_commit(store, &oid) {
             Ok(c) => c,
             Err(guts_git::Error::MissingObject(_)) | Err(guts_git::Error::CorruptObject { .. }) => {
                 return Err(NodeError::NotFound(format!(
@@ -143,7 +143,7 @@ pub(crate) async fn commit_page(
             Some(p) => Some(store.commit(p, &mut Vec::new())?.tree),
             None => None,
         };
-        let diff = diff::diff_trees(&store, parent_tree.as_deref(), &commit.tree, &diff_limits())?;
+        let diff = diff::diff_trees(store, parent_tree.as_deref(), &commit.tree, &diff_limits())?;
         let body = html! {
             (repo_header(&ctx, Tab::Commits))
             (commit_header(&ctx, &commit))

@@ -18,8 +18,8 @@ use crate::http::Shared;
 /// What `REF/PATH` names: its commit and its tree entry.
 fn locate(ctx: &RepoCtx, rest: &str) -> Result<(Resolved, Commit, Entry), NodeError> {
     let resolved = ctx.resolve(rest)?;
-    let store = ctx.repo.objects()?;
-    let commit = match guts_git::browse::log::read_commit(&store, &resolved.id) {
+    let store = &ctx.store;
+    let commit = match guts_git::browse::log::read_commit(store, &resolved.id) {
         Ok(c) => c,
         Err(guts_git::Error::MissingObject(_)) | Err(guts_git::Error::CorruptObject { .. }) => {
             return Err(NodeError::NotFound(format!(
@@ -29,7 +29,7 @@ fn locate(ctx: &RepoCtx, rest: &str) -> Result<(Resolved, Commit, Entry), NodeEr
         }
         Err(e) => return Err(e.into()),
     };
-    let entry = tree::lookup(&store, &commit.tree, &resolved.path)?.ok_or_else(|| {
+    let entry = tree::lookup(store, &commit.tree, &resolved.path)?.ok_or_else(|| {
         NodeError::NotFound(format!(
             "no file or directory {:?} at {}",
             resolved.path, resolved.name
@@ -57,7 +57,7 @@ pub(crate) async fn tree_page(
                 resolved.path
             )));
         }
-        let listing = tree::list(&ctx.repo.objects()?, &entry.id, MAX_TREE_ENTRIES)?;
+        let listing = tree::list(&ctx.store, &entry.id, MAX_TREE_ENTRIES)?;
         let body = html! {
             (repo_header(&ctx, Tab::Code))
             (breadcrumbs(&ctx, &resolved.name, &resolved.path))
@@ -151,7 +151,7 @@ pub(crate) async fn blob_page(
         if !entry.kind.is_blob() {
             return Err(NodeError::NotFound(format!("{:?} is not a file", resolved.path)));
         }
-        let blob = tree::read_blob(&ctx.repo.objects()?, &entry.id, MAX_BLOB_DISPLAY, MAX_BLOB_READ)?;
+        let blob = tree::read_blob(&ctx.store, &entry.id, MAX_BLOB_DISPLAY, MAX_BLOB_READ)?;
         let raw = format!(
             "{}/raw/{}/{}",
             ctx.base(),
@@ -219,7 +219,7 @@ pub(crate) async fn raw(
                 resolved.path
             )));
         }
-        let store = ctx.repo.objects()?;
+        let store = &ctx.store;
         let size = store.size(&entry.id).map_err(NodeError::from)?;
         if size > MAX_RAW_BYTES {
             return Err(NodeError::Forbidden(format!(
@@ -228,7 +228,7 @@ pub(crate) async fn raw(
                 super::layout::size(MAX_RAW_BYTES)
             )));
         }
-        let blob = tree::read_blob(&store, &entry.id, MAX_RAW_BYTES as usize, MAX_RAW_BYTES)?;
+        let blob = tree::read_blob(store, &entry.id, MAX_RAW_BYTES as usize, MAX_RAW_BYTES)?;
         Ok((blob.data, String::from_utf8_lossy(&entry.name).into_owned()))
     })
     .await?;

@@ -6,7 +6,9 @@ use std::time::Duration;
 /// Repositories listed on the node page.
 pub const MAX_REPOS_SHOWN: usize = 200;
 /// Branches and tags listed on a repository page (each kind).
-pub const MAX_REFS_SHOWN: usize = 100;
+pub const MAX_REFS_SHOWN: usize = 30;
+/// Ref moves listed per signed update.
+pub const MAX_MOVES_SHOWN: usize = 50;
 /// Tree entries listed in a directory.
 pub const MAX_TREE_ENTRIES: usize = 1000;
 /// Commits on the repository page.

@@ -41,6 +41,18 @@ pub fn routes() -> Router<Shared> {
         .route("/{owner}/{name}/commits/{*rest}", get(commits::log_page))
         .route("/{owner}/{name}/updates", get(updates::updates_page))
         .route("/static/guts.css", get(stylesheet))
+        .fallback(not_found)
+}
+
+/// Any other address: an HTML 404 page (JSON under `/api/`, as the REST
+/// API answers). Browsers resolve `..` in URLs before sending them, so a
+/// traversal typed into the address bar lands here.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let e = NodeError::NotFound(format!("no page at {}", uri.path()));
+    if uri.path().starts_with("/api/") {
+        return crate::error::ApiError(e).into_response();
+    }
+    WebError(e).into_response()
 }
 
 /// The one stylesheet.
@@ -158,6 +170,8 @@ pub(crate) struct RepoCtx {
     pub repo: Repo,
     /// Its refs, sorted by name.
     pub refs: Vec<guts_git::storage::Ref>,
+    /// Its objects (opened once per page).
+    pub store: guts_git::odb::ObjectStore,
 }
 
 impl RepoCtx {
@@ -166,7 +180,13 @@ impl RepoCtx {
         let name = state.repos.resolve(owner, name)?;
         let repo = state.repos.open_repo(&name)?;
         let refs = repo.refs()?;
-        Ok(RepoCtx { name, repo, refs })
+        let store = repo.objects()?;
+        Ok(RepoCtx {
+            name,
+            repo,
+            refs,
+            store,
+        })
     }
 
     /// The default branch: HEAD's target, resolved among the refs.

@@ -75,13 +75,13 @@ fn empty_page(ctx: &RepoCtx, clone_url: &str) -> Markup {
 }
 
 fn full_page(ctx: &RepoCtx, head: &Resolved, clone_url: &str) -> Result<Markup, NodeError> {
-    let store = ctx.repo.objects()?;
-    let commits = guts_git::browse::log::walk(&store, &head.id, 0, RECENT_COMMITS)?;
+    let store = &ctx.store;
+    let commits = guts_git::browse::log::walk(store, &head.id, 0, RECENT_COMMITS)?;
     let root = commits.first().map(|c| c.tree);
     let (listing, readme) = match root {
         Some(root) => {
-            let listing = tree::list(&store, &root, MAX_TREE_ENTRIES)?;
-            let readme = readme(ctx, &store, &head.name, &listing.entries)?;
+            let listing = tree::list(store, &root, MAX_TREE_ENTRIES)?;
+            let readme = readme(ctx, store, &head.name, &listing.entries)?;
             (Some(listing), readme)
         }
         None => (None, None),
@@ -158,15 +158,39 @@ fn readme(
     }))
 }
 
+/// A sort key comparing runs of digits as numbers.
+fn version_key(name: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            out.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
+            rest = &rest[digits..];
+        } else {
+            let text = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            out.push((0, rest[..text].to_owned()));
+            rest = &rest[text..];
+        }
+    }
+    out
+}
+
 /// Branches and tags, at most [`MAX_REFS_SHOWN`] of each.
 fn refs_box(ctx: &RepoCtx) -> Markup {
     let base = ctx.base();
+    // Newest-looking first: descending in version order (`v1.10` > `v1.9`).
     let of = |prefix: &str| -> (Vec<String>, usize) {
-        let all: Vec<String> = ctx
+        let mut all: Vec<String> = ctx
             .refs
             .iter()
             .filter_map(|r| r.name.strip_prefix(prefix).map(str::to_owned))
             .collect();
+        all.sort_by_key(|name| std::cmp::Reverse(version_key(name)));
         let total = all.len();
         (all.into_iter().take(MAX_REFS_SHOWN).collect(), total)
     };

@@ -10,7 +10,7 @@ use guts_identity::{PushCert, SignedRefUpdate};
 use maud::{html, Markup};
 
 use super::layout::{date, encode_path, page, repo_header, short_id, Tab};
-use super::limits::MAX_UPDATES_SHOWN;
+use super::limits::{MAX_MOVES_SHOWN, MAX_UPDATES_SHOWN};
 use super::{blocking, dot_git_redirect, respond, Nonce, RepoCtx, WebError};
 use crate::http::Shared;
 use crate::identity::Identity;
@@ -173,13 +173,14 @@ fn update_box(ctx: &RepoCtx, r: &Row) -> Markup {
                     }
                     dt { "Refs" }
                     dd {
-                        @for (name, old, new) in &r.moves {
+                        @for (name, old, new) in r.moves.iter().take(MAX_MOVES_SHOWN) {
                             div.mono {
                                 a href=(format!("{base}/tree/{}", encode_path(name.strip_prefix("refs/heads/").or_else(|| name.strip_prefix("refs/tags/")).unwrap_or(name)))) { (name) }
                                 " " (commit(old)) " → " (commit(new))
                                 @if r.superseded.contains(name) { " " span.tag { "superseded" } }
                             }
                         }
+                        @if r.moves.len() > MAX_MOVES_SHOWN { div.muted { "and " (r.moves.len() - MAX_MOVES_SHOWN) " more refs" } }
                     }
                     @if !r.refused.is_empty() {
                         dt { "Refused" }
