@@ -38,6 +38,7 @@ fn limits() -> Limits {
         max_lines: 10_000,
         max_bytes: 1 << 20,
         max_file_bytes: 1 << 20,
+        max_trees: 1000,
         file_timeout: Duration::from_secs(1),
     }
 }
@@ -231,6 +232,12 @@ fn tree_diffs_match_git() {
     let cut = diff::diff_trees(&f.store, None, &c1.tree, &short).expect("diff");
     assert!(cut.truncated);
     assert_eq!(cut.files.last().map(|f| &f.body), Some(&Body::Skipped));
+    let trees = Limits {
+        max_trees: 2,
+        ..limits()
+    };
+    let cut = diff::diff_trees(&f.store, Some(&c2.tree), &c3.tree, &trees).expect("diff");
+    assert!(cut.truncated && cut.files.is_empty(), "{cut:?}");
     let small = Limits {
         max_file_bytes: 10,
         ..limits()

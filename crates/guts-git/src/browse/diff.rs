@@ -22,6 +22,9 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Files with a side larger than this are not diffed line by line.
     pub max_file_bytes: u64,
+    /// Trees read to find the changed files (a crafted history can nest
+    /// trees with no files in them).
+    pub max_trees: usize,
     /// Time the line diff of one file may take before it settles for a
     /// coarser (still correct) answer.
     pub file_timeout: Duration,
@@ -29,6 +32,10 @@ pub struct Limits {
 
 /// Lines of context around each change.
 pub const CONTEXT: usize = 3;
+
+/// Directory depth a diff descends to (beyond: truncated), so a crafted
+/// deep nesting of trees cannot exhaust the stack.
+pub const MAX_DEPTH: usize = 256;
 
 /// How a file changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,19 +134,17 @@ pub fn diff_trees(
     new: &oid,
     limits: &Limits,
 ) -> Result<Diff> {
-    let mut changes = Vec::new();
-    let mut truncated = false;
-    collect(
+    let mut walk = Walk {
         store,
-        old.map(oid::to_owned),
-        Some(new.to_owned()),
-        "",
-        limits.max_files,
-        &mut changes,
-        &mut truncated,
-    )?;
+        max_files: limits.max_files,
+        trees_left: limits.max_trees,
+        out: Vec::new(),
+        truncated: false,
+    };
+    walk.collect(old.map(oid::to_owned), Some(new.to_owned()), "", 0)?;
+    let changes = std::mem::take(&mut walk.out);
     let mut diff = Diff {
-        truncated,
+        truncated: walk.truncated,
         ..Diff::default()
     };
     let (mut lines, mut bytes) = (0usize, 0usize);
@@ -188,49 +193,68 @@ fn entries(store: &ObjectStore, id: Option<ObjectId>) -> Result<BTreeMap<Vec<u8>
     })
 }
 
-/// Gather changed files under `prefix`, at most `max`.
-fn collect(
-    store: &ObjectStore,
-    old: Option<ObjectId>,
-    new: Option<ObjectId>,
-    prefix: &str,
-    max: usize,
-    out: &mut Vec<Change>,
-    truncated: &mut bool,
-) -> Result<()> {
-    let old = entries(store, old)?;
-    let new = entries(store, new)?;
-    let mut names: Vec<&Vec<u8>> = old.keys().chain(new.keys()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        if *truncated {
+/// The search for changed files, within its budget.
+struct Walk<'a> {
+    store: &'a ObjectStore,
+    max_files: usize,
+    trees_left: usize,
+    out: Vec<Change>,
+    truncated: bool,
+}
+
+impl Walk<'_> {
+    fn entries(&mut self, id: Option<ObjectId>) -> Result<BTreeMap<Vec<u8>, Entry>> {
+        if id.is_some() {
+            self.trees_left = self.trees_left.saturating_sub(1);
+        }
+        entries(self.store, id)
+    }
+
+    /// Gather changed files under `prefix` (at `depth`).
+    fn collect(
+        &mut self,
+        old: Option<ObjectId>,
+        new: Option<ObjectId>,
+        prefix: &str,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH || self.trees_left < 2 {
+            self.truncated = true;
             return Ok(());
         }
-        let (o, n) = (old.get(name), new.get(name));
-        if let (Some(o), Some(n)) = (o, n) {
-            if o.id == n.id && o.kind == n.kind {
-                continue;
-            }
-        }
-        let path = format!("{prefix}{}", String::from_utf8_lossy(name));
-        let tree = |e: Option<&Entry>| e.filter(|e| e.kind == EntryKind::Tree).map(|e| e.id);
-        let (ot, nt) = (tree(o), tree(n));
-        if ot.is_some() || nt.is_some() {
-            let sub = format!("{path}/");
-            collect(store, ot, nt, &sub, max, out, truncated)?;
-        }
-        let file = |e: Option<&Entry>| e.filter(|e| e.kind != EntryKind::Tree).cloned();
-        let (of, nf) = (file(o), file(n));
-        if of.is_some() || nf.is_some() {
-            if out.len() >= max {
-                *truncated = true;
+        let old = self.entries(old)?;
+        let new = self.entries(new)?;
+        let mut names: Vec<&Vec<u8>> = old.keys().chain(new.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            if self.truncated {
                 return Ok(());
             }
-            out.push((path, of, nf));
+            let (o, n) = (old.get(name), new.get(name));
+            if let (Some(o), Some(n)) = (o, n) {
+                if o.id == n.id && o.kind == n.kind {
+                    continue;
+                }
+            }
+            let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+            let tree = |e: Option<&Entry>| e.filter(|e| e.kind == EntryKind::Tree).map(|e| e.id);
+            let (ot, nt) = (tree(o), tree(n));
+            if ot.is_some() || nt.is_some() {
+                self.collect(ot, nt, &format!("{path}/"), depth + 1)?;
+            }
+            let file = |e: Option<&Entry>| e.filter(|e| e.kind != EntryKind::Tree).cloned();
+            let (of, nf) = (file(o), file(n));
+            if of.is_some() || nf.is_some() {
+                if self.out.len() >= self.max_files {
+                    self.truncated = true;
+                    return Ok(());
+                }
+                self.out.push((path, of, nf));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The diff of one file, from its old and new entries.

@@ -34,6 +34,8 @@ pub const MAX_DIFF_LINES: usize = 10_000;
 pub const MAX_DIFF_BYTES: usize = 1024 * 1024;
 /// Files with a side larger than this are not diffed line by line.
 pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
+/// Trees a commit's diff reads to find the changed files.
+pub const MAX_DIFF_TREES: usize = 10_000;
 /// Time one file's line diff may take before settling for a coarser one.
 pub const DIFF_FILE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Signed updates on the updates page (newest first).
@@ -46,6 +48,7 @@ pub fn diff_limits() -> guts_git::browse::diff::Limits {
         max_lines: MAX_DIFF_LINES,
         max_bytes: MAX_DIFF_BYTES,
         max_file_bytes: MAX_DIFF_FILE_BYTES,
+        max_trees: MAX_DIFF_TREES,
         file_timeout: DIFF_FILE_TIMEOUT,
     }
 }
