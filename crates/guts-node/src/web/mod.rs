@@ -209,7 +209,12 @@ impl RepoCtx {
     /// 400 if the path is invalid.
     pub fn resolve(&self, rest: &str) -> Result<Resolved, NodeError> {
         guts_git::browse::resolve(&self.refs, rest)
-            .map_err(|e| NodeError::Invalid(e.to_string()))?
+            .map_err(|e| match e {
+                guts_git::Error::Protocol(why) => {
+                    NodeError::Invalid(format!("invalid path: {why}"))
+                }
+                other => NodeError::Invalid(other.to_string()),
+            })?
             .ok_or_else(|| NodeError::NotFound(format!("no branch, tag or commit named {rest:?}")))
     }
 
