@@ -250,6 +250,12 @@ fn bad_and_missing_paths_get_html_errors() {
     f.error(&format!("{base}/commit/{}", "0".repeat(40)), 404);
     f.error(&format!("/{}/nope", f.owner), 404);
     f.error("/.bad/x", 400);
+    // An empty repository: a page telling how to push; no log yet.
+    f.node.create_repo(&f.owner, "empty");
+    let empty = f.page(&format!("/{}/empty", f.owner));
+    assert!(empty.contains("This repository is empty"), "{empty}");
+    f.error(&format!("/{}/empty/commits", f.owner), 404);
+    f.error(&format!("/{}/empty/tree/main", f.owner), 404);
     // What browsers send for `/OWNER/NAME/blob/main/../../etc/passwd`.
     f.error(&format!("{base}/etc/passwd"), 404);
     f.error("/no/such/page/at/all", 404);
