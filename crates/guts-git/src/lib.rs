@@ -8,7 +8,7 @@
 //! ([`pack_out`]), a disk cache of generated packs ([`pack_cache`]),
 //! quarantined pack reception ([`pack_in`]) and storage of packs and refs,
 //! with their maintenance ([`storage`]), and `git archive --remote`
-//! ([`archive`]).
+//! ([`archive`]); read helpers for the node's web view ([`browse`]).
 //!
 //! What this crate must not do: open sockets, spawn an async runtime, or know
 //! about HTTP. Its protocol functions take a [`std::io::BufRead`] for the
@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod browse;
 pub mod commit_graph;
 pub mod error;
 pub mod fetch;

@@ -19,6 +19,9 @@ pub enum NodeError {
     /// A request is malformed (body, parameters, a peer's data).
     #[error("{0}")]
     Invalid(String),
+    /// What the request names does not exist (a ref, a file, a commit).
+    #[error("{0}")]
+    NotFound(String),
     /// The request needs a service or content type this node does not offer.
     #[error("{0}")]
     UnsupportedMedia(String),
@@ -157,6 +160,7 @@ pub fn status_for(e: &NodeError) -> StatusCode {
             _ => StatusCode::BAD_REQUEST,
         },
         NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        NodeError::NotFound(_) => StatusCode::NOT_FOUND,
         NodeError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         NodeError::Forbidden(_) | NodeError::NoIdentity(_) | NodeError::Quota(_) => {
             StatusCode::FORBIDDEN

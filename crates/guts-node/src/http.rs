@@ -1,4 +1,4 @@
-//! The HTTP server: git smart HTTP and the REST API.
+//! The HTTP server: git smart HTTP, the REST API and the web view.
 
 use std::sync::Arc;
 
@@ -47,6 +47,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         // The REST API and its description (`crate::openapi`).
         .merge(crate::openapi::api())
+        .merge(crate::web::routes())
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))
         .route("/{owner}/{name}/git-receive-pack", post(receive_pack))

@@ -36,6 +36,7 @@ mod server;
 mod serving;
 mod token_cli;
 mod tokens;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -80,8 +80,14 @@ fn probe(addr: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
 
 /// Whether a 404 body is the node's own (`{"error": ...}`, a missing
 /// resource) rather than a missing route's.
+/// A 404 for a missing resource: the node's JSON error, not the one of
+/// the fallback for addresses no route matches (`no API route ...`).
 fn is_node_404(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"].is_string())
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| !e.starts_with("no API route"))
+    })
 }
 
 /// Every `$ref` in `v`.

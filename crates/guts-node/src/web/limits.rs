@@ -1,0 +1,54 @@
+//! Bounds on the work of one web page (ADR 0018). Each page reads at most
+//! this much, whatever the repository holds.
+
+use std::time::Duration;
+
+/// Repositories listed on the node page.
+pub const MAX_REPOS_SHOWN: usize = 200;
+/// Branches and tags listed on a repository page (each kind).
+pub const MAX_REFS_SHOWN: usize = 30;
+/// Ref moves listed per signed update.
+pub const MAX_MOVES_SHOWN: usize = 50;
+/// Tree entries listed in a directory.
+pub const MAX_TREE_ENTRIES: usize = 1000;
+/// Commits on the repository page.
+pub const RECENT_COMMITS: usize = 20;
+/// Commits per page of the commit log.
+pub const LOG_PAGE: usize = 50;
+/// Pages of the commit log (deeper history: `git log` on a clone).
+pub const MAX_LOG_PAGES: usize = 100;
+/// Bytes of a README rendered; the rest is cut.
+pub const MAX_README_BYTES: usize = 256 * 1024;
+/// Bytes of a file shown on its page; larger files are cut, with a link
+/// to the raw file.
+pub const MAX_BLOB_DISPLAY: usize = 512 * 1024;
+/// Bytes of a blob read for a page at all (above: not read, link to raw).
+pub const MAX_BLOB_READ: u64 = 16 * 1024 * 1024;
+/// Bytes of a raw file served; larger ones are refused (use git).
+pub const MAX_RAW_BYTES: u64 = 32 * 1024 * 1024;
+/// Files of a commit's diff.
+pub const MAX_DIFF_FILES: usize = 300;
+/// Lines of a commit's diff over all files.
+pub const MAX_DIFF_LINES: usize = 10_000;
+/// Bytes of a commit's diff lines over all files.
+pub const MAX_DIFF_BYTES: usize = 1024 * 1024;
+/// Files with a side larger than this are not diffed line by line.
+pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
+/// Trees a commit's diff reads to find the changed files.
+pub const MAX_DIFF_TREES: usize = 10_000;
+/// Time one file's line diff may take before settling for a coarser one.
+pub const DIFF_FILE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Signed updates on the updates page (newest first).
+pub const MAX_UPDATES_SHOWN: usize = 500;
+
+/// The diff limits of a commit page.
+pub fn diff_limits() -> guts_git::browse::diff::Limits {
+    guts_git::browse::diff::Limits {
+        max_files: MAX_DIFF_FILES,
+        max_lines: MAX_DIFF_LINES,
+        max_bytes: MAX_DIFF_BYTES,
+        max_file_bytes: MAX_DIFF_FILE_BYTES,
+        max_trees: MAX_DIFF_TREES,
+        file_timeout: DIFF_FILE_TIMEOUT,
+    }
+}
