@@ -19,6 +19,7 @@ mod limits;
 mod log;
 mod maintenance;
 mod memory;
+mod metrics;
 mod p2p;
 mod p2p_config;
 mod policy;
@@ -201,6 +202,8 @@ struct RunArgs {
     limits: limits::LimitArgs,
     #[command(flatten)]
     serve: serving::ServeArgs,
+    #[command(flatten)]
+    metrics: metrics::MetricsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,6 +392,7 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             },
             &file.p2p,
         )?,
+        metrics_public: args.metrics.public(&file.metrics),
         rules: rules_config(args, file.rules)?,
         data_dir,
     })
@@ -439,14 +443,19 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let slots = limits::WorkSlots::new(&config.http);
+        let mut metrics = metrics::Metrics::new(slots.metrics(), config.metrics_public);
         let p2p = match config.p2p.clone() {
             None => {
                 tracing::info!("peer-to-peer replication off (--no-p2p or p2p.enabled = false)");
                 None
             }
             Some(opts) => {
-                let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes)?;
-                Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
+                let p2p_metrics = guts_p2p::metrics::P2pMetrics::new(metrics.guts_registry());
+                let replica = replica::NodeReplica::new(Arc::clone(&repos), config.max_pack_bytes, p2p_metrics)?;
+                let p2p = p2p::P2p::start(&config.data_dir, opts, replica).await?;
+                metrics.also(p2p.net.metrics());
+                Some(p2p)
             }
         };
         let maintenance = maintenance::Maintenance::new(Arc::clone(&repos));
@@ -461,7 +470,8 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             p2p,
             token,
             transfer: config.http.transfer,
-            slots: limits::WorkSlots::new(&config.http),
+            slots,
+            metrics: Arc::new(metrics),
         });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
