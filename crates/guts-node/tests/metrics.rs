@@ -232,6 +232,9 @@ fn counters_move_by_what_two_peering_nodes_did() {
     seed(&b, &owner, "demo");
     eventually(30, "B has A's refs", || same_refs(&a, &b, &owner, "demo"));
 
+    // A clone from before, fetched from after the push.
+    let early = tmp.path().join("early.git");
+    clone_refs(&a, "alice", "demo", &early);
     let (a0, b0) = (scrape(&a), scrape(&b));
     let lag = "guts_p2p_replication_lag_seconds_count";
     // A signed push to A, replicated to B; a clone from A.
@@ -247,12 +250,17 @@ fn counters_move_by_what_two_peering_nodes_did() {
     });
     let clone = tmp.path().join("clone.git");
     clone_refs(&a, "alice", "demo", &clone);
+    git_ok(
+        &early,
+        &["fetch", "-q", "origin", "+refs/heads/*:refs/heads/*"],
+    );
+    assert_eq!(rev_parse(&early, "refs/heads/main"), head);
     let (a1, b1) = (scrape(&a), scrape(&b));
 
     let delta = |name: &str| a1.value(name, &[]) - a0.value(name, &[]);
     assert_eq!(delta("guts_git_pushes_total"), 1.0);
     assert_eq!(delta("guts_git_clones_total"), 1.0);
-    assert_eq!(delta("guts_git_fetches_total"), 0.0);
+    assert_eq!(delta("guts_git_fetches_total"), 1.0);
     assert!(
         delta("guts_git_received_objects_total") >= 3.0,
         "commit, tree, blob"
