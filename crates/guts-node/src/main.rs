@@ -149,7 +149,7 @@ struct RunArgs {
     /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
     #[arg(long, env = "GUTS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`), a `[rules]` table (create policy, quotas, public URLs, seeding) a `[p2p]` table (`enabled`, `listen`, `bootstrap`, `mdns`, `dht`, `sync_interval`) and a `[metrics]` table (`public`; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`), a `[rules]` table (create policy, quotas, public URLs, seeding), a `[p2p]` table (`enabled`, `listen`, `bootstrap`, `mdns`, `dht`, `sync_interval`) and a `[metrics]` table (`public`; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
     #[arg(long, env = "GUTS_CONFIG")]
     config: Option<PathBuf>,
     /// Largest pack a push may send, in bytes [default: 4 GiB].
