@@ -10,7 +10,7 @@ use guts_git::pktline::{Packet, PktReader};
 use guts_git::protocol::{advertise, Service, Version};
 use guts_git::receive_pack::{receive_pack, Command as PushCommand, PushPolicy, ReceiveOptions};
 use guts_git::storage::{RefRejection, RefUpdate, Repo};
-use guts_git::upload_pack::{upload_pack, Serving};
+use guts_git::upload_pack::{upload_pack, upload_pack_with_stats, Serving, UploadStats};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -103,7 +103,13 @@ fn push_then_advertise_then_fetch_v0() {
     req.extend(b"0000");
     req.extend(pkt("done\n"));
     let mut out = Vec::new();
-    upload_pack(&f.repo, Version::V0, &mut &req[..], &mut out).expect("upload-pack");
+    let mut stats = UploadStats::default();
+    upload_pack_with_stats(&f.repo, Version::V0, &mut &req[..], &mut out, &mut stats)
+        .expect("upload-pack");
+    // A clone: a pack for no `have`, generated, of both commits' objects.
+    assert!(stats.pack && stats.haves == 0, "{stats:?}");
+    assert_eq!(stats.objects, 6, "{stats:?}");
+    assert!(stats.generation.is_some(), "{stats:?}");
     assert!(
         out.starts_with(b"0008NAK\n"),
         "{:?}",
@@ -141,7 +147,12 @@ fn incremental_fetch_v2_sends_only_new_objects() {
     req.extend(pkt("done\n"));
     req.extend(b"0000");
     let mut out = Vec::new();
-    upload_pack(&f.repo, Version::V2, &mut &req[..], &mut out).expect("fetch");
+    let mut stats = UploadStats::default();
+    upload_pack_with_stats(&f.repo, Version::V2, &mut &req[..], &mut out, &mut stats)
+        .expect("fetch");
+    // A fetch: one `have`, three new objects.
+    assert!(stats.pack && stats.haves == 1, "{stats:?}");
+    assert_eq!(stats.objects, 3, "{stats:?}");
     let mut reader = PktReader::new(&out[..]);
     let first = reader.read().expect("read").expect("packet");
     assert_eq!(first, Packet::Data(b"packfile\n"));

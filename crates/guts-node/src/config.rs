@@ -59,6 +59,9 @@ pub struct FileConfig {
     pub pack_cache_bytes: Option<u64>,
     /// Maintain repositories in the background (default true).
     pub auto_maintenance: Option<bool>,
+    /// Who may read `/metrics` (`[metrics]`).
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsFileConfig,
 }
 
 /// The `[p2p]` table: peer-to-peer replication. Every key is optional; the
@@ -120,6 +123,8 @@ pub struct Config {
     pub serve: crate::serving::ServeConfig,
     /// Peer-to-peer replication; None: off.
     pub p2p: Option<crate::p2p::P2pOptions>,
+    /// `/metrics` answers any address without the operator token.
+    pub metrics_public: bool,
 }
 
 /// The default data dir: `$GUTS_HOME`, else `~/.local/share/guts`, else `./guts-data`.

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use guts_git::protocol::{Service, Version};
 use guts_git::receive_pack::PushPolicy;
+use guts_git::upload_pack::UploadStats;
 use serde::Deserialize;
 
 use crate::body::{
@@ -17,6 +18,7 @@ use crate::body::{
 };
 use crate::error::{GitHttpError, NodeError};
 use crate::limits::{Work, WorkSlots, PREFETCH_BYTES, PROBE_BYTES};
+use crate::metrics::git::Counted;
 use crate::policy::SignedPushPolicy;
 use crate::repos::Repos;
 
@@ -38,16 +40,20 @@ pub struct AppState {
     pub seeds: Arc<crate::progress::Board>,
     /// The event streams (`GET /api/v1/events`).
     pub events: Arc<crate::events::EventHub>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
 
-/// Build the router.
+/// Build the router, every request counted in the metrics.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let metrics = Arc::clone(&state.metrics);
+    let router = Router::new()
         // The REST API and its description (`crate::openapi`).
         .merge(crate::openapi::api())
         .merge(crate::web::routes())
+        .route("/metrics", get(crate::metrics::serve))
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))
         .route("/{owner}/{name}/git-receive-pack", post(receive_pack))
@@ -56,7 +62,8 @@ pub fn router(state: Shared) -> Router {
             "/{owner}/{name}/git-upload-archive",
             post(crate::archive::upload_archive),
         )
-        .with_state(state)
+        .with_state(state);
+    crate::metrics::http::instrument(router, metrics)
 }
 
 /// The body of `GET /api/v1/health`.
@@ -238,12 +245,26 @@ async fn upload_pack(
     let version = protocol_version(&headers);
     let (pre, body) = start_body(body).await?;
     let permit = state.slots.acquire(Work::Fetch).await?;
-    let (mut writer, out) = response_channel(&state.transfer);
+    let (writer, out) = response_channel(&state.transfer);
+    let metrics = Arc::clone(&state.metrics);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut input = blocking_reader(pre, body, gzip);
         let started = std::time::Instant::now();
-        match guts_git::upload_pack::upload_pack(&repo, version, &mut input, &mut writer) {
+        let mut writer = Counted::new(writer);
+        let mut stats = UploadStats::default();
+        let result = guts_git::upload_pack::upload_pack_with_stats(
+            &repo,
+            version,
+            &mut input,
+            &mut writer,
+            &mut stats,
+        );
+        // Counted before the response ends (the writer is dropped).
+        metrics
+            .git
+            .upload_pack(&stats, writer.bytes, result.as_ref().err());
+        match result {
             Ok(()) => {
                 tracing::debug!(repo = %name, ?version, elapsed_ms = started.elapsed().as_millis() as u64, "upload-pack done")
             }
@@ -286,15 +307,17 @@ async fn receive_pack(
     .map_err(|e| NodeError::Internal(e.to_string()))??;
     let (pre, body) = start_body(body).await?;
     // git's `0000` probe before a large push does no work: no slot for it.
-    let permit = if pre.complete && pre.len <= PROBE_BYTES {
+    let probe = pre.complete && pre.len <= PROBE_BYTES;
+    let permit = if probe {
         None
     } else {
         Some(state.slots.acquire(Work::Push).await?)
     };
     let (mut writer, out) = response_channel(&state.transfer);
+    let metrics = Arc::clone(&state.metrics);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut input = blocking_reader(pre, body, gzip);
+        let mut input = Counted::new(blocking_reader(pre, body, gzip));
         let mut opts = repos.receive_options();
         let refusal = match room {
             Ok(room) => {
@@ -313,6 +336,7 @@ async fn receive_pack(
             .with_token(token);
         let result =
             guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy);
+        metrics.git.receive_pack(probe, input.bytes, &result);
         if let Err(e) = result {
             tracing::warn!(repo = %name, error = %e, "receive-pack failed");
         }

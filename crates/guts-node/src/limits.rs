@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::body::{TransferLimits, IO_IDLE_TIMEOUT};
 use crate::config::FileConfig;
 use crate::error::NodeError;
+use crate::metrics::git::SlotMetrics;
 
 /// Seconds a connection has to send a request's headers (the first request,
 /// or the next one on a kept-alive connection) before it is closed.
@@ -230,6 +231,7 @@ pub struct WorkSlots {
     pushes: Arc<Semaphore>,
     fetches: Arc<Semaphore>,
     queue_timeout: Duration,
+    metrics: SlotMetrics,
 }
 
 impl WorkSlots {
@@ -239,7 +241,13 @@ impl WorkSlots {
             pushes: Arc::new(Semaphore::new(limits.max_concurrent_pushes)),
             fetches: Arc::new(Semaphore::new(limits.max_concurrent_fetches)),
             queue_timeout: limits.queue_timeout,
+            metrics: SlotMetrics::default(),
         }
+    }
+
+    /// Requests waiting for a slot, and waits refused.
+    pub fn metrics(&self) -> &SlotMetrics {
+        &self.metrics
     }
 
     /// Waits for a slot for `work`, at most the queue timeout. The slot is
@@ -249,16 +257,25 @@ impl WorkSlots {
             Work::Push => &self.pushes,
             Work::Fetch => &self.fetches,
         };
+        if let Ok(permit) = Arc::clone(sem).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = self.metrics.wait(work);
         match tokio::time::timeout(self.queue_timeout, Arc::clone(sem).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(NodeError::Internal("work slots closed".into())),
-            Err(_) => Err(NodeError::Busy {
-                what: match work {
-                    Work::Push => "pushes",
-                    Work::Fetch => "fetches",
-                },
-                retry_after: Duration::from_secs(RETRY_BUSY_SECS),
-            }),
+            Err(_) => Err(self.refused(work)),
+        }
+    }
+
+    fn refused(&self, work: Work) -> NodeError {
+        self.metrics.refused(work);
+        NodeError::Busy {
+            what: match work {
+                Work::Push => "pushes",
+                Work::Fetch => "fetches",
+            },
+            retry_after: Duration::from_secs(RETRY_BUSY_SECS),
         }
     }
 }

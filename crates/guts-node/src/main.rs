@@ -22,6 +22,7 @@ mod limits;
 mod log;
 mod maintenance;
 mod memory;
+mod metrics;
 mod openapi;
 mod p2p;
 mod p2p_config;
@@ -154,7 +155,7 @@ struct RunArgs {
     /// HTTP listen address; port 0 picks a free port. The bound address is logged and written to DATA_DIR/http.addr [default: 127.0.0.1:8080].
     #[arg(long, env = "GUTS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`), a `[rules]` table (create policy, quotas, public URLs, seeding) and a `[p2p]` table (`enabled`, `listen`, `bootstrap`, `mdns`, `dht`, `sync_interval`; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
+    /// TOML config file with `http_listen`, `max_pack_bytes`, `push_cert_nonce_slop`, the limits below (same names with `_`), a `[rules]` table (create policy, quotas, public URLs, seeding), a `[p2p]` table (`enabled`, `listen`, `bootstrap`, `mdns`, `dht`, `sync_interval`) and a `[metrics]` table (`public`; see the operator guide) [default: DATA_DIR/config.toml if present]. Flags and environment variables win over the file.
     #[arg(long, env = "GUTS_CONFIG")]
     config: Option<PathBuf>,
     /// Largest pack a push may send, in bytes [default: 4 GiB].
@@ -210,6 +211,8 @@ struct RunArgs {
     limits: limits::LimitArgs,
     #[command(flatten)]
     serve: serving::ServeArgs,
+    #[command(flatten)]
+    metrics: metrics::MetricsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,6 +401,7 @@ fn resolve(args: &RunArgs) -> Result<Config, NodeError> {
             },
             &file.p2p,
         )?,
+        metrics_public: args.metrics.public(&file.metrics),
         rules: rules_config(args, file.rules)?,
         data_dir,
     })
@@ -469,18 +473,24 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         .build()?;
     let board = Arc::new(progress::Board::default());
     runtime.block_on(async move {
+        let slots = limits::WorkSlots::new(&config.http);
+        let mut metrics = metrics::Metrics::new(slots.metrics(), config.metrics_public);
         let p2p = match config.p2p.clone() {
             None => {
                 tracing::info!("peer-to-peer replication off (--no-p2p or p2p.enabled = false)");
                 None
             }
             Some(opts) => {
+                let p2p_metrics = guts_p2p::metrics::P2pMetrics::new(metrics.guts_registry());
                 let replica = replica::NodeReplica::new(
                     Arc::clone(&repos),
                     config.max_pack_bytes,
                     Arc::clone(&board),
+                    p2p_metrics,
                 )?;
-                Some(p2p::P2p::start(&config.data_dir, opts, replica).await?)
+                let p2p = p2p::P2p::start(&config.data_dir, opts, replica).await?;
+                metrics.also(p2p.net.metrics());
+                Some(p2p)
             }
         };
         let maintenance = maintenance::Maintenance::new(Arc::clone(&repos));
@@ -497,8 +507,9 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             p2p,
             token,
             transfer: config.http.transfer,
-            slots: limits::WorkSlots::new(&config.http),
+            slots,
             seeds: board,
+            metrics: Arc::new(metrics),
         });
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await

@@ -90,6 +90,7 @@ impl P2p {
             events,
             Arc::clone(&replica),
             opts.sync_interval,
+            Some(replica.metrics()),
         )
         .await
         .map_err(|e| NodeError::Config(e.to_string()))?;

@@ -12,6 +12,7 @@
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use guts_git::fetch::FetchError;
 use guts_git::names::RepoName;
@@ -22,6 +23,7 @@ use guts_identity::doc::RepoId;
 use guts_identity::SignedRefUpdate;
 use guts_p2p::conflict::ZERO;
 use guts_p2p::logset::{Buckets, Key};
+use guts_p2p::metrics::P2pMetrics;
 use guts_p2p::replication::{Fault, Plan, Replica, Seeded};
 use guts_p2p::service::Score;
 use guts_p2p::wire::LogSummary;
@@ -42,6 +44,9 @@ pub struct NodeReplica {
     scores: sled::Tree,
     /// Progress of the seeds a request waits for (`guts-node seed`).
     board: Arc<crate::progress::Board>,
+    /// The p2p metrics, and when updates not yet applied were first seen.
+    metrics: Arc<P2pMetrics>,
+    first_seen: FirstSeen,
 }
 
 /// Whose fault an error of the domain layer is: what the peer sent, or
@@ -78,14 +83,18 @@ fn fetch_fault(e: FetchError) -> Fault {
 pub struct CheckedUpdate {
     name: RepoName,
     entry: Entry,
+    /// When this node first saw the update.
+    seen: Instant,
 }
 
 impl NodeReplica {
-    /// A replica over the node's repositories.
+    /// A replica over the node's repositories, recording the replication
+    /// lag into `metrics` and the progress of seeds into `board`.
     pub fn new(
         repos: Arc<Repos>,
         max_pack_bytes: u64,
         board: Arc<crate::progress::Board>,
+        metrics: P2pMetrics,
     ) -> Result<Arc<Self>, NodeError> {
         let scores = repos
             .storage()
@@ -97,7 +106,14 @@ impl NodeReplica {
             max_pack_bytes,
             scores,
             board,
+            metrics: Arc::new(metrics),
+            first_seen: FirstSeen::default(),
         }))
+    }
+
+    /// The p2p metrics.
+    pub fn metrics(&self) -> Arc<P2pMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     fn open(&self, name: &RepoName) -> Result<(Repo, Identity), Fault> {
@@ -207,8 +223,10 @@ impl Replica for NodeReplica {
             .is_logged(name, &entry.key)
             .map_err(fault)?
         {
+            self.first_seen.forget(&entry.key);
             return Ok(Plan::Known);
         }
+        let seen = self.first_seen.seen(&entry.key);
         let odb = repo.objects().map_err(local)?;
         let mut missing: Vec<ObjectId> = Vec::new();
         for line in entry.lines.iter().filter(|l| l.new != ZERO) {
@@ -220,6 +238,7 @@ impl Replica for NodeReplica {
         let checked = CheckedUpdate {
             name: name.clone(),
             entry,
+            seen,
         };
         Ok(Plan::Apply { missing, checked })
     }
@@ -257,7 +276,7 @@ impl Replica for NodeReplica {
     }
 
     fn apply(&self, checked: CheckedUpdate) -> Result<bool, Fault> {
-        let CheckedUpdate { name, entry } = checked;
+        let CheckedUpdate { name, entry, seen } = checked;
         if let Some(p) = self.board.get(&name) {
             if p.snapshot().phase != "applying signed updates" {
                 p.phase("applying signed updates", "updates", None);
@@ -272,7 +291,12 @@ impl Replica for NodeReplica {
                 return Err(peer(format!("object {tip} is missing after the fetch")));
             }
         }
-        self.repos.commit_replicated(&repo, &entry).map_err(fault)
+        let changed = self.repos.commit_replicated(&repo, &entry).map_err(fault)?;
+        self.first_seen.forget(&entry.key);
+        if changed {
+            self.metrics.replication_lag(seen.elapsed());
+        }
+        Ok(changed)
     }
 
     fn serve_fetch(
@@ -301,6 +325,45 @@ impl Replica for NodeReplica {
                 tracing::info!(repo = %name, bytes = point.offset, "resuming a transfer for a peer");
                 serve(&mut SkipPrefix::new(out, point))
             }
+        }
+    }
+}
+
+/// Most updates whose first sight is remembered until they are applied.
+const MAX_FIRST_SEEN: usize = 4096;
+/// An update not applied within this long is forgotten when room is needed.
+const FIRST_SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// When updates not yet applied were first seen (announced or listed in a
+/// log comparison), for the replication lag. Bounded: when full, entries
+/// older than [`FIRST_SEEN_FOR`] go; if none is, a new update's lag counts
+/// from its current sight.
+#[derive(Default)]
+struct FirstSeen(std::sync::Mutex<std::collections::HashMap<Key, Instant>>);
+
+impl FirstSeen {
+    /// When `key` was first seen (now, if it was not).
+    fn seen(&self, key: &Key) -> Instant {
+        let now = Instant::now();
+        let Ok(mut map) = self.0.lock() else {
+            return now;
+        };
+        if let Some(t) = map.get(key) {
+            return *t;
+        }
+        if map.len() >= MAX_FIRST_SEEN {
+            map.retain(|_, t| t.elapsed() < FIRST_SEEN_FOR);
+        }
+        if map.len() < MAX_FIRST_SEEN {
+            map.insert(*key, now);
+        }
+        now
+    }
+
+    /// `key` was applied or found known.
+    fn forget(&self, key: &Key) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(key);
         }
     }
 }

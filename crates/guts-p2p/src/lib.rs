@@ -8,7 +8,8 @@
 //! - [`replication`]: the [`replication::Replica`] the node implements, and
 //!   the tokio driver that carries out the service's I/O and serves peers;
 //! - [`logset`]: comparing logs by key ranges;
-//! - [`conflict`]: the deterministic rule that settles concurrent updates.
+//! - [`conflict`]: the deterministic rule that settles concurrent updates;
+//! - [`metrics`]: the p2p layer's Prometheus metrics.
 //!
 //! This crate never trusts a peer: everything received is checked by the
 //! replica (signatures, delegates, object hashes, connectivity) before it is
@@ -20,6 +21,7 @@ pub mod conflict;
 pub mod error;
 pub mod limits;
 pub mod logset;
+pub mod metrics;
 pub mod network;
 pub mod replication;
 pub mod service;

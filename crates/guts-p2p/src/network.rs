@@ -9,21 +9,20 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::metrics::Metrics;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    identify, identity, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
-};
+use libp2p::{identify, identity, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::limits::{MAX_GOSSIP_BYTES, PEER_IDLE_TIMEOUT};
 
+mod build;
 mod nat;
 mod providers;
 pub use libp2p::multiaddr::Protocol;
@@ -133,12 +132,19 @@ pub struct Handle {
     control: libp2p_stream::Control,
     registered: Registered,
     peer_id: PeerId,
+    metrics: Arc<Registry>,
 }
 
 impl Handle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// libp2p's metrics (`libp2p_*`: swarm, bandwidth, identify, Kademlia,
+    /// ping, gossipsub, relay, DCUtR), to encode beside the node's.
+    pub fn metrics(&self) -> Arc<Registry> {
+        Arc::clone(&self.metrics)
     }
 
     async fn send(&self, c: Command) -> Result<()> {
@@ -231,7 +237,16 @@ impl Handle {
 /// Start the swarm on the current tokio runtime.
 pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Event>)> {
     let peer_id = config.keypair.public().to_peer_id();
-    let mut swarm = build_swarm(config.keypair, config.mdns, config.dht, config.nat)?;
+    // A registry per start: one whose listen fails leaves nothing behind.
+    let mut registry = Registry::default();
+    let mut swarm = build::build_swarm(
+        config.keypair,
+        config.mdns,
+        config.dht,
+        config.nat,
+        &mut registry,
+    )?;
+    let metrics = Metrics::new(&mut registry);
     let mut control = swarm.behaviour().stream.new_control();
     let mut registered = HashMap::new();
     for protocol in config.accept {
@@ -243,114 +258,17 @@ pub async fn start(config: NetworkConfig) -> Result<(Handle, mpsc::Receiver<Even
     listen_and_dial(&mut swarm, &config.listen, &config.bootstrap)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    tokio::spawn(run(swarm, cmd_rx, event_tx));
+    tokio::spawn(run(swarm, cmd_rx, event_tx, metrics));
     Ok((
         Handle {
             commands: cmd_tx,
             control,
             registered: Arc::new(Mutex::new(registered)),
             peer_id,
+            metrics: Arc::new(registry),
         },
         event_rx,
     ))
-}
-
-/// The swarm: TCP and QUIC transports, circuits through relays, and every
-/// behaviour, mDNS, the DHT and the relay service only if asked.
-fn build_swarm(
-    keypair: identity::Keypair,
-    mdns_on: bool,
-    dht_on: bool,
-    nat_config: NatConfig,
-) -> Result<Swarm<Behaviour>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key, relay_client| {
-            let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(
-                    mdns::Config::default(),
-                    key.public().to_peer_id(),
-                )?)
-            } else {
-                None
-            };
-            Ok(Behaviour {
-                blocked: Default::default(),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(format!("{PROTOCOL_PREFIX}/id/1.0.0"), key.public())
-                        .with_agent_version(AGENT.into()),
-                ),
-                ping: ping::Behaviour::default(),
-                kad: Toggle::from(dht_on.then(|| kad_behaviour(key))),
-                mdns: Toggle::from(mdns),
-                gossipsub: gossip_behaviour(key)?,
-                stream: libp2p_stream::Behaviour::new(),
-                relay_client,
-                relay: Toggle::from(
-                    nat_config
-                        .relay_service
-                        .then(|| nat::relay_behaviour(key.public().to_peer_id())),
-                ),
-                autonat: nat::autonat_behaviour(key.public().to_peer_id(), nat_config),
-                dcutr: libp2p::dcutr::Behaviour::new(key.public().to_peer_id()),
-            })
-        })
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| {
-            // Outbound streams propose one protocol each and send their
-            // first bytes with the proposal (multistream-select's "lazy"
-            // mode): a replication request costs one round trip, not two.
-            c.with_idle_connection_timeout(PEER_IDLE_TIMEOUT)
-                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
-        })
-        .build())
-}
-
-/// Gossipsub with signed messages, validated by the node before they are
-/// forwarded, and ids that are the same on every node.
-fn gossip_behaviour(key: &identity::Keypair) -> std::result::Result<gossipsub::Behaviour, String> {
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .heartbeat_interval(Duration::from_millis(500))
-        .max_transmit_size(MAX_GOSSIP_BYTES)
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .validate_messages()
-        .message_id_fn(|m: &gossipsub::Message| {
-            // Same id on every node and version: SHA-256 of author and payload.
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            if let Some(src) = &m.source {
-                h.update(src.to_bytes());
-            }
-            h.update(&m.data);
-            gossipsub::MessageId::from(h.finalize().to_vec())
-        })
-        .build()
-        .map_err(|e| e.to_string())?;
-    gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)
-        .map_err(|e| e.to_string())
-}
-
-/// Kademlia in server mode, for provider records only.
-fn kad_behaviour(key: &identity::Keypair) -> kad::Behaviour<MemoryStore> {
-    let mut kad_config = kad::Config::new(StreamProtocol::new("/guts/kad/1.0.0"));
-    kad_config.set_query_timeout(Duration::from_secs(10));
-    kad_config.set_periodic_bootstrap_interval(None);
-    let mut kad = kad::Behaviour::with_config(
-        key.public().to_peer_id(),
-        MemoryStore::new(key.public().to_peer_id()),
-        kad_config,
-    );
-    kad.set_mode(Some(kad::Mode::Server));
-    kad
 }
 
 /// Listen on `listen`; dial the `bootstrap` peers (and add them to the DHT).
@@ -381,6 +299,7 @@ async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    metrics: Metrics,
 ) {
     let mut provider_queries = ProviderQueries::new();
     let mut nat = nat::Nat::default();
@@ -398,6 +317,7 @@ async fn run(
                 }
             }
             event = swarm.select_next_some() => {
+                build::record(&metrics, &event);
                 handle_event(&mut swarm, event, &events, &mut provider_queries, &mut nat).await;
             }
             _ = nat_tick.tick() => nat.tick(&mut swarm),

@@ -35,6 +35,22 @@ use args::FetchArgs;
 /// packet is sent (git's `uploadpack.keepAlive` default).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What one upload-pack request did, for a server's metrics: filled in as
+/// the request goes, so a request that fails half-way reports what it did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UploadStats {
+    /// The request ended a negotiation and a pack transfer started.
+    pub pack: bool,
+    /// `have` lines the client sent with that request: 0 is a clone (the
+    /// client has nothing), more a fetch.
+    pub haves: usize,
+    /// Objects in the pack sent (as its header counts them).
+    pub objects: u64,
+    /// Time spent walking and writing a generated pack; `None` when a stored
+    /// or cached pack was sent as it is.
+    pub generation: Option<Duration>,
+}
+
 /// Serve one upload-pack POST request.
 ///
 /// Errors are reported to the client in-band (an `ERR` packet, or a band-3
@@ -45,10 +61,22 @@ pub fn upload_pack(
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> Result<()> {
+    upload_pack_with_stats(repo, version, input, out, &mut UploadStats::default())
+}
+
+/// [`upload_pack`], reporting what it did into `stats`.
+pub fn upload_pack_with_stats(
+    repo: &Repo,
+    version: Version,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    stats: &mut UploadStats,
+) -> Result<()> {
     let mut session = Session {
         out,
         sideband: None,
         all_bands: false,
+        stats,
     };
     let result = match version {
         Version::V2 => v2::serve(repo, input, &mut session),
@@ -67,6 +95,8 @@ struct Session<'a> {
     sideband: Option<SideBandMode>,
     /// `sideband-all`: every non-special packet goes out on band 1.
     all_bands: bool,
+    /// What the request did.
+    stats: &'a mut UploadStats,
 }
 
 impl Session<'_> {

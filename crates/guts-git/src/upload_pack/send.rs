@@ -58,6 +58,8 @@ pub(super) fn send_fetch_pack(
     plan: &ShallowPlan,
     session: &mut Session<'_>,
 ) -> Result<()> {
+    session.stats.pack = true;
+    session.stats.haves = args.haves.len();
     let mut haves = commits_only(odb, common)?;
     haves.extend(plan.extra_haves.iter().copied());
     let mut wants = args.wants.clone();
@@ -85,17 +87,20 @@ fn send_pack(
     session: &mut Session<'_>,
 ) -> Result<()> {
     session.sideband = Some(req.sideband).filter(|m| *m != SideBandMode::None);
+    let report = &mut *session.stats;
     let sb: Band<'_, '_> =
         RefCell::new(SideBand::new(&mut *session.out, req.sideband, req.progress));
     let serving = repo.serving();
     let reuse = reuse::plan(repo, odb, refs, &req.walk, req.ofs_delta);
     if let Some(Reuse::Verbatim { file, len, objects }) = reuse {
         let what = format!("Total {objects} (reused the maintained pack)\n");
+        report.objects = u64::from(objects);
         return stream_file(&sb, req.sideband, file, len, &what);
     }
     let key = serving.cache.as_ref().map(|_| cache_key(repo, refs, &req));
     if let (Some(cache), Some(key)) = (serving.cache.as_ref(), key.as_ref()) {
         if let Some((file, len)) = cache.get(key) {
+            report.objects = pack_header_objects(&file).unwrap_or(0);
             return stream_file(
                 &sb,
                 req.sideband,
@@ -111,7 +116,11 @@ fn send_pack(
         _ => None,
     };
     let mut tee = Tee { recorder, sb: &sb };
-    let stats = generate(odb, refs, &req, reuse, &mut tee, &sb)?;
+    let started = Instant::now();
+    let generated = generate(odb, refs, &req, reuse, &mut tee, &sb);
+    report.generation = Some(started.elapsed());
+    let stats = generated?;
+    report.objects = stats.objects as u64;
     if let Some(r) = tee.recorder.take() {
         r.finish();
     }
@@ -340,6 +349,19 @@ fn stream_file(
     }
     tracing::info!(bytes = len, "sent a stored pack");
     finish(sb, what)
+}
+
+/// The object count in the header of the pack `file` is positioned at
+/// (`PACK`, version, count), read without moving it.
+fn pack_header_objects(file: &std::fs::File) -> Option<u64> {
+    use std::io::Seek;
+    use std::os::unix::fs::FileExt;
+    let mut handle: &std::fs::File = file;
+    let at = handle.stream_position().ok()?;
+    let mut header = [0u8; 12];
+    file.read_exact_at(&mut header, at).ok()?;
+    let count: [u8; 4] = header[8..12].try_into().ok()?;
+    (&header[..4] == b"PACK").then(|| u64::from(u32::from_be_bytes(count)))
 }
 
 /// End the response: summary on band 2, flush packet with side-band.

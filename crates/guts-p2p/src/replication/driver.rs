@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{fetch, serve, Replica, Seeded};
 use crate::error::{Error, Result};
+use crate::metrics::P2pMetrics;
 use crate::network::{Event, Handle};
 use crate::service::{Config, Failure, Io, OpId, Service, Time, Verdict};
 use crate::wire::{read_frame, write_frame, Items, Request, REPLICATION_PROTOCOL};
@@ -74,12 +75,13 @@ impl<R: Replica> Clone for Replicator<R> {
 
 impl<R: Replica> Replicator<R> {
     /// Start serving peers and running the service on the current
-    /// (multi-threaded) tokio runtime.
+    /// (multi-threaded) tokio runtime; record into `metrics` if given.
     pub async fn start(
         net: Handle,
         events: mpsc::Receiver<Event>,
         replica: Arc<R>,
         sync_interval: Option<Duration>,
+        metrics: Option<Arc<P2pMetrics>>,
     ) -> Result<Self> {
         serve::spawn_server(&net, Arc::clone(&replica))?;
         let config = Config {
@@ -97,6 +99,7 @@ impl<R: Replica> Replicator<R> {
             replica,
             done: done_tx,
             seeds: HashMap::new(),
+            metrics,
         };
         tokio::spawn(driver.run(events, rx, done_rx));
         Ok(Replicator {
@@ -155,6 +158,7 @@ struct Driver<R: Replica> {
     replica: Arc<R>,
     done: mpsc::Sender<Done>,
     seeds: HashMap<OpId, oneshot::Sender<std::result::Result<RepoId, String>>>,
+    metrics: Option<Arc<P2pMetrics>>,
 }
 
 impl<R: Replica> Driver<R> {
@@ -173,7 +177,7 @@ impl<R: Replica> Driver<R> {
         }
         loop {
             tokio::select! {
-                Some(event) = events.recv() => self.step(|s| match event {
+                Some(event) = events.recv() => self.observe(&event).step(|s| match event {
                     Event::Gossip { source, data, message_id, .. } => s.gossip(source, message_id, &data, now()),
                     Event::Connected(peer) => s.connected_to(peer, now()),
                     Event::Disconnected(peer) => s.disconnected(peer, now()),
@@ -205,6 +209,21 @@ impl<R: Replica> Driver<R> {
     /// runs where blocking is allowed.
     fn step(&mut self, f: impl FnOnce(&mut Service<R>)) {
         tokio::task::block_in_place(|| f(&mut self.service));
+        if let Some(m) = &self.metrics {
+            m.export(self.service.counts());
+        }
+    }
+
+    /// Count a network event.
+    fn observe(&mut self, event: &Event) -> &mut Self {
+        if let Some(m) = &self.metrics {
+            match event {
+                Event::Gossip { .. } => m.gossip_in(),
+                Event::Connected(_) => m.peer_connected(),
+                Event::Disconnected(_) => m.peer_disconnected(),
+            }
+        }
+        self
     }
 
     async fn execute(&mut self, io: Io) {
@@ -213,7 +232,12 @@ impl<R: Replica> Driver<R> {
             Io::Subscribe(t) => net.subscribe(&t).await,
             Io::Unsubscribe(t) => net.unsubscribe(&t).await,
             Io::Provide(key) => net.provide(key).await,
-            Io::Publish { topic, data } => net.publish(&topic, data).await,
+            Io::Publish { topic, data } => {
+                if let Some(m) = &self.metrics {
+                    m.gossip_out();
+                }
+                net.publish(&topic, data).await
+            }
             Io::Report {
                 message,
                 source,

@@ -12,7 +12,7 @@ use libp2p::gossipsub::MessageId;
 use libp2p::PeerId;
 use prost::Message;
 
-use super::{Failure, Io, OpKind, Outcome, Service, Task, TaskId, Time, Verdict};
+use super::{Failure, Io, OpKind, Outcome, RejectReason, Service, Task, TaskId, Time, Verdict};
 use crate::limits::REANNOUNCE_AFTER;
 use crate::replication::{Fault, Plan, Replica, Seeded};
 use crate::wire::{Announce, Kind, Request};
@@ -52,6 +52,7 @@ impl<R: Replica> Service<R> {
             Ok(m) => m,
             Err(e) => {
                 self.strike(source, &format!("undecodable announcement: {e}"));
+                self.counts.reject(RejectReason::Undecodable);
                 return self.push(report(Verdict::Reject));
             }
         };
@@ -76,6 +77,7 @@ impl<R: Replica> Service<R> {
                 Ok(u) => What::Update(u),
                 Err(e) => {
                     self.strike(source, &format!("undecodable update: {e}"));
+                    self.counts.reject(RejectReason::Undecodable);
                     return self.push(report(Verdict::Reject));
                 }
             }
@@ -115,6 +117,7 @@ impl<R: Replica> Service<R> {
             Ok(Plan::NeedIdentity) => {
                 let why = "the update needs an identity document the peer does not have";
                 self.strike(a.source, why);
+                self.counts.reject(RejectReason::MissingIdentity);
                 self.finish(task, a, Verdict::Reject);
             }
             Ok(Plan::Apply { missing, checked }) if missing.is_empty() => {
@@ -132,6 +135,7 @@ impl<R: Replica> Service<R> {
             Err(Fault::Peer(e)) => {
                 tracing::warn!(peer = %a.source, repo = %a.seeded.name, error = %e, "announcement not applied");
                 self.strike(a.source, &e);
+                self.counts.reject(RejectReason::InvalidUpdate);
                 self.finish(task, a, Verdict::Reject);
             }
             Err(e) => {
@@ -161,6 +165,7 @@ impl<R: Replica> Service<R> {
             }
             Err(Fault::Peer(e)) => {
                 self.strike(a.source, &e);
+                self.counts.reject(RejectReason::InvalidUpdate);
                 self.finish(task, a, Verdict::Reject)
             }
             Err(e) => {
@@ -210,6 +215,7 @@ impl<R: Replica> Service<R> {
         tracing::warn!(peer = %a.source, repo = %a.seeded.name, error = %f, "announcement not applied");
         if let Failure::Peer(why) = &f {
             self.strike(a.source, why);
+            self.counts.reject(RejectReason::BadTransfer);
             return self.finish(task, a, Verdict::Reject);
         }
         self.finish(task, a, Verdict::Ignore)

@@ -20,6 +20,7 @@
 //! - `seed`: following a new repository, from connected peers or the DHT;
 //! - `scores`: strikes and blocks of misbehaving peers, persisted.
 
+mod counts;
 mod gossip;
 mod ops;
 mod scores;
@@ -38,6 +39,7 @@ use libp2p::PeerId;
 use crate::replication::{Replica, Seeded};
 use crate::wire::{Items, Request};
 
+pub use counts::{Counts, RejectReason};
 pub use libp2p::gossipsub::MessageId as GossipId;
 pub use scores::Score;
 
@@ -256,6 +258,7 @@ pub struct Service<R: Replica> {
     /// Whether [`Service::release`] is resuming waiting tasks (further up
     /// the stack): a task that ends at once then only frees the repository.
     releasing: bool,
+    counts: Counts,
 }
 
 impl<R: Replica> Service<R> {
@@ -282,6 +285,7 @@ impl<R: Replica> Service<R> {
             scores: BTreeMap::new(),
             outbox: VecDeque::new(),
             releasing: false,
+            counts: Counts::default(),
         };
         for seeded in s.replica.seeded() {
             s.follow(&seeded);
@@ -301,6 +305,11 @@ impl<R: Replica> Service<R> {
             self.settle_refused();
         }
         self.outbox.pop_front()
+    }
+
+    /// Strikes, blocks and rejections so far (for metrics).
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Everything to do now.

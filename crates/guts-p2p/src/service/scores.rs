@@ -68,6 +68,7 @@ impl<R: Replica> Service<R> {
         let now = self.now;
         let score = self.scores.entry(peer).or_default();
         score.strikes += 1;
+        self.counts.strikes += 1;
         let block = score.strikes >= MAX_INVALID_MESSAGES && score.blocked_until <= now;
         if block {
             score.blocked_until = now + BLOCK_DURATION.as_millis() as Time;
@@ -77,6 +78,7 @@ impl<R: Replica> Service<R> {
         tracing::warn!(%peer, strikes = score.strikes, reason = why, "strike against a peer");
         if block {
             tracing::warn!(%peer, "blocking a misbehaving peer");
+            self.counts.blocks += 1;
             self.connected.remove(&peer);
             self.push(Io::Block(peer));
         }
