@@ -10,7 +10,9 @@ use guts_git::browse::Resolved;
 use maud::{html, Markup};
 
 use super::layout::{breadcrumbs, date, encode_path, page, repo_header, short_id, size, Tab};
-use super::limits::{MAX_BLOB_DISPLAY, MAX_BLOB_READ, MAX_RAW_BYTES, MAX_TREE_ENTRIES};
+use super::limits::{
+    reserve_blob, MAX_BLOB_DISPLAY, MAX_BLOB_READ, MAX_RAW_BYTES, MAX_TREE_ENTRIES,
+};
 use super::{blocking, dot_git_redirect, respond, security_headers, Nonce, RepoCtx, WebError};
 use crate::error::NodeError;
 use crate::http::Shared;
@@ -151,6 +153,8 @@ pub(crate) async fn blob_page(
         if !entry.kind.is_blob() {
             return Err(NodeError::NotFound(format!("{:?} is not a file", resolved.path)));
         }
+        let stored = ctx.store.size(&entry.id).map_err(NodeError::from)?;
+        let _memory = reserve_blob(if stored <= MAX_BLOB_READ { stored } else { 0 })?;
         let blob = tree::read_blob(&ctx.store, &entry.id, MAX_BLOB_DISPLAY, MAX_BLOB_READ)?;
         let raw = format!(
             "{}/raw/{}/{}",
@@ -210,7 +214,7 @@ pub(crate) async fn raw(
     if let Some(r) = dot_git_redirect(&owner, &name, &format!("/raw/{}", encode_path(&rest))) {
         return Ok(r);
     }
-    let (data, file_name) = blocking(move || {
+    let (data, file_name, memory) = blocking(move || {
         let ctx = RepoCtx::open(&state, &owner, &name)?;
         let (resolved, _commit, entry) = locate(&ctx, &rest)?;
         if !entry.kind.is_blob() {
@@ -228,12 +232,14 @@ pub(crate) async fn raw(
                 super::layout::size(MAX_RAW_BYTES)
             )));
         }
+        let memory = reserve_blob(size)?;
         let blob = tree::read_blob(store, &entry.id, MAX_RAW_BYTES as usize, MAX_RAW_BYTES)?;
-        Ok((blob.data, String::from_utf8_lossy(&entry.name).into_owned()))
+        let name = String::from_utf8_lossy(&entry.name).into_owned();
+        Ok((blob.data, name, memory))
     })
     .await?;
     let binary = guts_git::browse::is_binary(&data) || std::str::from_utf8(&data).is_err();
-    let mut resp = data.into_response();
+    let mut resp = held_body(data, memory).into_response();
     let headers = resp.headers_mut();
     if binary {
         headers.insert(
@@ -266,4 +272,26 @@ pub(crate) async fn raw(
         HeaderValue::from_static("default-src 'none'; sandbox"),
     );
     Ok(resp)
+}
+
+/// Bytes of a raw file handed to the connection at a time.
+const RAW_CHUNK: usize = 64 * 1024;
+
+/// A response body of `data` that keeps its memory reservation until the
+/// last chunk has been taken by the connection (or the client went away).
+fn held_body(data: Vec<u8>, memory: tokio::sync::SemaphorePermit<'static>) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let data = bytes::Bytes::from(data);
+    let chunks: Vec<bytes::Bytes> = (0..data.len())
+        .step_by(RAW_CHUNK)
+        .map(|at| data.slice(at..(at + RAW_CHUNK).min(data.len())))
+        .collect();
+    let release = futures_util::stream::once(async move {
+        drop(memory);
+    })
+    .filter_map(|()| async { None });
+    let stream = futures_util::stream::iter(chunks)
+        .map(Ok::<_, std::convert::Infallible>)
+        .chain(release);
+    axum::body::Body::from_stream(stream)
 }

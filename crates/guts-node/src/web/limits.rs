@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::error::NodeError;
+
 /// Repositories listed on the node page.
 pub const MAX_REPOS_SHOWN: usize = 200;
 /// Branches and tags listed on a repository page (each kind).
@@ -50,5 +52,48 @@ pub fn diff_limits() -> guts_git::browse::diff::Limits {
         max_file_bytes: MAX_DIFF_FILE_BYTES,
         max_trees: MAX_DIFF_TREES,
         file_timeout: DIFF_FILE_TIMEOUT,
+    }
+}
+
+/// File contents that web requests may hold in memory at once, node-wide,
+/// in MiB: a file page holds its blob while it renders, a raw download
+/// until the client has taken it. A request that would go over it is
+/// answered 503 at once, so many concurrent downloads of large files
+/// cannot grow the node's memory past this.
+pub const BLOB_BUDGET_MIB: usize = 256;
+
+static BLOB_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BLOB_BUDGET_MIB);
+
+/// Memory reserved from [`BLOB_BUDGET_MIB`] for reading a blob of `bytes`
+/// (twice its size, rounded up to MiB: the object as read and the copy
+/// that is kept); released when dropped.
+pub fn reserve_blob(bytes: u64) -> Result<tokio::sync::SemaphorePermit<'static>, NodeError> {
+    let mib = bytes.saturating_mul(2).div_ceil(1 << 20).max(1);
+    let mib = u32::try_from(mib).unwrap_or(u32::MAX);
+    BLOB_BUDGET
+        .try_acquire_many(mib)
+        .map_err(|_| NodeError::Busy {
+            what: "file downloads",
+            retry_after: Duration::from_secs(5),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_contents_in_memory_are_bounded() {
+        let all = reserve_blob((BLOB_BUDGET_MIB as u64) << 19).expect("the whole budget");
+        assert!(matches!(
+            reserve_blob(1),
+            Err(NodeError::Busy {
+                what: "file downloads",
+                ..
+            })
+        ));
+        drop(all);
+        let one = reserve_blob(1).expect("free again");
+        drop(one);
     }
 }
