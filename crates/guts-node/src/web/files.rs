@@ -214,6 +214,7 @@ pub(crate) async fn raw(
     if let Some(r) = dot_git_redirect(&owner, &name, &format!("/raw/{}", encode_path(&rest))) {
         return Ok(r);
     }
+    let limits = state.transfer;
     let (data, file_name, memory) = blocking(move || {
         let ctx = RepoCtx::open(&state, &owner, &name)?;
         let (resolved, _commit, entry) = locate(&ctx, &rest)?;
@@ -239,8 +240,10 @@ pub(crate) async fn raw(
     })
     .await?;
     let binary = guts_git::browse::is_binary(&data) || std::str::from_utf8(&data).is_err();
-    let mut resp = held_body(data, memory).into_response();
+    let length = HeaderValue::from(data.len());
+    let mut resp = held_body(data, memory, &limits).into_response();
     let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, length);
     if binary {
         headers.insert(
             header::CONTENT_TYPE,
@@ -274,24 +277,21 @@ pub(crate) async fn raw(
     Ok(resp)
 }
 
-/// Bytes of a raw file handed to the connection at a time.
-const RAW_CHUNK: usize = 64 * 1024;
-
-/// A response body of `data` that keeps its memory reservation until the
-/// last chunk has been taken by the connection (or the client went away).
-fn held_body(data: Vec<u8>, memory: tokio::sync::SemaphorePermit<'static>) -> axum::body::Body {
-    use futures_util::StreamExt;
-    let data = bytes::Bytes::from(data);
-    let chunks: Vec<bytes::Bytes> = (0..data.len())
-        .step_by(RAW_CHUNK)
-        .map(|at| data.slice(at..(at + RAW_CHUNK).min(data.len())))
-        .collect();
-    let release = futures_util::stream::once(async move {
-        drop(memory);
-    })
-    .filter_map(|()| async { None });
-    let stream = futures_util::stream::iter(chunks)
-        .map(Ok::<_, std::convert::Infallible>)
-        .chain(release);
-    axum::body::Body::from_stream(stream)
+/// A response body of `data` written at the client's pace under the
+/// transfer limits of git responses (a client that reads too slowly is
+/// dropped), keeping its memory reservation until it is all handed over.
+fn held_body(
+    data: Vec<u8>,
+    memory: tokio::sync::SemaphorePermit<'static>,
+    limits: &crate::body::TransferLimits,
+) -> axum::body::Body {
+    use std::io::Write;
+    let (mut writer, body) = crate::body::response_channel(limits);
+    tokio::task::spawn_blocking(move || {
+        let _memory = memory;
+        if let Err(e) = writer.write_all(&data).and_then(|()| writer.flush()) {
+            tracing::debug!(error = %e, "raw file download ended early");
+        }
+    });
+    body
 }
