@@ -197,6 +197,14 @@ fn a_node_that_was_down_catches_up_and_a_far_node_can_seed() {
         "{progress}"
     );
     assert!(same_refs(&l.a, &d, &l.owner, "demo"));
+    // D's node page shows its peer id, B among its peers, the repository.
+    let page = d.get("/");
+    assert_eq!(page.status, 200);
+    let page = page.text();
+    assert!(page.contains(&peer_id(&d)), "{page}");
+    assert!(page.contains(&peer_id(&l.b)), "{page}");
+    assert!(page.contains("1 connected"), "{page}");
+    assert!(page.contains("demo"), "{page}");
     let tmp = TempDir::new().expect("tmp");
     let refs = clone_refs(&d, &l.owner, "demo", &tmp.path().join("d.git"));
     assert_eq!(refs.get("refs/heads/main"), Some(&c2));

@@ -30,6 +30,19 @@ use tokio::runtime::Runtime;
 // Nodes
 // ---------------------------------------------------------------------------
 
+/// The value of the sample `name{labels}` in Prometheus text (0 if absent;
+/// `labels` a substring of the label set, empty for a family without labels).
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            series == &name || (series.starts_with(&format!("{name}{{")) && series.contains(labels))
+        })
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn peer_id_of(node: &Node) -> PeerId {
     let addr = p2p_addr(node);
     let (_, id) = addr
@@ -1196,6 +1209,18 @@ fn a_blocked_peer_stays_blocked_after_a_restart() {
         !rogue.connected(&rt).contains(&a_peer)
     });
     drop(rogue);
+    // The operator sees it in the metrics: three strikes or more, one
+    // block, the announcements rejected as undecodable.
+    eventually(10, "the metrics count the strikes and the block", || {
+        let text = a.get("/metrics").text();
+        metric(&text, "guts_p2p_peer_strikes_total", "") >= 3.0
+            && metric(&text, "guts_p2p_peer_blocks_total", "") == 1.0
+            && metric(
+                &text,
+                "guts_p2p_gossip_rejected_total",
+                "reason=\"undecodable\"",
+            ) >= 3.0
+    });
 
     a.stop();
     let a = peer_node(&a_dir, None, false);

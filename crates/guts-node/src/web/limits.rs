@@ -7,6 +7,8 @@ use crate::error::NodeError;
 
 /// Repositories listed on the node page.
 pub const MAX_REPOS_SHOWN: usize = 200;
+/// Connected peers listed on the node page.
+pub const MAX_PEERS_SHOWN: usize = 100;
 /// Branches and tags listed on a repository page (each kind).
 pub const MAX_REFS_SHOWN: usize = 30;
 /// Ref moves listed per signed update.

@@ -6,7 +6,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 
 use super::layout::{date, page, short_owner};
-use super::limits::MAX_REPOS_SHOWN;
+use super::limits::{MAX_PEERS_SHOWN, MAX_REPOS_SHOWN};
 use super::{blocking, respond, Nonce, WebError};
 use crate::error::NodeError;
 use crate::http::Shared;
@@ -101,7 +101,10 @@ fn peer_box(peers: Option<&(String, Vec<String>)>) -> Markup {
                         dl.meta { dt { "Peer id" } dd.mono { (id) } }
                         p { (connected.len()) " connected" }
                         ul {
-                            @for p in connected { li.mono { (p) } }
+                            @for p in connected.iter().take(MAX_PEERS_SHOWN) { li.mono { (p) } }
+                        }
+                        @if connected.len() > MAX_PEERS_SHOWN {
+                            p.muted { "and " (connected.len() - MAX_PEERS_SHOWN) " more" }
                         }
                     }
                 }
