@@ -18,6 +18,7 @@ mod error;
 mod events;
 mod http;
 mod identity;
+mod lfs;
 mod limits;
 mod log;
 mod maintenance;
