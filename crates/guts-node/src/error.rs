@@ -291,3 +291,47 @@ impl IntoResponse for GitHttpError {
         resp
     }
 }
+
+/// The media type of the Git LFS API, requests and answers.
+pub const LFS_MEDIA_TYPE: &str = "application/vnd.git-lfs+json";
+
+/// An error answered to a Git LFS client (ADR 0022): `{"message": ...}`
+/// as [`LFS_MEDIA_TYPE`]; a 401 carries a Basic challenge (in
+/// `WWW-Authenticate` and `LFS-Authenticate`) so that git-lfs asks git's
+/// credential helper for a push token.
+pub struct LfsError(pub NodeError);
+
+impl<E: Into<NodeError>> From<E> for LfsError {
+    fn from(e: E) -> Self {
+        LfsError(e.into())
+    }
+}
+
+impl IntoResponse for LfsError {
+    fn into_response(self) -> Response {
+        let status = status_for(&self.0);
+        let msg = match &self.0 {
+            NodeError::Git(guts_git::Error::RepoNotFound(name)) => {
+                format!("repository {name} does not exist on this node")
+            }
+            other => other.to_string(),
+        };
+        if self.0.is_limit() {
+            tracing::debug!(error = %msg, "LFS request refused");
+        } else if status.is_server_error() {
+            tracing::error!(error = %msg, "LFS request failed");
+        } else {
+            tracing::info!(error = %msg, status = status.as_u16(), "LFS request refused");
+        }
+        let body = serde_json::json!({ "message": msg }).to_string();
+        let mut resp = (status, [(header::CONTENT_TYPE, LFS_MEDIA_TYPE)], body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = HeaderValue::from_static("Basic realm=\"guts push token\"");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge.clone());
+            resp.headers_mut().insert("lfs-authenticate", challenge);
+        }
+        limit_headers(&self.0, &mut resp);
+        resp
+    }
+}

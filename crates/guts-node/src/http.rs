@@ -42,6 +42,8 @@ pub struct AppState {
     pub events: Arc<crate::events::EventHub>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Git LFS objects and locks (ADR 0022).
+    pub lfs: Arc<crate::lfs::Lfs>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -53,6 +55,7 @@ pub fn router(state: Shared) -> Router {
         // The REST API and its description (`crate::openapi`).
         .merge(crate::openapi::api())
         .merge(crate::web::routes())
+        .merge(crate::lfs::routes())
         .route("/metrics", get(crate::metrics::serve))
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))

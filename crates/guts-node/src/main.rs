@@ -501,7 +501,9 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             tracing::info!("background maintenance off (--no-auto-maintenance)");
         }
         let events = Arc::new(events::EventHub::default());
+        let lfs = lfs::Lfs::open(&config.data_dir, repos.storage().db(), config.max_pack_bytes)?;
         let state = Arc::new(http::AppState {
+            lfs: Arc::new(lfs),
             events: Arc::clone(&events),
             maintenance,
             repos,

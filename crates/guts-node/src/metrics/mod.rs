@@ -18,6 +18,7 @@
 
 pub mod git;
 pub mod http;
+pub mod lfs;
 mod storage;
 
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub struct Metrics {
     pub http: http::HttpMetrics,
     /// Git operations and work slots.
     pub git: git::GitMetrics,
+    /// Git LFS bytes.
+    pub lfs: lfs::LfsMetrics,
     storage: storage::StorageMetrics,
     public: bool,
 }
@@ -80,12 +83,14 @@ impl Metrics {
         let guts = registry.sub_registry_with_prefix("guts");
         let http = http::HttpMetrics::new(guts);
         let git = git::GitMetrics::new(guts, slots);
+        let lfs = lfs::LfsMetrics::new(guts);
         let storage = storage::StorageMetrics::new(guts);
         Metrics {
             registry,
             others: Vec::new(),
             http,
             git,
+            lfs,
             storage,
             public,
         }

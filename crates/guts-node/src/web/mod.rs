@@ -10,7 +10,7 @@
 
 mod commits;
 mod files;
-mod layout;
+pub(crate) mod layout;
 pub(crate) mod limits;
 mod markdown;
 mod node;
