@@ -99,6 +99,10 @@ pub fn resume_point(repo: &Repo, request: &[u8]) -> Option<ResumePoint> {
 /// published only then. The first `resume_from` pack bytes are the ones kept
 /// from an earlier attempt (the answer leaves them out); if the answer
 /// breaks off, what arrived is kept for the next attempt.
+///
+/// Returns the Git LFS pointers among the pack's blobs (at most
+/// [`crate::lfs::MAX_POINTERS_PER_PACK`]): the LFS objects the new
+/// objects refer to, which the caller may then fetch.
 pub fn receive(
     repo: &Repo,
     tips: &[ObjectId],
@@ -106,7 +110,7 @@ pub fn receive(
     resume_from: u64,
     answer: &mut dyn BufRead,
     max_pack_bytes: u64,
-) -> Result<(), FetchError> {
+) -> Result<Vec<crate::lfs::LfsPointer>, FetchError> {
     let local = |e: Error| FetchError::Local(e);
     let odb = repo.objects().map_err(local)?;
     let partial = Partial::for_request(&repo.objects_dir(), request);
@@ -132,5 +136,8 @@ pub fn receive(
     })?;
     q.check_connectivity(&odb, tips)
         .map_err(FetchError::classify)?;
-    q.publish(&repo.objects_dir()).map_err(local)
+    let pointers = crate::lfs::pointers_in(&q, crate::lfs::MAX_POINTERS_PER_PACK)
+        .map_err(FetchError::classify)?;
+    q.publish(&repo.objects_dir()).map_err(local)?;
+    Ok(pointers)
 }

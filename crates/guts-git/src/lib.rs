@@ -23,6 +23,7 @@ pub mod commit_graph;
 pub mod error;
 pub mod fetch;
 pub mod filter;
+pub mod lfs;
 pub mod limits;
 pub mod names;
 pub mod odb;

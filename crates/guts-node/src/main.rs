@@ -30,6 +30,7 @@ mod p2p_config;
 mod policy;
 mod progress;
 mod replica;
+mod replica_lfs;
 mod repos;
 mod rest;
 mod rest_p2p;
@@ -476,6 +477,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
     runtime.block_on(async move {
         let slots = limits::WorkSlots::new(&config.http);
         let mut metrics = metrics::Metrics::new(slots.metrics(), config.metrics_public);
+        let lfs = lfs::Lfs::open(&config.data_dir, repos.storage().db(), config.max_pack_bytes)?;
         let p2p = match config.p2p.clone() {
             None => {
                 tracing::info!("peer-to-peer replication off (--no-p2p or p2p.enabled = false)");
@@ -483,11 +485,19 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             }
             Some(opts) => {
                 let p2p_metrics = guts_p2p::metrics::P2pMetrics::new(metrics.guts_registry());
+                // The same LFS store as the HTTP API's, and its size limit.
+                let peer_lfs = replica_lfs::PeerLfs::open(
+                    lfs.store.clone(),
+                    repos.storage().db(),
+                    &config.data_dir,
+                    lfs.max_object_bytes,
+                )?;
                 let replica = replica::NodeReplica::new(
                     Arc::clone(&repos),
                     config.max_pack_bytes,
                     Arc::clone(&board),
                     p2p_metrics,
+                    peer_lfs,
                 )?;
                 let p2p = p2p::P2p::start(&config.data_dir, opts, replica).await?;
                 metrics.also(p2p.net.metrics());
@@ -501,7 +511,6 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
             tracing::info!("background maintenance off (--no-auto-maintenance)");
         }
         let events = Arc::new(events::EventHub::default());
-        let lfs = lfs::Lfs::open(&config.data_dir, repos.storage().db(), config.max_pack_bytes)?;
         let state = Arc::new(http::AppState {
             lfs: Arc::new(lfs),
             events: Arc::clone(&events),

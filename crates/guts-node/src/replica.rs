@@ -10,11 +10,12 @@
 //! hashes and connectivity before anything is visible. The domain layer then
 //! logs it and settles its refs with the conflict rule in one transaction.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
 use guts_git::fetch::FetchError;
+use guts_git::lfs::{LfsOid, LfsPointer};
 use guts_git::names::RepoName;
 use guts_git::resume::{ResumePoint, SkipPrefix};
 use guts_git::storage::Repo;
@@ -32,6 +33,7 @@ use guts_p2p::PeerId;
 use crate::error::NodeError;
 use crate::identity::Identity;
 use crate::log::Entry;
+use crate::replica_lfs::PeerLfs;
 use crate::repos::Repos;
 
 /// Storage and identities, seen by the replication protocol.
@@ -47,6 +49,8 @@ pub struct NodeReplica {
     /// The p2p metrics, and when updates not yet applied were first seen.
     metrics: Arc<P2pMetrics>,
     first_seen: FirstSeen,
+    /// Git LFS objects wanted from peers, and their transfers (ADR 0024).
+    lfs: PeerLfs,
 }
 
 /// Whose fault an error of the domain layer is: what the peer sent, or
@@ -95,6 +99,7 @@ impl NodeReplica {
         max_pack_bytes: u64,
         board: Arc<crate::progress::Board>,
         metrics: P2pMetrics,
+        lfs: PeerLfs,
     ) -> Result<Arc<Self>, NodeError> {
         let scores = repos
             .storage()
@@ -108,7 +113,13 @@ impl NodeReplica {
             board,
             metrics: Arc::new(metrics),
             first_seen: FirstSeen::default(),
+            lfs,
         }))
+    }
+
+    /// The id of `name`, if held with an identity.
+    fn repo_id(&self, name: &RepoName) -> Option<RepoId> {
+        Some(self.repos.identities().current(name).ok()??.id)
     }
 
     /// The p2p metrics.
@@ -261,9 +272,9 @@ impl Replica for NodeReplica {
         resume_from: u64,
         pack: &mut dyn BufRead,
     ) -> Result<(), Fault> {
-        let (repo, _) = self.open(name)?;
+        let (repo, identity) = self.open(name)?;
         let max = self.max_pack_bytes;
-        match self.board.get(name) {
+        let pointers = match self.board.get(name) {
             Some(p) => {
                 p.phase("receiving objects", "bytes", None);
                 p.set(resume_from);
@@ -272,7 +283,12 @@ impl Replica for NodeReplica {
             }
             None => guts_git::fetch::receive(&repo, tips, request, resume_from, pack, max),
         }
-        .map_err(fetch_fault)
+        .map_err(fetch_fault)?;
+        if !pointers.is_empty() {
+            tracing::debug!(repo = %name, pointers = pointers.len(), "LFS pointers among the received objects");
+            self.lfs.record(&identity.id, &pointers);
+        }
+        Ok(())
     }
 
     fn apply(&self, checked: CheckedUpdate) -> Result<bool, Fault> {
@@ -326,6 +342,53 @@ impl Replica for NodeReplica {
                 serve(&mut SkipPrefix::new(out, point))
             }
         }
+    }
+
+    fn lfs_wanted(&self, name: &RepoName, max: usize) -> Vec<LfsPointer> {
+        self.repo_id(name)
+            .map(|id| self.lfs.wanted(&id, max))
+            .unwrap_or_default()
+    }
+
+    fn lfs_has(&self, name: &RepoName, oid: &LfsOid) -> bool {
+        self.repo_id(name).is_some_and(|id| self.lfs.has(&id, oid))
+    }
+
+    fn lfs_open(
+        &self,
+        name: &RepoName,
+        oid: &LfsOid,
+        offset: u64,
+    ) -> Result<(u64, Box<dyn Read + Send>), Fault> {
+        if !self.repos.is_seeding(name) {
+            return Err(local(format!("this node does not serve {name}")));
+        }
+        self.lfs.open_object(&self.lfs_repo(name)?, oid, offset)
+    }
+
+    fn lfs_resume_point(&self, name: &RepoName, pointer: &LfsPointer) -> u64 {
+        self.repo_id(name)
+            .map_or(0, |id| self.lfs.resume_point(&id, pointer))
+    }
+
+    fn lfs_receive(
+        &self,
+        name: &RepoName,
+        pointer: &LfsPointer,
+        resume_from: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), Fault> {
+        let id = self.lfs_repo(name)?;
+        self.lfs.receive(&id, pointer, resume_from, data)?;
+        tracing::info!(repo = %name, oid = %pointer.oid, size = pointer.size, "LFS object taken from a peer");
+        Ok(())
+    }
+}
+
+impl NodeReplica {
+    fn lfs_repo(&self, name: &RepoName) -> Result<RepoId, Fault> {
+        self.repo_id(name)
+            .ok_or_else(|| local(format!("this node does not have {name}")))
     }
 }
 

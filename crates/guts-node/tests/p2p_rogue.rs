@@ -320,7 +320,7 @@ where
             };
             wire::write_frame(&mut stream, &items).await
         }
-        Ok(Kind::Identity) | Err(_) => {
+        Ok(Kind::Identity | Kind::Lfs) | Err(_) => {
             let items = Items {
                 items: Vec::new(),
                 error: "not telling".into(),

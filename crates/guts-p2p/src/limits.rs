@@ -26,6 +26,14 @@ pub const BLOCK_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub const FETCH_ATTEMPTS: u32 = 3;
 /// Pause before the second attempt (twice as long before the third).
 pub const FETCH_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Git LFS objects one fetching round takes for a repository (after an
+/// update is applied, or after a log comparison); the others wait for the
+/// next round (the next comparison, every `--sync-interval`).
+pub const MAX_LFS_PER_ROUND: usize = 256;
+/// Peers asked for one Git LFS object in a round (the peer the update came
+/// from first, then other connected peers), before it waits for the next
+/// round.
+pub const MAX_LFS_PEERS: usize = 8;
 /// Replication requests (identity, log, fetch) served to one peer at once;
 /// more are refused.
 pub const MAX_SERVED_PER_PEER: usize = 4;

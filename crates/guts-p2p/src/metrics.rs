@@ -37,6 +37,7 @@ pub struct P2pMetrics {
     strikes: Counter,
     blocks: Counter,
     lag: Histogram,
+    lfs: Family<Label, Counter>,
     /// The service's counts already added to the counters.
     exported: Mutex<Counts>,
 }
@@ -51,6 +52,7 @@ impl P2pMetrics {
             strikes: Counter::default(),
             blocks: Counter::default(),
             lag: Histogram::new(lag_buckets()),
+            lfs: Family::default(),
             exported: Mutex::new(Counts::default()),
         };
         let r = registry.sub_registry_with_prefix("p2p");
@@ -85,6 +87,14 @@ impl P2pMetrics {
             Unit::Seconds,
             m.lag.clone(),
         );
+        r.register(
+            "lfs_objects",
+            "Git LFS objects fetched from peers (result=fetched) and transfers that failed (result=failed: the peer lacked it, sent a wrong object, kept breaking off, or this node could not store it)",
+            m.lfs.clone(),
+        );
+        for result in ["fetched", "failed"] {
+            let _ = m.lfs.get_or_create(&[("result", result)]);
+        }
         for reason in RejectReason::ALL {
             // Every reason is shown from the start, at 0.
             let _ = m.rejected.get_or_create(&[("reason", reason.as_str())]);
@@ -136,6 +146,12 @@ impl P2pMetrics {
                     .inc_by(new);
             }
         }
+        self.lfs
+            .get_or_create(&[("result", "fetched")])
+            .inc_by(counts.lfs_fetched.saturating_sub(done.lfs_fetched));
+        self.lfs
+            .get_or_create(&[("result", "failed")])
+            .inc_by(counts.lfs_failed.saturating_sub(done.lfs_failed));
         *done = *counts;
     }
 }

@@ -63,6 +63,13 @@ pub enum Kind {
     /// buckets whose keys are above `Request::after` and not in
     /// `Request::keys`, in key order; `Items::next` is 1 when more remain.
     Entries = 6,
+    /// A Git LFS object of the repository (ADR 0024): `lfs_oid` is its
+    /// SHA-256, `resume_offset` the bytes the requester already holds. The
+    /// answer is one [`Items`] frame (`error` set when the node does not
+    /// seed the repository or lacks the object; else `next` is the
+    /// object's size), then the object's bytes from `resume_offset` on,
+    /// unframed, until the stream closes.
+    Lfs = 7,
 }
 
 /// The first frame on a replication stream.
@@ -80,6 +87,8 @@ pub struct Request {
     /// For `Fetch`: pack bytes the requester already holds from an
     /// interrupted answer to the same request (0: none). The answer then
     /// leaves them out, if they are the prefix of the pack it produces.
+    /// For `Lfs`: bytes of the object the requester holds; the answer
+    /// starts after them.
     #[prost(uint64, tag = "4")]
     pub resume_offset: u64,
     /// SHA-1 of those bytes.
@@ -102,9 +111,12 @@ pub struct Request {
     /// answer carries the [`LogBuckets`] too (saving a round trip).
     #[prost(bytes = "vec", tag = "10")]
     pub summary: Vec<u8>,
+    /// For `Lfs`: the object's SHA-256 (32 bytes).
+    #[prost(bytes = "vec", tag = "11")]
+    pub lfs_oid: Vec<u8>,
 }
 
-/// Answer to every request but `Fetch`.
+/// Answer to every request but `Fetch` (and the header of an `Lfs` answer).
 #[derive(Clone, PartialEq, Message)]
 pub struct Items {
     /// Document versions, log entries (oldest first), keys, or one

@@ -230,6 +230,55 @@ impl Quarantine {
         }
     }
 
+    /// Call `f` with the content of each blob of the pack of at most
+    /// `max_size` bytes, until it returns false. A blob's size comes from
+    /// its entry header (a delta's from the first bytes of its data), so
+    /// larger blobs are never inflated; commits, trees and tags are skipped
+    /// without reading them.
+    pub fn for_each_small_blob(
+        &self,
+        max_size: u64,
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        let Some(bundle) = &self.bundle else {
+            return Ok(());
+        };
+        let index = &bundle.index;
+        let others: std::collections::HashSet<u32> = self.non_blobs.iter().map(|e| e.1).collect();
+        let mut inflate = gix_zlib::Inflate::default();
+        let mut buf = Vec::new();
+        let read = |e| Error::pack("reading a received blob", e);
+        for i in (0..index.num_objects()).filter(|i| !others.contains(i)) {
+            let entry = bundle
+                .pack
+                .entry(index.pack_offset_at_index(i))
+                .map_err(read)?;
+            let header = bundle
+                .pack
+                .decode_header(entry, &mut inflate, &|id| match index.lookup(id) {
+                    Some(at) => bundle
+                        .pack
+                        .entry(index.pack_offset_at_index(at))
+                        .map(|e| Some(gix_pack::data::decode::header::ResolvedBase::InPack(e))),
+                    None => Ok(None),
+                })
+                .map_err(read)?;
+            if header.kind != gix_object::Kind::Blob || header.object_size > max_size {
+                continue;
+            }
+            let id = index.oid_at_index(i).to_owned();
+            let found = bundle
+                .find(&id, &mut buf, &mut inflate, &mut gix_pack::cache::Never)
+                .map_err(read)?;
+            if let Some((data, _)) = found {
+                if !f(data.data) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Make the pack visible to fetches: sync it to disk and move it into `objects/pack`.
     pub fn publish(mut self, objects_dir: &Path) -> Result<()> {
         let pack_dir = objects_dir.join("pack");

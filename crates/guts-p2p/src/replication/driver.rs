@@ -13,7 +13,7 @@ use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{fetch, serve, Replica, Seeded};
+use super::{fetch, lfs, serve, Replica, Seeded};
 use crate::error::{Error, Result};
 use crate::metrics::P2pMetrics;
 use crate::network::{Event, Handle};
@@ -275,6 +275,19 @@ impl<R: Replica> Driver<R> {
                 let (done, replica) = (self.done.clone(), Arc::clone(&self.replica));
                 tokio::spawn(async move {
                     let r = fetch::fetch(&net, replica, peer, repo, tips).await;
+                    let _ = done.send(Done::Fetched(id, r)).await;
+                });
+                Ok(())
+            }
+            Io::FetchLfs {
+                id,
+                peer,
+                repo,
+                pointer,
+            } => {
+                let (done, replica) = (self.done.clone(), Arc::clone(&self.replica));
+                tokio::spawn(async move {
+                    let r = lfs::fetch(&net, replica, peer, repo, pointer).await;
                     let _ = done.send(Done::Fetched(id, r)).await;
                 });
                 Ok(())

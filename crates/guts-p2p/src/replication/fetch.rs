@@ -18,7 +18,8 @@ use crate::network::Handle;
 use crate::service::Failure;
 use crate::wire::{write_frame, Kind, Request, REPLICATION_PROTOCOL};
 
-fn failure(f: Fault) -> Failure {
+/// The service's view of a replica's fault.
+pub(super) fn failure(f: Fault) -> Failure {
     match f {
         Fault::Peer(m) => Failure::Peer(m),
         Fault::Local(m) => Failure::Local(m),

@@ -13,14 +13,17 @@
 //! [`serve`] for requests): the [`Replica`] sees typed values only.
 //!
 //! `driver` runs the service and its `Io`; `serve` answers peers'
-//! requests within limits; `fetch` carries out one object transfer.
+//! requests within limits; `fetch` carries out one object transfer; `lfs`
+//! carries out and serves one Git LFS object transfer (ADR 0024).
 
 mod driver;
 mod fetch;
+mod lfs;
 pub mod serve;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
+use guts_git::lfs::{LfsOid, LfsPointer};
 use guts_git::names::RepoName;
 use guts_git::resume::ResumePoint;
 use guts_git::ObjectId;
@@ -160,5 +163,38 @@ pub trait Replica: Send + Sync + 'static {
         request: &[u8],
         resume: Option<ResumePoint>,
         out: &mut dyn Write,
+    ) -> Result<(), Fault>;
+
+    // Git LFS objects (ADR 0024). The node keeps the pointers found in the
+    // packs it receives (`receive`); their objects are fetched after the
+    // update is applied, never before.
+
+    /// Git LFS objects named by pointers in objects received for `repo`
+    /// that this node does not hold yet, at most `max`.
+    fn lfs_wanted(&self, repo: &RepoName, max: usize) -> Vec<LfsPointer>;
+    /// Whether this node holds the LFS object `oid` of `repo`.
+    fn lfs_has(&self, repo: &RepoName, oid: &LfsOid) -> bool;
+    /// The LFS object `oid` of `repo` for a peer, from byte `offset` on: its
+    /// whole size and a reader of the rest. Only for a repository this node
+    /// seeds; an error if it does not, or lacks the object.
+    fn lfs_open(
+        &self,
+        repo: &RepoName,
+        oid: &LfsOid,
+        offset: u64,
+    ) -> Result<(u64, Box<dyn Read + Send>), Fault>;
+    /// Bytes of `pointer`'s object kept from an interrupted transfer.
+    fn lfs_resume_point(&self, repo: &RepoName, pointer: &LfsPointer) -> u64;
+    /// Store `pointer`'s object from a peer: the first `resume_from` bytes
+    /// are those kept from an earlier attempt, `data` the rest. Verified
+    /// (size and SHA-256) before it is visible; a wrong object is the
+    /// peer's fault, a transfer that broke off is `Interrupted` and its
+    /// bytes are kept.
+    fn lfs_receive(
+        &self,
+        repo: &RepoName,
+        pointer: &LfsPointer,
+        resume_from: u64,
+        data: &mut dyn Read,
     ) -> Result<(), Fault>;
 }

@@ -1,5 +1,6 @@
 //! Serving peers' replication requests (identity, log summary, buckets,
-//! keys, entries, objects), within bounds on how many are served at once.
+//! keys, entries, objects, LFS objects), within bounds on how many are
+//! served at once.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -108,6 +109,7 @@ pub fn answer<R: Replica>(replica: &R, req: &Request) -> Items {
         }
         Kind::Entries => return range_answer(replica, &repo, req),
         Kind::Fetch => return refused("a fetch is answered with a pack".into()),
+        Kind::Lfs => return refused("an LFS object is answered with its bytes".into()),
     };
     match items {
         Some(items) => Items {
@@ -265,6 +267,9 @@ async fn serve<R: Replica>(
     mut stream: libp2p::Stream,
 ) -> Result<()> {
     let req: Request = read_frame(&mut stream).await?;
+    if req.kind == Kind::Lfs as i32 {
+        return super::lfs::serve(replica, peer, req, stream).await;
+    }
     if req.kind == Kind::Fetch as i32 {
         let repo = RepoName::parse(&req.repo)
             .map_err(|e| Error::Peer(format!("bad repository name: {e}")))?;

@@ -49,6 +49,11 @@ pub struct Counts {
     pub blocks: u64,
     /// Announcements rejected, by [`RejectReason::ALL`] index.
     pub rejected: [u64; 4],
+    /// Git LFS objects fetched from peers and stored.
+    pub lfs_fetched: u64,
+    /// Git LFS object transfers that failed (a peer lacking the object, a
+    /// wrong object, a transfer that kept breaking off, a local failure).
+    pub lfs_failed: u64,
 }
 
 impl Counts {

@@ -161,7 +161,10 @@ impl<R: Replica> Service<R> {
                 if changed && late {
                     self.announce(&a.seeded, &update);
                 }
-                self.finish(task, a, Verdict::Accept)
+                let (repo, source) = (a.seeded.name.clone(), a.source);
+                self.finish(task, a, Verdict::Accept);
+                // Refs first; the LFS objects its new blobs name follow.
+                self.fetch_lfs(&repo, source);
             }
             Err(Fault::Peer(e)) => {
                 self.strike(a.source, &e);

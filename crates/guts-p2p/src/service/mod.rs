@@ -18,10 +18,12 @@
 //! - `session`: log comparison with one peer for one repository
 //!   (summary, buckets, keys, entries; ADR 0016);
 //! - `seed`: following a new repository, from connected peers or the DHT;
+//! - `lfs`: fetching the Git LFS objects of applied updates (ADR 0024);
 //! - `scores`: strikes and blocks of misbehaving peers, persisted.
 
 mod counts;
 mod gossip;
+mod lfs;
 mod ops;
 mod scores;
 mod seed;
@@ -30,6 +32,7 @@ mod session;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use guts_git::lfs::LfsPointer;
 use guts_git::names::RepoName;
 use guts_git::ObjectId;
 use guts_identity::{RepoId, SignedRefUpdate};
@@ -145,6 +148,19 @@ pub enum Io {
         /// The tips whose objects are missing.
         tips: Vec<ObjectId>,
     },
+    /// Fetch one Git LFS object from `peer` into the replica (resuming
+    /// after the bytes kept from an interrupted attempt); answer with
+    /// [`Service::fetched`].
+    FetchLfs {
+        /// Outcome id.
+        id: OpId,
+        /// From whom.
+        peer: PeerId,
+        /// Repository.
+        repo: RepoName,
+        /// The object.
+        pointer: LfsPointer,
+    },
     /// Disconnect and refuse a peer.
     Block(PeerId),
     /// Accept a peer again.
@@ -202,6 +218,7 @@ enum Outcome {
 enum OpKind {
     Request(Request),
     Fetch { repo: RepoName, tips: Vec<ObjectId> },
+    Lfs { repo: RepoName, pointer: LfsPointer },
     Providers(Vec<u8>),
 }
 
@@ -223,6 +240,7 @@ enum Task<C> {
     Session(session::Session<C>),
     Announce(gossip::Announced<C>),
     Seed(seed::Seeding),
+    Lfs(lfs::LfsRound),
 }
 
 /// The replication state machine of one node.
@@ -241,6 +259,9 @@ pub struct Service<R: Replica> {
     /// (one at a time: a second one then finds them known).
     busy: BTreeMap<RepoName, TaskId>,
     waiting: BTreeMap<RepoName, VecDeque<TaskId>>,
+    /// The round fetching Git LFS objects of a repository, if one is under
+    /// way (one at a time per repository).
+    lfs_rounds: BTreeMap<RepoName, TaskId>,
     /// Ops to start later (retries), by time.
     delayed: BTreeMap<(Time, OpId), Op>,
     /// Peers with a stream op (request or transfer) under way, and the ops
@@ -278,6 +299,7 @@ impl<R: Replica> Service<R> {
             sessions: BTreeMap::new(),
             busy: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            lfs_rounds: BTreeMap::new(),
             delayed: BTreeMap::new(),
             streaming: BTreeSet::new(),
             queued: BTreeMap::new(),

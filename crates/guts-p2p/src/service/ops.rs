@@ -75,6 +75,15 @@ impl<R: Replica> Service<R> {
                 },
                 self.config.fetch_timeout,
             ),
+            OpKind::Lfs { repo, pointer } => (
+                Io::FetchLfs {
+                    id,
+                    peer: op.peer,
+                    repo: repo.clone(),
+                    pointer: *pointer,
+                },
+                self.config.fetch_timeout,
+            ),
             OpKind::Providers(key) => (
                 Io::FindProviders {
                     id,
@@ -110,7 +119,7 @@ impl<R: Replica> Service<R> {
                     (op.attempt < REQUEST_ATTEMPTS).then_some(REQUEST_RETRY_DELAY)
                 }
                 (
-                    OpKind::Fetch { .. },
+                    OpKind::Fetch { .. } | OpKind::Lfs { .. },
                     Failure::Interrupted(_) | Failure::Dropped(_) | Failure::Timeout,
                 ) => (op.attempt < FETCH_ATTEMPTS).then_some(FETCH_RETRY_DELAY),
                 _ => None,
@@ -118,6 +127,8 @@ impl<R: Replica> Service<R> {
             if let Some(delay) = retry {
                 if let OpKind::Fetch { repo, .. } = &op.kind {
                     tracing::warn!(peer = %op.peer, %repo, attempt = op.attempt, error = %f, "object transfer broke off; resuming");
+                } else if let OpKind::Lfs { repo, pointer } = &op.kind {
+                    tracing::warn!(peer = %op.peer, %repo, oid = %pointer.oid, attempt = op.attempt, error = %f, "LFS object transfer broke off; resuming");
                 } else {
                     tracing::debug!(peer = %op.peer, attempt = op.attempt, error = %f, "request dropped; asking again");
                 }
@@ -137,6 +148,7 @@ impl<R: Replica> Service<R> {
             Some(Task::Session(s)) => self.session_outcome(task, s, op.peer, outcome),
             Some(Task::Announce(a)) => self.announce_outcome(task, a, outcome),
             Some(Task::Seed(s)) => self.seed_outcome(task, s, op.peer, outcome),
+            Some(Task::Lfs(r)) => self.lfs_outcome(task, r, op.peer, outcome),
             None => {}
         }
     }

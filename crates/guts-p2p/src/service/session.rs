@@ -537,6 +537,11 @@ impl<R: Replica> Service<R> {
                 tracing::warn!(peer = %s.peer, repo = %s.repo, error = %e, "log comparison failed")
             }
         }
+        if result.is_ok() {
+            // The LFS objects of what was applied, and those missing from
+            // earlier rounds.
+            self.fetch_lfs(&s.repo, s.peer);
+        }
         let Some(id) = s.seed else { return };
         let result = match result {
             Ok(()) => self

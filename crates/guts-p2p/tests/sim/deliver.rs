@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
+use guts_git::lfs::LfsPointer;
 use guts_git::names::RepoName;
 use guts_git::ObjectId;
-use guts_p2p::replication::{serve, Replica};
+use guts_p2p::replication::{serve, Fault, Replica};
 use guts_p2p::service::{Failure, Io, OpId, Verdict};
 use guts_p2p::wire::{Items, Request};
 use libp2p::gossipsub::MessageId;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::net::{Event, Sim};
+use super::net::{Event, Sim, TipPointers};
 
 /// Bytes a fetched tip is counted for.
 pub const TIP_BYTES: u64 = 1024;
@@ -86,6 +87,12 @@ impl Sim {
                     self.schedule(delay, event);
                 }
             }
+            Io::FetchLfs {
+                id,
+                peer,
+                repo,
+                pointer,
+            } => self.fetch_lfs(i, id, peer, repo, pointer),
             Io::Block(peer) => {
                 self.nodes[i].blocked.insert(peer);
                 if let Some(j) = self.node_of(&peer) {
@@ -123,6 +130,82 @@ impl Sim {
             peers,
         };
         self.schedule(delay, event);
+    }
+
+    /// Node `i` asks `peer` for an LFS object: the peer serves what it
+    /// holds (as it holds it now), which arrives after a delay.
+    fn fetch_lfs(
+        &mut self,
+        i: usize,
+        op: OpId,
+        peer: libp2p::PeerId,
+        repo: RepoName,
+        pointer: LfsPointer,
+    ) {
+        use std::io::Read;
+        let inc = self.nodes[i].incarnation;
+        let to = self.node_of(&peer).expect("a simulated peer");
+        self.nodes[i].stats.messages += 1;
+        let result = if !self.linked(i, to) {
+            Err(Failure::Dropped("no connection".into()))
+        } else {
+            match self.nodes[to].replica.lfs_open(&repo, &pointer.oid, 0) {
+                Ok((_, mut reader)) => {
+                    let mut bytes = Vec::new();
+                    reader
+                        .read_to_end(&mut bytes)
+                        .map(|_| bytes)
+                        .map_err(|e| Failure::Interrupted(e.to_string()))
+                }
+                Err(f) => Err(Failure::Refused(f.to_string())),
+            }
+        };
+        if let Ok(bytes) = &result {
+            self.nodes[to].stats.sent += bytes.len() as u64;
+        }
+        let delay = self.latency();
+        let event = Event::LfsFetched {
+            to: i,
+            from: to,
+            inc,
+            op,
+            repo,
+            pointer,
+            result,
+        };
+        self.schedule(delay, event);
+    }
+
+    fn on_lfs_fetched(
+        &mut self,
+        (to, from, inc, op): (usize, usize, u32, OpId),
+        repo: RepoName,
+        pointer: LfsPointer,
+        result: Result<Vec<u8>, Failure>,
+    ) {
+        if self.nodes[to].incarnation != inc {
+            return;
+        }
+        let result = match result {
+            _ if !self.linked(to, from) => Err(Failure::Dropped("connection closed".into())),
+            Ok(bytes) => {
+                self.nodes[to].stats.received += bytes.len() as u64;
+                self.nodes[to]
+                    .replica
+                    .lfs_receive(&repo, &pointer, 0, &mut &bytes[..])
+                    .map_err(|f| match f {
+                        Fault::Peer(m) => Failure::Peer(m),
+                        Fault::Local(m) => Failure::Local(m),
+                        Fault::Interrupted(m) => Failure::Interrupted(m),
+                    })
+            }
+            Err(f) => Err(f),
+        };
+        let now = self.now;
+        if let Some(s) = self.nodes[to].service.as_mut() {
+            s.fetched(op, result, now);
+        }
+        self.flush(to);
     }
 
     /// Node `i` publishes: the message starts at it.
@@ -206,6 +289,15 @@ impl Sim {
                 repo,
                 result,
             } => self.on_fetched(to, from, inc, op, repo, result),
+            Event::LfsFetched {
+                to,
+                from,
+                inc,
+                op,
+                repo,
+                pointer,
+                result,
+            } => self.on_lfs_fetched((to, from, inc, op), repo, pointer, result),
             Event::Providers { to, inc, op, peers } => {
                 if self.nodes[to].incarnation == inc {
                     let now = self.now;
@@ -313,7 +405,8 @@ impl Sim {
             delay += tips.len() as u64 / 100;
             self.nodes[to].stats.sent += TIP_BYTES * tips.len() as u64;
             self.nodes[to].stats.messages += 1;
-            Ok(tips)
+            let pointers = self.nodes[to].replica.pointers_of(&tips);
+            Ok((tips, pointers))
         } else {
             Err(Failure::Peer("objects not there".into()))
         };
@@ -337,7 +430,7 @@ impl Sim {
         inc: u32,
         op: OpId,
         repo: RepoName,
-        mut result: Result<Vec<ObjectId>, Failure>,
+        mut result: Result<(Vec<ObjectId>, TipPointers), Failure>,
     ) {
         if self.nodes[to].incarnation != inc {
             return;
@@ -345,9 +438,12 @@ impl Sim {
         if !self.linked(to, from) {
             result = Err(Failure::Dropped("connection closed".into()));
         }
-        if let Ok(tips) = &result {
+        if let Ok((tips, pointers)) = &mut result {
             self.nodes[to].stats.received += TIP_BYTES * tips.len() as u64;
             self.nodes[to].replica.store_objects(&repo, tips);
+            self.nodes[to]
+                .replica
+                .record_lfs(&repo, std::mem::take(pointers));
         }
         let now = self.now;
         if let Some(s) = self.nodes[to].service.as_mut() {

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
+use guts_git::lfs::LfsPointer;
 use guts_git::names::RepoName;
 use guts_git::ObjectId;
 use guts_identity::SignedRefUpdate;
@@ -111,6 +112,9 @@ pub struct Node {
 }
 
 /// A message in flight.
+/// The LFS pointers among the objects of each tip.
+pub(super) type TipPointers = Vec<(ObjectId, Vec<LfsPointer>)>;
+
 pub(super) enum Event {
     Gossip {
         to: usize,
@@ -147,7 +151,19 @@ pub(super) enum Event {
         inc: u32,
         op: OpId,
         repo: RepoName,
-        result: Result<Vec<ObjectId>, Failure>,
+        /// The tips, and the LFS pointers among their objects.
+        result: Result<(Vec<ObjectId>, TipPointers), Failure>,
+    },
+    /// The outcome of an LFS object transfer (the object's bytes, as the
+    /// peer served them), arriving at the requester.
+    LfsFetched {
+        to: usize,
+        from: usize,
+        inc: u32,
+        op: OpId,
+        repo: RepoName,
+        pointer: LfsPointer,
+        result: Result<Vec<u8>, Failure>,
     },
     Providers {
         to: usize,
@@ -170,6 +186,7 @@ impl Event {
             | Event::Answer { to, .. }
             | Event::Fetch { to, .. }
             | Event::Fetched { to, .. }
+            | Event::LfsFetched { to, .. }
             | Event::Providers { to, .. } => *to,
             Event::Push { node, .. } => *node,
         }

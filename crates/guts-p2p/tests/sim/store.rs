@@ -7,11 +7,16 @@
 //! refs/heads/main OLD_HEX NEW_HEX
 //! FORGED            (optional: the update is invalid)
 //! ```
+//!
+//! Git LFS objects are kept whole per repository; which pointers a tip's
+//! objects hold is recorded on the node that pushed it and travels with
+//! the tip's objects (as the pack scan finds them on a real node).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::sync::{Mutex, MutexGuard};
 
+use guts_git::lfs::{LfsOid, LfsPointer};
 use guts_git::names::RepoName;
 use guts_git::resume::ResumePoint;
 use guts_git::ObjectId;
@@ -175,6 +180,22 @@ struct Store {
     repos: BTreeMap<RepoName, RepoState>,
     followed: BTreeSet<RepoName>,
     scores: BTreeMap<PeerId, Score>,
+    /// LFS objects held, by repository.
+    lfs: BTreeMap<RepoName, BTreeMap<LfsOid, Vec<u8>>>,
+    /// LFS objects named by received objects and not held yet.
+    lfs_wanted: BTreeMap<RepoName, BTreeSet<LfsPointer>>,
+    /// The LFS pointers among the objects of a tip.
+    lfs_of: BTreeMap<ObjectId, Vec<LfsPointer>>,
+    /// Serve LFS objects with a flipped byte (a lying peer).
+    lfs_lies: bool,
+}
+
+/// The pointer of an LFS object's content.
+pub fn lfs_pointer(content: &[u8]) -> LfsPointer {
+    LfsPointer {
+        oid: LfsOid(Sha256::digest(content).into()),
+        size: content.len() as u64,
+    }
 }
 
 /// A replica in memory.
@@ -241,6 +262,56 @@ impl FakeReplica {
         if let Some(r) = self.lock().repos.get_mut(repo) {
             r.objects.extend(tips.iter().copied());
         }
+    }
+
+    /// The node's own push of LFS files in `tip`: keep the objects, and
+    /// which pointers the tip holds.
+    pub fn add_lfs(&self, repo: &RepoName, tip: ObjectId, contents: &[Vec<u8>]) {
+        let mut s = self.lock();
+        let pointers = contents.iter().map(|c| lfs_pointer(c)).collect();
+        s.lfs_of.insert(tip, pointers);
+        let held = s.lfs.entry(repo.clone()).or_default();
+        for c in contents {
+            held.insert(lfs_pointer(c).oid, c.clone());
+        }
+    }
+
+    /// The LFS pointers among the objects of `tips`.
+    pub fn pointers_of(&self, tips: &[ObjectId]) -> Vec<(ObjectId, Vec<LfsPointer>)> {
+        let s = self.lock();
+        tips.iter()
+            .filter_map(|t| Some((*t, s.lfs_of.get(t)?.clone())))
+            .collect()
+    }
+
+    /// Objects received from a peer hold these pointers: want their LFS
+    /// objects (as the node's pack scan records them).
+    pub fn record_lfs(&self, repo: &RepoName, found: Vec<(ObjectId, Vec<LfsPointer>)>) {
+        let mut s = self.lock();
+        for (tip, pointers) in found {
+            let held: BTreeSet<LfsOid> = s
+                .lfs
+                .get(repo)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default();
+            let wanted = s.lfs_wanted.entry(repo.clone()).or_default();
+            wanted.extend(pointers.iter().filter(|p| !held.contains(&p.oid)));
+            s.lfs_of.insert(tip, pointers);
+        }
+    }
+
+    /// The LFS objects of `repo` held.
+    pub fn lfs_held(&self, repo: &RepoName) -> BTreeSet<LfsOid> {
+        self.lock()
+            .lfs
+            .get(repo)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Serve wrong LFS objects from now on.
+    pub fn lie_about_lfs(&self) {
+        self.lock().lfs_lies = true;
     }
 
     fn with<T>(&self, repo: &RepoName, f: impl FnOnce(&RepoState) -> T) -> Option<T> {
@@ -385,5 +456,77 @@ impl Replica for FakeReplica {
         _: &mut dyn Write,
     ) -> Result<(), Fault> {
         Err(Fault::Local("not simulated".into()))
+    }
+
+    fn lfs_wanted(&self, repo: &RepoName, max: usize) -> Vec<LfsPointer> {
+        let s = self.lock();
+        let held = s.lfs.get(repo);
+        s.lfs_wanted
+            .get(repo)
+            .into_iter()
+            .flatten()
+            .filter(|p| !held.is_some_and(|h| h.contains_key(&p.oid)))
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    fn lfs_has(&self, repo: &RepoName, oid: &LfsOid) -> bool {
+        self.lock()
+            .lfs
+            .get(repo)
+            .is_some_and(|m| m.contains_key(oid))
+    }
+
+    fn lfs_open(
+        &self,
+        repo: &RepoName,
+        oid: &LfsOid,
+        offset: u64,
+    ) -> Result<(u64, Box<dyn Read + Send>), Fault> {
+        let s = self.lock();
+        let content = s
+            .lfs
+            .get(repo)
+            .and_then(|m| m.get(oid))
+            .filter(|_| s.followed.contains(repo))
+            .ok_or_else(|| Fault::Local(format!("this node does not have LFS object {oid}")))?;
+        let mut bytes = content.clone();
+        if s.lfs_lies {
+            if let Some(b) = bytes.first_mut() {
+                *b ^= 1;
+            }
+        }
+        let rest = bytes.split_off((offset as usize).min(bytes.len()));
+        Ok((content.len() as u64, Box::new(std::io::Cursor::new(rest))))
+    }
+
+    fn lfs_resume_point(&self, _: &RepoName, _: &LfsPointer) -> u64 {
+        0
+    }
+
+    fn lfs_receive(
+        &self,
+        repo: &RepoName,
+        pointer: &LfsPointer,
+        _: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), Fault> {
+        let mut bytes = Vec::new();
+        data.take(pointer.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Fault::Interrupted(e.to_string()))?;
+        if lfs_pointer(&bytes) != *pointer {
+            return Err(Fault::Peer(format!("not LFS object {}", pointer.oid)));
+        }
+        let mut s = self.lock();
+        s.lfs
+            .entry(repo.clone())
+            .or_default()
+            .insert(pointer.oid, bytes);
+        if let Some(w) = s.lfs_wanted.get_mut(repo) {
+            w.remove(pointer);
+        }
+        Ok(())
     }
 }
