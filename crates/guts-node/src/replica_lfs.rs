@@ -253,3 +253,119 @@ impl Read for Tee<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    const MAX: u64 = 1024 * 1024;
+
+    fn setup() -> (tempfile::TempDir, PeerLfs, RepoId) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = LfsStore::open(tmp.path()).unwrap();
+        let lfs = PeerLfs::open(store, &db, tmp.path(), MAX).unwrap();
+        (tmp, lfs, RepoId([7; 32]))
+    }
+
+    fn object(n: usize) -> (Vec<u8>, LfsPointer) {
+        let content: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+        let pointer = LfsPointer {
+            oid: LfsOid(Sha256::digest(&content).into()),
+            size: n as u64,
+        };
+        (content, pointer)
+    }
+
+    /// Yields its bytes, then fails like a reset connection.
+    struct Reset<'a>(&'a [u8]);
+
+    impl Read for Reset<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::from(io::ErrorKind::ConnectionReset));
+            }
+            let n = self.0.len().min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_transfer_resumes_after_the_bytes_that_arrived() {
+        let (_tmp, lfs, repo) = setup();
+        let (content, p) = object(200_000);
+        lfs.record(&repo, &[p]);
+        assert_eq!(lfs.wanted(&repo, 10), vec![p]);
+        let broke = lfs.receive(&repo, &p, 0, &mut Reset(&content[..70_000]));
+        assert!(matches!(broke, Err(Fault::Interrupted(_))), "{broke:?}");
+        assert!(!lfs.has(&repo, &p.oid));
+        assert_eq!(lfs.resume_point(&repo, &p), 70_000);
+        // The peer closes the stream early: kept too.
+        let closed = lfs.receive(&repo, &p, 70_000, &mut &content[70_000..90_000]);
+        assert!(matches!(closed, Err(Fault::Interrupted(_))), "{closed:?}");
+        assert_eq!(lfs.resume_point(&repo, &p), 90_000);
+        lfs.receive(&repo, &p, 90_000, &mut &content[90_000..])
+            .unwrap();
+        assert!(lfs.has(&repo, &p.oid));
+        assert_eq!(lfs.resume_point(&repo, &p), 0, "the partial file is gone");
+        assert!(lfs.wanted(&repo, 10).is_empty());
+        // Served to a peer from an offset.
+        let (size, mut rest) = lfs.open_object(&repo, &p.oid, 10).unwrap();
+        let mut read = Vec::new();
+        rest.read_to_end(&mut read).unwrap();
+        assert_eq!((size, &read[..]), (200_000, &content[10..]));
+        assert!(lfs.open_object(&repo, &p.oid, 200_001).is_err());
+        assert!(lfs.open_object(&RepoId([8; 32]), &p.oid, 0).is_err());
+    }
+
+    #[test]
+    fn a_wrong_object_is_the_peers_fault_and_nothing_is_kept() {
+        let (_tmp, lfs, repo) = setup();
+        let (content, p) = object(5_000);
+        let mut wrong = content.clone();
+        wrong[100] ^= 1;
+        let refused = lfs.receive(&repo, &p, 0, &mut &wrong[..]);
+        assert!(matches!(refused, Err(Fault::Peer(_))), "{refused:?}");
+        let mut longer = content.clone();
+        longer.push(0);
+        let refused = lfs.receive(&repo, &p, 0, &mut &longer[..]);
+        assert!(matches!(refused, Err(Fault::Peer(_))), "{refused:?}");
+        assert!(!lfs.has(&repo, &p.oid));
+        assert_eq!(lfs.resume_point(&repo, &p), 0);
+    }
+
+    #[test]
+    fn a_wrong_object_after_resuming_starts_over_without_blame() {
+        let (_tmp, lfs, repo) = setup();
+        let (content, p) = object(5_000);
+        let mut bad_start = content[..1_000].to_vec();
+        bad_start[0] ^= 1;
+        let broke = lfs.receive(&repo, &p, 0, &mut Reset(&bad_start));
+        assert!(matches!(broke, Err(Fault::Interrupted(_))), "{broke:?}");
+        // Another peer sends the right rest: the kept bytes were wrong.
+        let again = lfs.receive(&repo, &p, 1_000, &mut &content[1_000..]);
+        assert!(matches!(again, Err(Fault::Interrupted(_))), "{again:?}");
+        assert_eq!(lfs.resume_point(&repo, &p), 0, "starts over");
+        lfs.receive(&repo, &p, 0, &mut &content[..]).unwrap();
+        assert!(lfs.has(&repo, &p.oid));
+    }
+
+    #[test]
+    fn objects_over_the_limit_or_held_are_not_wanted() {
+        let (_tmp, lfs, repo) = setup();
+        let (content, held) = object(100);
+        lfs.receive(&repo, &held, 0, &mut &content[..]).unwrap();
+        let huge = LfsPointer {
+            oid: LfsOid([1; 32]),
+            size: MAX + 1,
+        };
+        let (_, small) = object(300);
+        lfs.record(&repo, &[held, huge, small]);
+        assert_eq!(lfs.wanted(&repo, 10), vec![small]);
+        assert!(lfs.wanted(&RepoId([9; 32]), 10).is_empty());
+    }
+}
