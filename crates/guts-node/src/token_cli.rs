@@ -174,10 +174,12 @@ fn credentials_path(args: &ClientArgs) -> PathBuf {
         .join(CREDENTIALS_FILE)
 }
 
-/// `protocol://host/path` without `.git` and trailing slashes: the key
+/// `protocol://host/path` without `.git`, trailing slashes and git-lfs's
+/// `/info/lfs` (so git-lfs finds the repository's token): the key
 /// a token is kept under.
 fn credential_key(protocol: &str, host: &str, path: &str) -> String {
     let path = path.trim_matches('/');
+    let path = path.strip_suffix("/info/lfs").unwrap_or(path);
     let path = path.strip_suffix(".git").unwrap_or(path);
     format!("{protocol}://{host}/{path}")
 }
@@ -305,6 +307,10 @@ mod tests {
         assert_eq!(
             credential_key("http", "h:1", "/alice/demo.git"),
             credential_key("http", "h:1", "alice/demo/")
+        );
+        assert_eq!(
+            credential_key("http", "h:1", "alice/demo.git/info/lfs"),
+            credential_key("http", "h:1", "alice/demo")
         );
         assert!(grant_id(&"ab".repeat(32)).is_ok());
         assert!(grant_id("xyz").is_err());

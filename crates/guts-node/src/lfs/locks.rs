@@ -109,6 +109,17 @@ impl LockStore {
         Ok(Created::New(lock))
     }
 
+    /// Remove every lock of `repo` (a deleted repository).
+    pub fn remove_repo(&self, repo: &RepoId) -> Result<(), NodeError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        for item in self.tree.scan_prefix(repo.0) {
+            let (k, _) = item.map_err(internal)?;
+            self.tree.remove(k).map_err(internal)?;
+        }
+        self.tree.flush().map_err(internal)?;
+        Ok(())
+    }
+
     /// The lock with `id` in `repo`.
     pub fn by_id(&self, repo: &RepoId, id: &str) -> Result<Option<Lock>, NodeError> {
         for item in self.tree.scan_prefix(repo.0) {
@@ -203,6 +214,9 @@ mod tests {
         assert_eq!(store.by_id(&b, &first.id).unwrap(), None);
         assert!(store.remove(&a, &first).unwrap());
         assert!(!store.remove(&a, &first).unwrap());
+        store.remove_repo(&a).unwrap();
+        assert!(store.page(&a, None, 10, |_| true).unwrap().0.is_empty());
+        assert_eq!(store.page(&b, None, 10, |_| true).unwrap().0.len(), 1);
         assert!(check_path("").is_err() && check_path("a\0b").is_err());
     }
 }

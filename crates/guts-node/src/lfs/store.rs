@@ -173,6 +173,21 @@ impl LfsStore {
         File::open(self.path(repo, oid))
     }
 
+    /// Remove every object of `repo` (a deleted repository): its directory
+    /// is moved under the temporary directory, then removed, so a crash
+    /// halfway leaves nothing visible (the next start clears `tmp`).
+    pub fn remove_repo(&self, repo: &RepoId) -> io::Result<()> {
+        let dir = self.repo_dir(repo);
+        let mut rand = [0u8; 16];
+        getrandom::getrandom(&mut rand).map_err(|e| io::Error::other(e.to_string()))?;
+        let doomed = self.tmp.join(format!("{}.deleted", hex(&rand)));
+        match fs::rename(&dir, &doomed) {
+            Ok(()) => fs::remove_dir_all(&doomed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Bytes of LFS objects `repo` holds (walks its directory: counted
     /// against the repository's storage quota before an upload).
     pub fn repo_bytes(&self, repo: &RepoId) -> io::Result<u64> {
@@ -385,6 +400,11 @@ mod tests {
             .import(&a, &oid, size, u64::MAX, &mut failing)
             .unwrap();
         assert_eq!(again, ImportOutcome::AlreadyPresent);
+        assert_eq!(tmp_entries(dir.path()), 0);
+        store.remove_repo(&a).unwrap();
+        store.remove_repo(&b).unwrap();
+        assert_eq!(store.size(&a, &oid), None);
+        assert_eq!(store.repo_bytes(&a).unwrap(), 0);
         assert_eq!(tmp_entries(dir.path()), 0);
     }
 

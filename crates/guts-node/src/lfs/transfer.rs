@@ -76,23 +76,23 @@ pub async fn download(
     Ok(resp)
 }
 
-/// The start of a `Range: bytes=N-` (or `bytes=N-M` to the end) request;
-/// any other range is ignored (the whole object is sent).
+/// The start of a `Range: bytes=N-` request (what git-lfs sends to resume
+/// a download); any other range, or a range of an empty object, is
+/// ignored (the whole object is sent, as HTTP allows).
 fn range_start(headers: &HeaderMap, len: u64) -> Result<Option<u64>, NodeError> {
-    let Some(spec) = headers
+    let Some(first) = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<u64>().ok())
     else {
         return Ok(None);
     };
-    let Some((first, _)) = spec.split_once('-') else {
+    if len == 0 {
         return Ok(None);
-    };
-    let Ok(first) = first.trim().parse::<u64>() else {
-        return Ok(None);
-    };
-    if first >= len && len > 0 {
+    }
+    if first >= len {
         return Err(NodeError::Invalid(format!(
             "range starts at {first}, past the object's {len} bytes"
         )));
@@ -232,4 +232,28 @@ pub async fn verify(
     })
     .await?;
     Ok(api::json_response(StatusCode::OK, &json!({})))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn range(value: &str, len: u64) -> Result<Option<u64>, NodeError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(value).unwrap());
+        range_start(&h, len)
+    }
+
+    #[test]
+    fn only_open_ended_byte_ranges_resume() {
+        assert_eq!(range("bytes=5-", 10).unwrap(), Some(5));
+        assert_eq!(range("bytes=0-", 10).unwrap(), Some(0));
+        assert_eq!(range("bytes=5-7", 10).unwrap(), None);
+        assert_eq!(range("bytes=-5", 10).unwrap(), None);
+        assert_eq!(range("items=5-", 10).unwrap(), None);
+        assert_eq!(range("bytes=0-", 0).unwrap(), None);
+        assert!(range("bytes=10-", 10).is_err());
+        assert_eq!(range_start(&HeaderMap::new(), 10).unwrap(), None);
+    }
 }

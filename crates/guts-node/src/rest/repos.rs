@@ -255,6 +255,11 @@ pub(super) async fn delete_repo(
             auth::require_operator_or_delegates(&st.token, &st.repos, &name, "delete", &headers)?;
         let id = st.repos.identities().current(&name)?.map(|i| i.id);
         st.repos.delete(&name)?;
+        if let Some(id) = &id {
+            // Its LFS objects and locks go with it (ADR 0022).
+            st.lfs.store.remove_repo(id)?;
+            st.lfs.locks.remove_repo(id)?;
+        }
         tracing::info!(repo = %name, ?caller, "repository deleted on request");
         Ok((name, id))
     })

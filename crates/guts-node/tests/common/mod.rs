@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod lfs;
 pub mod netns;
 pub mod oracle;
 pub mod p2p;
