@@ -379,7 +379,11 @@ impl Replica for NodeReplica {
         data: &mut dyn Read,
     ) -> Result<(), Fault> {
         let id = self.lfs_repo(name)?;
-        self.lfs.receive(&id, pointer, resume_from, data)?;
+        // What an upload over HTTP may still add (ADR 0022): the
+        // repository's quota and the node's free disk apply to peers too.
+        let room = self.repos.push_room(name).map_err(fault)?;
+        let room = room.saturating_sub(self.lfs.repo_bytes(&id)?);
+        self.lfs.receive(&id, pointer, (resume_from, room), data)?;
         tracing::info!(repo = %name, oid = %pointer.oid, size = pointer.size, "LFS object taken from a peer");
         Ok(())
     }

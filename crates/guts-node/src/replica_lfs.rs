@@ -153,14 +153,21 @@ impl PeerLfs {
             .unwrap_or(0)
     }
 
+    /// Bytes of LFS objects `repo` holds.
+    pub fn repo_bytes(&self, repo: &RepoId) -> Result<u64, Fault> {
+        self.store.repo_bytes(repo).map_err(local)
+    }
+
     /// Store `pointer`'s object: the first `resume_from` bytes from the
     /// partial file, then `network`, copied to the partial file as it is
-    /// read, all verified by the store's import.
+    /// read, all verified by the store's import. An object over `room`
+    /// (what the repository may still store) is refused before a byte is
+    /// read, as a local failure.
     pub fn receive(
         &self,
         repo: &RepoId,
         pointer: &LfsPointer,
-        resume_from: u64,
+        (resume_from, room): (u64, u64),
         network: &mut dyn Read,
     ) -> Result<(), Fault> {
         let path = self.partial_path(repo, &pointer.oid);
@@ -186,7 +193,7 @@ impl PeerLfs {
             repo,
             &store_oid(&pointer.oid),
             LfsSize(pointer.size),
-            self.max_object_bytes,
+            room.min(self.max_object_bytes),
             &mut head.chain(&mut tee),
         );
         let (broke_off, ended) = (tee.broke_off, tee.ended);
@@ -300,15 +307,15 @@ mod tests {
         let (content, p) = object(200_000);
         lfs.record(&repo, &[p]);
         assert_eq!(lfs.wanted(&repo, 10), vec![p]);
-        let broke = lfs.receive(&repo, &p, 0, &mut Reset(&content[..70_000]));
+        let broke = lfs.receive(&repo, &p, (0, MAX), &mut Reset(&content[..70_000]));
         assert!(matches!(broke, Err(Fault::Interrupted(_))), "{broke:?}");
         assert!(!lfs.has(&repo, &p.oid));
         assert_eq!(lfs.resume_point(&repo, &p), 70_000);
         // The peer closes the stream early: kept too.
-        let closed = lfs.receive(&repo, &p, 70_000, &mut &content[70_000..90_000]);
+        let closed = lfs.receive(&repo, &p, (70_000, MAX), &mut &content[70_000..90_000]);
         assert!(matches!(closed, Err(Fault::Interrupted(_))), "{closed:?}");
         assert_eq!(lfs.resume_point(&repo, &p), 90_000);
-        lfs.receive(&repo, &p, 90_000, &mut &content[90_000..])
+        lfs.receive(&repo, &p, (90_000, MAX), &mut &content[90_000..])
             .unwrap();
         assert!(lfs.has(&repo, &p.oid));
         assert_eq!(lfs.resume_point(&repo, &p), 0, "the partial file is gone");
@@ -328,11 +335,11 @@ mod tests {
         let (content, p) = object(5_000);
         let mut wrong = content.clone();
         wrong[100] ^= 1;
-        let refused = lfs.receive(&repo, &p, 0, &mut &wrong[..]);
+        let refused = lfs.receive(&repo, &p, (0, MAX), &mut &wrong[..]);
         assert!(matches!(refused, Err(Fault::Peer(_))), "{refused:?}");
         let mut longer = content.clone();
         longer.push(0);
-        let refused = lfs.receive(&repo, &p, 0, &mut &longer[..]);
+        let refused = lfs.receive(&repo, &p, (0, MAX), &mut &longer[..]);
         assert!(matches!(refused, Err(Fault::Peer(_))), "{refused:?}");
         assert!(!lfs.has(&repo, &p.oid));
         assert_eq!(lfs.resume_point(&repo, &p), 0);
@@ -344,13 +351,13 @@ mod tests {
         let (content, p) = object(5_000);
         let mut bad_start = content[..1_000].to_vec();
         bad_start[0] ^= 1;
-        let broke = lfs.receive(&repo, &p, 0, &mut Reset(&bad_start));
+        let broke = lfs.receive(&repo, &p, (0, MAX), &mut Reset(&bad_start));
         assert!(matches!(broke, Err(Fault::Interrupted(_))), "{broke:?}");
         // Another peer sends the right rest: the kept bytes were wrong.
-        let again = lfs.receive(&repo, &p, 1_000, &mut &content[1_000..]);
+        let again = lfs.receive(&repo, &p, (1_000, MAX), &mut &content[1_000..]);
         assert!(matches!(again, Err(Fault::Interrupted(_))), "{again:?}");
         assert_eq!(lfs.resume_point(&repo, &p), 0, "starts over");
-        lfs.receive(&repo, &p, 0, &mut &content[..]).unwrap();
+        lfs.receive(&repo, &p, (0, MAX), &mut &content[..]).unwrap();
         assert!(lfs.has(&repo, &p.oid));
     }
 
@@ -358,7 +365,8 @@ mod tests {
     fn objects_over_the_limit_or_held_are_not_wanted() {
         let (_tmp, lfs, repo) = setup();
         let (content, held) = object(100);
-        lfs.receive(&repo, &held, 0, &mut &content[..]).unwrap();
+        lfs.receive(&repo, &held, (0, MAX), &mut &content[..])
+            .unwrap();
         let huge = LfsPointer {
             oid: LfsOid([1; 32]),
             size: MAX + 1,
@@ -367,5 +375,10 @@ mod tests {
         lfs.record(&repo, &[held, huge, small]);
         assert_eq!(lfs.wanted(&repo, 10), vec![small]);
         assert!(lfs.wanted(&RepoId([9; 32]), 10).is_empty());
+        // No room left in the repository: refused, nothing read or kept.
+        let (content, p) = object(300);
+        let refused = lfs.receive(&repo, &p, (0, 299), &mut &content[..]);
+        assert!(matches!(refused, Err(Fault::Local(_))), "{refused:?}");
+        assert_eq!(lfs.repo_bytes(&repo).unwrap(), 100);
     }
 }
