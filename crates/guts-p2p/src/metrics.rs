@@ -1,6 +1,6 @@
 //! The p2p layer's own metrics (ADR 0019): peers connected, gossip messages
-//! in and out, rejected announcements by reason, strikes and blocks, and the
-//! replication lag. The node registers them into its registry (under its
+//! in and out, rejected announcements by reason, strikes and blocks, the
+//! replication lag, and Git LFS objects fetched from peers (ADR 0024). The node registers them into its registry (under its
 //! `guts` prefix) and hands them to the [`Replicator`](crate::replication::Replicator),
 //! which records them where the events happen. libp2p's own metrics
 //! (`libp2p_*`, libp2p-metrics) live in the network's registry,
