@@ -136,8 +136,13 @@ pub fn receive(
     })?;
     q.check_connectivity(&odb, tips)
         .map_err(FetchError::classify)?;
-    let pointers = crate::lfs::pointers_in(&q, crate::lfs::MAX_POINTERS_PER_PACK)
-        .map_err(FetchError::classify)?;
+    // The pack is valid (indexed, every object hashed): a failure to scan
+    // it is not the server's fault, and costs only its LFS objects.
+    let pointers =
+        crate::lfs::pointers_in(&q, crate::lfs::MAX_POINTERS_PER_PACK).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look for LFS pointers in a received pack");
+            Vec::new()
+        });
     q.publish(&repo.objects_dir()).map_err(local)?;
     Ok(pointers)
 }
