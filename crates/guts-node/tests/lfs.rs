@@ -104,13 +104,11 @@ fn lfs_objects_go_up_and_come_back_whole_with_git_lfs() {
     // A signed push; git-lfs's pre-push hook uploads the objects first,
     // asked for credentials (401) and given the token by the helper.
     git_ok(&work, &["push", "-q", &url, "main"]);
-    let updates = node
-        .get(&format!("/api/v1/repos/{owner}/demo/updates"))
-        .json();
-    assert!(
-        updates.to_string().contains("\"signer\""),
-        "the push is logged: {updates}"
-    );
+    // The refs went up signed by the owner's key, not with the token.
+    let updates = common::p2p::updates(&node, &owner, "demo");
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0]["signer"], test_identity().key.did().to_string());
+    assert!(updates[0]["grant"].is_null(), "{updates:?}");
     assert_eq!(lfs_tmp_files(&node), 0);
 
     // Clone by the URL with `.git`: the smudge filter downloads all three.
@@ -415,4 +413,37 @@ fn locks_with_git_lfs() {
     assert!(out.contains("Unlocked a.psd"), "{out}");
     let left = node.get(&lfs_path(&owner, "demo", "locks")).json();
     assert_eq!(left["locks"].as_array().map(Vec::len), Some(0), "{left}");
+}
+
+#[test]
+fn a_stalled_upload_is_dropped_and_leaves_nothing() {
+    use std::io::{Read, Write};
+    let data = TempDir::new().expect("tmp");
+    let node = Node::start_with(
+        data.path(),
+        &["--min-transfer-rate", "100000", "--min-rate-window", "1"],
+    );
+    node.create_repo("alice", "demo");
+    let owner = test_identity().owner_id();
+    let token = new_token(&node, &format!("{owner}/demo"));
+    let body = Rng(9).noise(4 << 20);
+    let path = lfs_path(&owner, "demo", &format!("objects/{}", oid_of(&body)));
+    let mut stream = std::net::TcpStream::connect(node.addr()).expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        node.addr(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    // A quarter of a MiB, then nothing: the node must give up on it.
+    stream.write_all(&body[..256 * 1024]).expect("send start");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(lfs_tmp_files(&node), 0);
+    assert_eq!(node.get(&path).status, 404);
 }
