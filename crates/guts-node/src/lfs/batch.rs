@@ -99,9 +99,22 @@ pub async fn batch(
     };
     let auth = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let objects = answer_objects(&state, &ctx, &op, &base, auth, &req.objects);
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     tracing::debug!(repo = %ctx.name, operation = %req.operation, objects = req.objects.len(), "LFS batch");
+    // One `stat` per object: on a blocking thread.
+    let st = Arc::clone(&state);
+    let objects = api::blocking(move || {
+        Ok(answer_objects(
+            &st,
+            &ctx,
+            &op,
+            &base,
+            auth.as_deref(),
+            &req.objects,
+        ))
+    })
+    .await?;
     Ok(api::json_response(
         StatusCode::OK,
         &json!({ "transfer": "basic", "objects": objects, "hash_algo": "sha256" }),
