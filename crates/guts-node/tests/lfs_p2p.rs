@@ -18,6 +18,26 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Most a seeding node's peak RSS may rise over its idle RSS while it
+/// fetches the 200 MB object from its peer.
+const RSS_HEADROOM_KIB: u64 = 64 * 1024;
+/// The large LFS file's size.
+const HUGE: u64 = 200 * 1024 * 1024;
+
+/// The SHA-256 (hex) of a file, read a MiB at a time.
+fn file_oid(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf).ok()? {
+            0 => return Some(hex(&hasher.finalize())),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
 /// The LFS objects in a node's store whose content hashes to their name
 /// (`DATA_DIR/lfs/objects/<repository id>/<aa>/<bb>/<oid>`).
 fn verified_store_objects(data_dir: &Path) -> BTreeSet<String> {
@@ -31,9 +51,9 @@ fn verified_store_objects(data_dir: &Path) -> BTreeSet<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
+            } else {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if hex(&Sha256::digest(&bytes)) == name {
+                if file_oid(&path).as_deref() == Some(name.as_str()) {
                     found.insert(name);
                 }
             }
@@ -64,8 +84,9 @@ fn lfs_files_pushed_to_one_node_are_cloned_whole_from_a_seeding_peer() {
     wait_connected(&b, 1);
     a.create_repo("alice", "demo");
 
-    // A signed push of two LFS files (1 KB and 10 MB, pseudo-random) to A;
-    // git-lfs uploads them with the operator token as its password.
+    // A signed push of three LFS files (1 KB, 10 MB and 200 MB,
+    // pseudo-random) to A; git-lfs uploads them with the operator token as
+    // its password.
     let work = tmp.path().join("work");
     init_work_repo(&work);
     git_ok(&work, &["lfs", "install", "--local"]);
@@ -75,7 +96,14 @@ fn lfs_files_pushed_to_one_node_are_cloned_whole_from_a_seeding_peer() {
     let big = rng.noise(10 * 1024 * 1024);
     std::fs::write(work.join("small.bin"), &small).expect("write");
     std::fs::write(work.join("big.bin"), &big).expect("write");
-    git_ok(&work, &["add", ".gitattributes", "small.bin", "big.bin"]);
+    let huge = lfs::fixture_file(HUGE, 0x200);
+    std::fs::hard_link(&huge, work.join("huge.bin"))
+        .or_else(|_| std::fs::copy(&huge, work.join("huge.bin")).map(|_| ()))
+        .expect("place huge.bin");
+    git_ok(
+        &work,
+        &["add", ".gitattributes", "small.bin", "big.bin", "huge.bin"],
+    );
     git_ok(&work, &["commit", "-q", "-m", "lfs files"]);
     let creds = tmp.path().join("credentials");
     std::fs::write(
@@ -86,21 +114,35 @@ fn lfs_files_pushed_to_one_node_are_cloned_whole_from_a_seeding_peer() {
     let helper = format!("store --file={}", creds.display());
     git_ok(&work, &["config", "credential.helper", &helper]);
     git_ok(&work, &["push", "-q", &a.repo_url("alice", "demo"), "main"]);
-    let expected: BTreeSet<String> = [hex(&Sha256::digest(&small)), hex(&Sha256::digest(&big))]
-        .into_iter()
-        .collect();
+    let expected: BTreeSet<String> = [
+        hex(&Sha256::digest(&small)),
+        hex(&Sha256::digest(&big)),
+        file_oid(&huge).expect("hash huge.bin"),
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(verified_store_objects(a.data_dir()), expected, "A's store");
 
-    // B seeds the repository: refs first, then the LFS objects, from A.
+    // B seeds the repository: refs first, then the LFS objects, from A,
+    // streamed: B's memory stays flat while 200 MB arrive.
     let owner = test_identity().owner_id();
+    let b_pid = lfs::node_pid(&b);
+    let idle = lfs::vm_kib(b_pid, "VmRSS");
     seed(&b, &owner, "demo");
     assert!(same_refs(&a, &b, &owner, "demo"), "seeding copied the refs");
-    eventually(60, "B holds both LFS objects, verified", || {
-        verified_store_objects(b.data_dir()) == expected
+    eventually(120, "B holds the three LFS objects, verified", || {
+        metric(&b, "guts_p2p_lfs_objects_total{result=\"fetched\"} ") >= 3.0
     });
+    let peak = lfs::vm_kib(b_pid, "VmHWM");
+    println!("seeding node RSS idle {idle} KiB, peak {peak} KiB while fetching {HUGE} bytes");
+    assert!(
+        peak < idle + RSS_HEADROOM_KIB,
+        "B's peak RSS {peak} KiB is over idle {idle} KiB + {RSS_HEADROOM_KIB} KiB"
+    );
+    assert_eq!(verified_store_objects(b.data_dir()), expected, "B's store");
     assert_eq!(
         metric(&b, "guts_p2p_lfs_objects_total{result=\"fetched\"} "),
-        2.0
+        3.0
     );
     assert_eq!(
         metric(&b, "guts_p2p_lfs_objects_total{result=\"failed\"} "),
@@ -125,6 +167,10 @@ fn lfs_files_pushed_to_one_node_are_cloned_whole_from_a_seeding_peer() {
     assert!(
         std::fs::read(clone.join("big.bin")).expect("big") == big,
         "big.bin differs"
+    );
+    assert!(
+        lfs::same_contents(&clone.join("huge.bin"), &huge),
+        "huge.bin differs"
     );
     git_ok(&clone, &["lfs", "fsck"]);
 }
