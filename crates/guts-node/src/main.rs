@@ -28,6 +28,7 @@ mod p2p;
 mod p2p_config;
 mod policy;
 mod progress;
+mod push;
 mod replica;
 mod repos;
 mod rest;
@@ -38,6 +39,7 @@ mod serving;
 mod token_cli;
 mod tokens;
 mod web;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
