@@ -96,6 +96,14 @@ fn clone_fetch_and_signed_push_over_guts_urls() {
     assert!(cert.contains(&format!("pushee {guts}")), "{cert}");
     assert!(cert.contains(&format!("{pushed} refs/heads/ws")), "{cert}");
     assert_eq!(last["signer"], test_identity().key.did().to_string());
+    // Nothing left to push: git sends a lone flush and the helper ends.
+    let out = git_guts(&work, &["push", "--signed", "origin", "HEAD:refs/heads/ws"]);
+    assert!(out.status.success(), "push: {}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("up-to-date"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 /// A clone through the proxy: git's exit status and stderr.
@@ -235,4 +243,36 @@ fn unknown_repositories_v0_and_oversize_messages_are_refused() {
     let resp = node.get("/alice/demo/git-ws?service=git-upload-pack");
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert!(resp.text().contains("git-remote-guts"), "{}", resp.text());
+}
+
+#[test]
+fn a_push_with_a_token_over_a_guts_url() {
+    let tmp = tmpdir();
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    let c1 = init_work_repo(&work);
+    let url = guts_url(node.addr(), "alice", "demo");
+
+    // Neither signed nor with a token: refused, nothing stored.
+    let unsigned = ["-c", "push.gpgSign=false", "push", url.as_str(), "main"];
+    let out = git_guts(&work, &unsigned);
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    assert!(node.server_refs("alice", "demo").is_empty());
+
+    // GUTS_TOKEN goes to the node as `Authorization: Bearer`.
+    let key = test_identity().key_path.display().to_string();
+    let token = cli_ok(&node, &["token", "new", "alice/demo", "--key", &key])
+        .trim()
+        .to_owned();
+    let out = common::ws::git_guts_cmd(&work)
+        .env("GUTS_TOKEN", &token)
+        .args(unsigned)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        node.server_refs("alice", "demo").get("refs/heads/main"),
+        Some(&c1)
+    );
 }
