@@ -91,7 +91,11 @@ pub(crate) async fn git_ws(
                     version,
                     resume,
                 };
-                serve(socket, move |input, out| upload.run(permit, input, out)).await
+                let limits = limits(&upload.state);
+                serve(socket, limits, move |input, out| {
+                    upload.run(permit, input, out)
+                })
+                .await
             }))
         }
         Service::ReceivePack => {
@@ -103,8 +107,9 @@ pub(crate) async fn git_ws(
             let gate = crate::push::gate(&state, &name, token).await?;
             let host = request_host(&headers);
             let permit = state.slots.acquire(Work::Push).await?;
+            let limits = limits(&state);
             Ok(ws.on_upgrade(move |socket| async move {
-                serve(socket, move |input, out| {
+                serve(socket, limits, move |input, out| {
                     let _permit = permit;
                     let push = crate::push::Push {
                         repos: &state.repos,
@@ -138,16 +143,21 @@ fn parse_resume(text: &str) -> Result<ResumePoint, NodeError> {
     Ok(ResumePoint { offset, sha1 })
 }
 
+/// The node's transfer limits (minimum rate), with at most [`IDLE_TIMEOUT`]
+/// between the client's messages.
+fn limits(state: &Shared) -> TransferLimits {
+    TransferLimits {
+        idle: state.transfer.idle.min(IDLE_TIMEOUT),
+        ..state.transfer
+    }
+}
+
 /// Run `service` on a blocking thread over the two directions of `socket`.
-async fn serve<F>(socket: WebSocket, service: F)
+async fn serve<F>(socket: WebSocket, limits: TransferLimits, service: F)
 where
     F: FnOnce(&mut dyn std::io::BufRead, &mut dyn std::io::Write) + Send + 'static,
 {
     let (sink, stream) = socket.split();
-    let limits = TransferLimits {
-        idle: IDLE_TIMEOUT,
-        ..TransferLimits::default()
-    };
     let mut incoming = bridge::incoming(stream, &limits);
     // Nothing is read ahead: the service reads the client's first bytes.
     let pre = match prefetch(&mut incoming, 0).await {
@@ -157,10 +167,7 @@ where
             return;
         }
     };
-    let (mut writer, body) = response_channel(&TransferLimits {
-        idle: IDLE_TIMEOUT,
-        ..TransferLimits::default()
-    });
+    let (mut writer, body) = response_channel(&limits);
     let pump = tokio::spawn(bridge::outgoing(sink, body));
     let work = tokio::task::spawn_blocking(move || {
         let mut input = blocking_reader(pre, incoming, false);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use guts_git::resume::ResumePoint;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -115,7 +115,8 @@ impl Session {
 
     /// Pipe until git closes its side or the server ends the connection.
     pub async fn run(mut self, mut from_git: mpsc::Receiver<Bytes>) -> Result<(), String> {
-        let mut to_git = tokio::io::stdout();
+        // Blocking writes: git reading slowly holds the connection back.
+        let mut to_git = std::io::stdout().lock();
         let mut out = Vec::new();
         let mut git_done = false;
         loop {
@@ -162,8 +163,10 @@ impl Session {
                         }
                         None => out.extend_from_slice(&data),
                     }
-                    to_git.write_all(&out).await.map_err(|e| format!("writing to git: {e}"))?;
-                    to_git.flush().await.map_err(|e| format!("writing to git: {e}"))?;
+                    to_git
+                        .write_all(&out)
+                        .and_then(|()| to_git.flush())
+                        .map_err(|e| format!("writing to git: {e}"))?;
                     if git_done && self.idle() {
                         let _ = self.ws.close(None).await;
                         return Ok(());
