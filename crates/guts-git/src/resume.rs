@@ -189,20 +189,14 @@ impl<R: Read> Read for ResumeReader<R> {
 
 /// The pack bytes a client has passed on so far, counted and hashed as
 /// they go: the [`ResumePoint`] to ask for when the connection drops
-/// (`git-remote-guts`, which holds no pack itself, only counts).
-#[derive(Clone)]
+/// (`git-remote-guts`, which holds no pack itself, only counts). Plain
+/// SHA-1 (SHA-NI where the CPU has it): the server checks the same bytes
+/// with collision detection ([`SkipPrefix`]), and the pack git indexes is
+/// verified as any other.
+#[derive(Clone, Default)]
 pub struct PackPrefix {
     offset: u64,
-    hasher: gix_hash::Hasher,
-}
-
-impl Default for PackPrefix {
-    fn default() -> Self {
-        PackPrefix {
-            offset: 0,
-            hasher: gix_hash::hasher(gix_hash::Kind::Sha1),
-        }
-    }
+    hasher: sha1::Sha1,
 }
 
 impl std::fmt::Debug for PackPrefix {
@@ -216,7 +210,7 @@ impl std::fmt::Debug for PackPrefix {
 impl PackPrefix {
     /// Add pack bytes passed on.
     pub fn update(&mut self, data: &[u8]) {
-        self.hasher.update(data);
+        sha1::Digest::update(&mut self.hasher, data);
         self.offset += data.len() as u64;
     }
 
@@ -232,7 +226,7 @@ impl PackPrefix {
         }
         Ok(Some(ResumePoint {
             offset: self.offset,
-            sha1: finish(self.hasher.clone())?,
+            sha1: sha1::Digest::finalize(self.hasher.clone()).into(),
         }))
     }
 }

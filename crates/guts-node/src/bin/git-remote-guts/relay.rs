@@ -168,17 +168,27 @@ impl Responses {
         requests: &mut Requests,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
-        self.pending.extend_from_slice(data);
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.extend_from_slice(data);
         let mut pos = 0;
-        while let Some(total) = next_pkt(&self.pending[pos..])? {
-            let pkt = self.pending[pos..pos + total].to_vec();
-            pos += total;
-            if self.packet(&pkt, requests)? {
-                out.extend_from_slice(&pkt);
+        let result = loop {
+            match next_pkt(&pending[pos..]) {
+                Ok(Some(total)) => {
+                    let pkt = &pending[pos..pos + total];
+                    pos += total;
+                    match self.packet(pkt, requests) {
+                        Ok(true) => out.extend_from_slice(pkt),
+                        Ok(false) => {}
+                        Err(e) => break Err(e),
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
-        }
-        self.pending.drain(..pos);
-        Ok(())
+        };
+        pending.drain(..pos);
+        self.pending = pending;
+        result
     }
 
     /// Follow one packet; whether git gets it.
