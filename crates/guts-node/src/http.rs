@@ -152,9 +152,7 @@ async fn info_refs(
 /// The push token of a push request. A client that sends none and cannot
 /// sign certificates is asked for one (401), so that its credential prompt
 /// or callback runs.
-pub(crate) fn push_token(
-    headers: &HeaderMap,
-) -> Result<Option<guts_identity::PushToken>, NodeError> {
+fn push_token(headers: &HeaderMap) -> Result<Option<guts_identity::PushToken>, NodeError> {
     let token = crate::tokens::from_headers(headers)?;
     if token.is_none() && !crate::tokens::signs_pushes(headers) {
         return Err(NodeError::Unauthorized(
