@@ -141,6 +141,19 @@ pub fn advertise(
     }
     w.line(&format!("# service={}", service.name()))?;
     w.flush_pkt()?;
+    advertise_refs(repo, service, version, push_cert_nonce, w.into_inner())
+}
+
+/// The v0/v1 ref advertisement without smart HTTP's `# service=`
+/// preamble, as a stateful connection (ssh, `git://`, a WebSocket) starts.
+pub fn advertise_refs(
+    repo: &Repo,
+    service: Service,
+    version: Version,
+    push_cert_nonce: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut w = PktWriter::new(out);
     if version == Version::V1 {
         w.line("version 1")?;
     }

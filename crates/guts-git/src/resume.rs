@@ -187,6 +187,50 @@ impl<R: Read> Read for ResumeReader<R> {
     }
 }
 
+/// The pack bytes a client has passed on so far, counted and hashed as
+/// they go: the [`ResumePoint`] to ask for when the connection drops
+/// (`git-remote-guts`, which holds no pack itself, only counts). Plain
+/// SHA-1 (SHA-NI where the CPU has it): the server checks the same bytes
+/// with collision detection ([`SkipPrefix`]), and the pack git indexes is
+/// verified as any other.
+#[derive(Clone, Default)]
+pub struct PackPrefix {
+    offset: u64,
+    hasher: sha1::Sha1,
+}
+
+impl std::fmt::Debug for PackPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackPrefix")
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl PackPrefix {
+    /// Add pack bytes passed on.
+    pub fn update(&mut self, data: &[u8]) {
+        sha1::Digest::update(&mut self.hasher, data);
+        self.offset += data.len() as u64;
+    }
+
+    /// Pack bytes passed on so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The point to resume from (`None` before any pack byte).
+    pub fn point(&self) -> io::Result<Option<ResumePoint>> {
+        if self.offset == 0 {
+            return Ok(None);
+        }
+        Ok(Some(ResumePoint {
+            offset: self.offset,
+            sha1: sha1::Digest::finalize(self.hasher.clone()).into(),
+        }))
+    }
+}
+
 /// A `Write` over a v2 `fetch` response that drops the first
 /// [`ResumePoint::offset`] bytes of the pack (band 1 of the `packfile`
 /// section) once they hash to [`ResumePoint::sha1`]. Everything else
@@ -230,7 +274,8 @@ impl<W: Write> SkipPrefix<W> {
     fn packet(&mut self, pkt: &[u8]) -> io::Result<()> {
         let payload = &pkt[4..];
         if !self.in_pack {
-            if payload == b"packfile\n" {
+            // With `sideband-all` the section header is on band 1 too.
+            if payload == b"packfile\n" || payload == b"\x01packfile\n" {
                 self.in_pack = true;
             }
             return self.inner.write_all(pkt);
@@ -353,6 +398,20 @@ mod tests {
             result.expect("resumed");
             assert_eq!(pack_bytes(&out).expect("pack"), &pack[offset..], "{offset}");
         }
+    }
+
+    #[test]
+    fn a_counted_prefix_resumes_where_it_stopped() {
+        let pack: Vec<u8> = (0..3000u32).map(|i| (i % 241) as u8).collect();
+        let mut prefix = PackPrefix::default();
+        assert_eq!(prefix.point().expect("point"), None);
+        prefix.update(&pack[..700]);
+        prefix.update(&pack[700..1234]);
+        let p = prefix.point().expect("point").expect("some");
+        assert_eq!(p, point(&pack[..1234]));
+        let (out, result) = skip(&response(&pack, 500), p);
+        result.expect("resumed");
+        assert_eq!(pack_bytes(&out).expect("pack"), &pack[1234..]);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub fn router(state: Shared) -> Router {
         .route("/{owner}/{name}/info/refs", get(info_refs))
         .route("/{owner}/{name}/git-upload-pack", post(upload_pack))
         .route("/{owner}/{name}/git-receive-pack", post(receive_pack))
+        // git over a WebSocket, for `git-remote-guts` (see `crate::ws`).
+        .route("/{owner}/{name}/git-ws", get(crate::ws::git_ws))
         // `git archive --remote` (see `crate::archive`).
         .route(
             "/{owner}/{name}/git-upload-archive",
@@ -91,7 +93,7 @@ pub(crate) fn no_cache(headers: &mut HeaderMap) {
     headers.insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
 }
 
-fn protocol_version(headers: &HeaderMap) -> Version {
+pub(crate) fn protocol_version(headers: &HeaderMap) -> Version {
     Version::from_header(headers.get("git-protocol").and_then(|v| v.to_str().ok()))
 }
 
@@ -289,25 +291,8 @@ async fn receive_pack(
     let gzip = check_request(&headers, Service::ReceivePack)?;
     let token = crate::tokens::from_headers(&headers)?;
     let (name, repo) = open(&state, owner, name).await?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
-    let repos = Arc::clone(&state.repos);
-    let (r, n) = (Arc::clone(&repos), name.clone());
-    // Refuse repositories nobody may push to before streaming anything;
-    // find how many bytes the push may add (quota, free disk).
-    // A token that no longer authorizes anything is refused (401) before
-    // the body is read, so the client can ask for another.
-    let (identity, room, token) = tokio::task::spawn_blocking(move || {
-        let identity = r.identity(&n)?;
-        if let Some(token) = &token {
-            crate::tokens::check(token, &identity, crate::auth::now())?;
-        }
-        Ok::<_, NodeError>((identity, r.push_room(&n), token))
-    })
-    .await
-    .map_err(|e| NodeError::Internal(e.to_string()))??;
+    let host = request_host(&headers);
+    let gate = crate::push::gate(&state, &name, token).await?;
     let (pre, body) = start_body(body).await?;
     // git's `0000` probe before a large push does no work: no slot for it.
     let probe = pre.complete && pre.len <= PROBE_BYTES;
@@ -317,33 +302,26 @@ async fn receive_pack(
         Some(state.slots.acquire(Work::Push).await?)
     };
     let (mut writer, out) = response_channel(&state.transfer);
-    let metrics = Arc::clone(&state.metrics);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut input = Counted::new(blocking_reader(pre, body, gzip));
-        let mut opts = repos.receive_options();
-        let refusal = match room {
-            Ok(room) => {
-                // The quota left bounds the pack and, through it, the
-                // bytes its objects may inflate to.
-                opts.max_pack_bytes = opts.max_pack_bytes.min(room);
-                opts.max_inflated_bytes = opts
-                    .max_inflated_bytes
-                    .min(guts_git::limits::inflated_budget(room));
-                None
-            }
-            Err(e) => Some(e.to_string()),
+        let mut input = blocking_reader(pre, body, gzip);
+        let push = crate::push::Push {
+            repos: &state.repos,
+            metrics: &state.metrics,
+            repo: &repo,
+            name: &name,
+            host: host.as_deref(),
+            probe,
         };
-        let policy = SignedPushPolicy::with_identity(&repos, &name, identity, host.as_deref())
-            .refusing(refusal)
-            .with_token(token);
-        let result =
-            guts_git::receive_pack::receive_pack(&repo, &mut input, &mut writer, opts, &policy);
-        metrics.git.receive_pack(probe, input.bytes, &result);
-        if let Err(e) = result {
-            tracing::warn!(repo = %name, error = %e, "receive-pack failed");
-        }
-        crate::memory::release();
+        push.run(gate, false, &mut input, &mut writer);
     });
     Ok(streaming_response(Service::ReceivePack, out))
+}
+
+/// The request's `Host` header.
+pub(crate) fn request_host(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
 }

@@ -29,6 +29,7 @@ mod p2p;
 mod p2p_config;
 mod policy;
 mod progress;
+mod push;
 mod replica;
 mod replica_lfs;
 mod repos;
@@ -40,6 +41,7 @@ mod serving;
 mod token_cli;
 mod tokens;
 mod web;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -150,7 +150,10 @@ impl Connection {
             let shared = Arc::clone(&shared);
             async move { Ok::<_, Infallible>(shared.handle(peer, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        // Upgrades: git over a WebSocket (`crate::ws`).
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         tokio::pin!(conn);
         let mut shutting_down = false;
         loop {

@@ -9,9 +9,11 @@
 //!   and the checks on its wants;
 //! - [`v0`]: the v0/v1 exchange (`multi_ack_detailed`, `no-done`, shallow lists);
 //! - [`v2`]: the v2 commands `ls-refs`, `fetch` and `object-info`;
+//! - [`connection`]: v2 on a stateful connection (many commands in turn);
 //! - this module: the response session and the pack transfer both share.
 
 mod args;
+pub mod connection;
 mod reuse;
 mod send;
 pub mod slots;
@@ -72,12 +74,7 @@ pub fn upload_pack_with_stats(
     out: &mut dyn Write,
     stats: &mut UploadStats,
 ) -> Result<()> {
-    let mut session = Session {
-        out,
-        sideband: None,
-        all_bands: false,
-        stats,
-    };
+    let mut session = Session::new(out, stats);
     let result = match version {
         Version::V2 => v2::serve(repo, input, &mut session),
         Version::V0 | Version::V1 => v0::serve(repo, input, &mut session),
@@ -99,7 +96,16 @@ struct Session<'a> {
     stats: &'a mut UploadStats,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(out: &'a mut dyn Write, stats: &'a mut UploadStats) -> Self {
+        Session {
+            out,
+            sideband: None,
+            all_bands: false,
+            stats,
+        }
+    }
+
     /// Write one text line as a packet, `\n`-terminated (on band 1 with
     /// `sideband-all`).
     fn line(&mut self, text: &str) -> std::io::Result<()> {

@@ -1,5 +1,6 @@
 //! upload-pack commands of protocol v2 (`gitprotocol-v2`): `ls-refs`,
-//! `fetch` and `object-info`, one command per stateless request.
+//! `fetch` and `object-info`: one command per stateless request, or any
+//! number of them on a stateful connection ([`super::connection`]).
 
 use std::io::BufRead;
 
@@ -17,9 +18,28 @@ use crate::walk::Negotiation;
 const MAX_OBJECT_INFO_OIDS: usize = MAX_WANTS;
 
 pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<'_>) -> Result<()> {
+    match read_request(input)? {
+        Some(request) => run(repo, &request, session),
+        None => Ok(()),
+    }
+}
+
+/// One v2 command request: the command name and its argument lines.
+pub(super) struct Request {
+    /// `ls-refs`, `fetch`, `object-info`, ...
+    pub(super) command: String,
+    /// The argument lines (after the delimiter).
+    pub(super) args: Vec<String>,
+}
+
+/// Read one command request, up to and including its closing flush and
+/// not a byte further (the next request on a stateful connection stays in
+/// `input`). `None` when the client ends the session: a flush or the end
+/// of input where a command would start.
+pub(super) fn read_request(input: &mut dyn BufRead) -> Result<Option<Request>> {
     let mut reader = PktReader::new(input);
     let command = match reader.read()? {
-        None | Some(Packet::Flush) => return Ok(()),
+        None | Some(Packet::Flush) => return Ok(None),
         Some(p) => p
             .as_text("command")?
             .strip_prefix("command=")
@@ -35,21 +55,7 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
                 break;
             }
             Packet::Flush => break,
-            p => {
-                let cap = p.as_text("capability")?;
-                if let Some(fmt) = cap.strip_prefix("object-format=") {
-                    if fmt != "sha1" {
-                        return Err(Error::Unsupported(format!("object-format={fmt}")));
-                    }
-                } else if let Some(opt) = cap.strip_prefix("server-option=") {
-                    tracing::debug!(
-                        option = opt,
-                        "server option (no options are defined on this node)"
-                    );
-                } else if let Some(sid) = cap.strip_prefix("session-id=") {
-                    tracing::debug!(session_id = sid, "client session");
-                }
-            }
+            p => capability(p.as_text("capability")?)?,
         }
     }
     let mut args = Vec::new();
@@ -74,10 +80,32 @@ pub(super) fn serve(repo: &Repo, input: &mut dyn BufRead, session: &mut Session<
             }
         }
     }
-    match command.as_str() {
-        "ls-refs" => ls_refs(repo, &args, session),
-        "fetch" => fetch(repo, &args, session),
-        "object-info" => object_info(repo, &args, session),
+    Ok(Some(Request { command, args }))
+}
+
+fn capability(cap: &str) -> Result<()> {
+    if let Some(fmt) = cap.strip_prefix("object-format=") {
+        if fmt != "sha1" {
+            return Err(Error::Unsupported(format!("object-format={fmt}")));
+        }
+    } else if let Some(opt) = cap.strip_prefix("server-option=") {
+        tracing::debug!(
+            option = opt,
+            "server option (no options are defined on this node)"
+        );
+    } else if let Some(sid) = cap.strip_prefix("session-id=") {
+        tracing::debug!(session_id = sid, "client session");
+    }
+    Ok(())
+}
+
+/// Answer one command request.
+pub(super) fn run(repo: &Repo, request: &Request, session: &mut Session<'_>) -> Result<()> {
+    let args = &request.args;
+    match request.command.as_str() {
+        "ls-refs" => ls_refs(repo, args, session),
+        "fetch" => fetch(repo, args, session),
+        "object-info" => object_info(repo, args, session),
         other => Err(Error::Protocol(format!("unknown command {other:?}"))),
     }
 }

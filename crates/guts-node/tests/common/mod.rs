@@ -8,6 +8,7 @@ pub mod lfs;
 pub mod netns;
 pub mod oracle;
 pub mod p2p;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::fs;
