@@ -313,7 +313,7 @@ async fn receive_pack(
             host: host.as_deref(),
             probe,
         };
-        push.run(gate, false, &mut input, &mut writer);
+        push.run(gate, &mut input, &mut writer);
     });
     Ok(streaming_response(Service::ReceivePack, out))
 }

@@ -455,6 +455,38 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Start peer-to-peer replication unless it is off; its metrics go into
+/// `metrics`, and it shares the HTTP API's LFS store and size limit.
+async fn start_p2p(
+    config: &Config,
+    repos: &Arc<repos::Repos>,
+    lfs: &lfs::Lfs,
+    board: &Arc<progress::Board>,
+    metrics: &mut metrics::Metrics,
+) -> Result<Option<Arc<p2p::P2p>>, NodeError> {
+    let Some(opts) = config.p2p.clone() else {
+        tracing::info!("peer-to-peer replication off (--no-p2p or p2p.enabled = false)");
+        return Ok(None);
+    };
+    let p2p_metrics = guts_p2p::metrics::P2pMetrics::new(metrics.guts_registry());
+    let peer_lfs = replica_lfs::PeerLfs::open(
+        lfs.store.clone(),
+        repos.storage().db(),
+        &config.data_dir,
+        lfs.max_object_bytes,
+    )?;
+    let replica = replica::NodeReplica::new(
+        Arc::clone(repos),
+        config.max_pack_bytes,
+        Arc::clone(board),
+        p2p_metrics,
+        peer_lfs,
+    )?;
+    let p2p = p2p::P2p::start(&config.data_dir, opts, replica).await?;
+    metrics.also(p2p.net.metrics());
+    Ok(Some(p2p))
+}
+
 fn run(args: RunArgs) -> Result<(), NodeError> {
     memory::limit_arenas();
     init_logging(&args.log, args.log_format)?;
@@ -480,32 +512,7 @@ fn run(args: RunArgs) -> Result<(), NodeError> {
         let slots = limits::WorkSlots::new(&config.http);
         let mut metrics = metrics::Metrics::new(slots.metrics(), config.metrics_public);
         let lfs = lfs::Lfs::open(&config.data_dir, repos.storage().db(), config.max_pack_bytes)?;
-        let p2p = match config.p2p.clone() {
-            None => {
-                tracing::info!("peer-to-peer replication off (--no-p2p or p2p.enabled = false)");
-                None
-            }
-            Some(opts) => {
-                let p2p_metrics = guts_p2p::metrics::P2pMetrics::new(metrics.guts_registry());
-                // The same LFS store as the HTTP API's, and its size limit.
-                let peer_lfs = replica_lfs::PeerLfs::open(
-                    lfs.store.clone(),
-                    repos.storage().db(),
-                    &config.data_dir,
-                    lfs.max_object_bytes,
-                )?;
-                let replica = replica::NodeReplica::new(
-                    Arc::clone(&repos),
-                    config.max_pack_bytes,
-                    Arc::clone(&board),
-                    p2p_metrics,
-                    peer_lfs,
-                )?;
-                let p2p = p2p::P2p::start(&config.data_dir, opts, replica).await?;
-                metrics.also(p2p.net.metrics());
-                Some(p2p)
-            }
-        };
+        let p2p = start_p2p(&config, &repos, &lfs, &board, &mut metrics).await?;
         let maintenance = maintenance::Maintenance::new(Arc::clone(&repos));
         if config.serve.auto_maintenance {
             maintenance.spawn_auto();

@@ -11,9 +11,12 @@ use guts_git::receive_pack::PushPolicy;
 use guts_git::storage::Repo;
 use guts_identity::PushToken;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::error::NodeError;
 use crate::http::Shared;
 use crate::identity::Identity;
+use crate::limits::{Work, WorkSlots};
 use crate::metrics::git::Counted;
 use crate::metrics::Metrics;
 use crate::policy::SignedPushPolicy;
@@ -68,17 +71,64 @@ pub(crate) struct Push<'a> {
 }
 
 impl Push<'_> {
-    /// Run receive-pack on `input`/`out`. With `advertise` (a stateful
-    /// connection), the ref advertisement, with a push-certificate nonce,
-    /// is written first.
-    pub(crate) fn run(
+    /// Run receive-pack on a request body `input` (smart HTTP: the client
+    /// had the advertisement from another request), answering on `out`.
+    pub(crate) fn run(&self, gate: PushGate, input: &mut dyn BufRead, out: &mut dyn Write) {
+        let (opts, policy) = self.prepare(gate);
+        self.receive(opts, &policy, input, out);
+    }
+
+    /// Run receive-pack on a stateful connection: the ref advertisement,
+    /// with a push-certificate nonce, then the client's commands and pack.
+    /// `admission` (the push slot taken before the connection was
+    /// accepted) covers the advertisement; the push takes a slot from
+    /// `slots` again once the client's commands arrive, so a client that
+    /// waits holds none. Must run on a blocking thread of the runtime.
+    pub(crate) fn run_connected(
         &self,
         gate: PushGate,
-        advertise: bool,
+        admission: OwnedSemaphorePermit,
+        slots: &WorkSlots,
         input: &mut dyn BufRead,
         out: &mut dyn Write,
     ) {
-        let mut input = Counted::new(input);
+        let (opts, policy) = self.prepare(gate);
+        let nonce = policy.cert_nonce();
+        let sent = guts_git::protocol::advertise_refs(
+            self.repo,
+            guts_git::protocol::Service::ReceivePack,
+            guts_git::protocol::Version::V0,
+            nonce.as_deref(),
+            &mut *out,
+        )
+        .and_then(|()| out.flush().map_err(guts_git::Error::Io));
+        drop(admission);
+        if let Err(e) = sent {
+            tracing::debug!(repo = %self.name, error = %e, "advertisement not delivered");
+            return;
+        }
+        // The client's commands (or its goodbye) arrive first.
+        if input.fill_buf().map_or(true, |b| b.is_empty()) {
+            return;
+        }
+        let permit = tokio::runtime::Handle::current().block_on(slots.acquire(Work::Push));
+        let _permit = match permit {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("ERR {e}\n");
+                let _ = guts_git::pktline::write_pkt(&mut *out, msg.as_bytes());
+                let _ = out.flush();
+                return;
+            }
+        };
+        self.receive(opts, &policy, input, out);
+    }
+
+    /// The receive options and policy of a push under `gate`.
+    fn prepare(
+        &self,
+        gate: PushGate,
+    ) -> (guts_git::receive_pack::ReceiveOptions, SignedPushPolicy<'_>) {
         let mut opts = self.repos.receive_options();
         let refusal = match gate.room {
             Ok(room) => {
@@ -96,23 +146,18 @@ impl Push<'_> {
             SignedPushPolicy::with_identity(self.repos, self.name, gate.identity, self.host)
                 .refusing(refusal)
                 .with_token(gate.token);
-        if advertise {
-            let nonce = policy.cert_nonce();
-            let sent = guts_git::protocol::advertise_refs(
-                self.repo,
-                guts_git::protocol::Service::ReceivePack,
-                guts_git::protocol::Version::V0,
-                nonce.as_deref(),
-                &mut *out,
-            )
-            .and_then(|()| out.flush().map_err(guts_git::Error::Io));
-            if let Err(e) = sent {
-                tracing::debug!(repo = %self.name, error = %e, "advertisement not delivered");
-                return;
-            }
-        }
-        let result =
-            guts_git::receive_pack::receive_pack(self.repo, &mut input, out, opts, &policy);
+        (opts, policy)
+    }
+
+    fn receive(
+        &self,
+        opts: guts_git::receive_pack::ReceiveOptions,
+        policy: &SignedPushPolicy<'_>,
+        input: &mut dyn BufRead,
+        out: &mut dyn Write,
+    ) {
+        let mut input = Counted::new(input);
+        let result = guts_git::receive_pack::receive_pack(self.repo, &mut input, out, opts, policy);
         self.metrics
             .git
             .receive_pack(self.probe, input.bytes, &result);

@@ -87,7 +87,7 @@ pub async fn serve(
         let conn = Connection {
             shared: Arc::clone(&shared),
             peer,
-            _slot: slot,
+            slot: Arc::new(slot),
             _close: close_rx.clone(),
         };
         tokio::spawn(conn.run(stream, signal_tx.clone()));
@@ -129,12 +129,20 @@ fn refuse(stream: &TcpStream, peer: SocketAddr, why: Refused) {
     let _ = stream.try_write(&raw_http_answer(&NodeError::TooManyConnections(msg)));
 }
 
+/// The count of the connection a request came on, in the request's
+/// extensions: a handler that takes the connection over (a WebSocket,
+/// `crate::ws`) keeps it, so the connection stays counted against the
+/// node's and its client's limits until the WebSocket closes.
+#[derive(Clone)]
+pub struct HeldSlot(#[allow(dead_code)] Arc<ConnectionSlot>);
+
 /// One accepted connection.
 struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    /// Counts the connection against the limits while it lives.
-    _slot: ConnectionSlot,
+    /// Counts the connection against the limits while it lives (and
+    /// while a WebSocket upgraded from it lives: [`HeldSlot`]).
+    slot: Arc<ConnectionSlot>,
     /// Held until the connection closes; shutdown waits for all of them.
     _close: watch::Receiver<()>,
 }
@@ -146,9 +154,11 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(self.shared.header_read_timeout);
         let (shared, peer) = (Arc::clone(&self.shared), self.peer);
+        let slot = Arc::clone(&self.slot);
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(shared.handle(peer, req).await) }
+            let held = HeldSlot(Arc::clone(&slot));
+            async move { Ok::<_, Infallible>(shared.handle(peer, held, req).await) }
         });
         // Upgrades: git over a WebSocket (`crate::ws`).
         let conn = builder
@@ -174,7 +184,12 @@ impl Connection {
 }
 
 impl Shared {
-    async fn handle(&self, peer: SocketAddr, req: hyper::Request<Incoming>) -> Response {
+    async fn handle(
+        &self,
+        peer: SocketAddr,
+        held: HeldSlot,
+        req: hyper::Request<Incoming>,
+    ) -> Response {
         if let Some(rate) = &self.rate {
             if let Err(e) = rate.check(peer.ip()) {
                 return refusal(req.uri().path(), e);
@@ -184,6 +199,7 @@ impl Shared {
         // idle timeout: a trickling client is dropped wherever it sends.
         let mut req = req.map(|b| guarded(Body::new(b), &self.transfer));
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(held);
         let mut router = self.router.clone();
         match router.call(req).await {
             Ok(resp) => resp,

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use common::p2p::eventually;
 use common::ws::{git_guts, git_guts_ok, Proxy};
 use common::*;
 use tempfile::TempDir;
@@ -274,5 +275,74 @@ fn a_push_with_a_token_over_a_guts_url() {
     assert_eq!(
         node.server_refs("alice", "demo").get("refs/heads/main"),
         Some(&c1)
+    );
+}
+
+/// A v2 upload-pack WebSocket to `node`'s `alice/demo`, its advertisement read.
+fn idle_upload_socket(
+    node: &Node,
+) -> tokio_tungstenite::tungstenite::WebSocket<
+    tokio_tungstenite::tungstenite::stream::MaybeTlsStream<std::net::TcpStream>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{}/alice/demo/git-ws?service=git-upload-pack",
+        node.addr()
+    );
+    let mut req = url.as_str().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("git-protocol", "version=2".parse().expect("header"));
+    let (mut socket, _) = tokio_tungstenite::tungstenite::connect(req).expect("connect");
+    let advert = socket.read().expect("advertisement").into_data();
+    assert!(advert.starts_with(b"000eversion 2\n"), "{advert:?}");
+    socket
+}
+
+#[test]
+fn idle_websockets_hold_no_work_slot_but_count_as_connections() {
+    let tmp = tmpdir();
+    let node = Node::start_with(
+        &tmp.path().join("data"),
+        &[
+            "--max-concurrent-fetches",
+            "1",
+            "--max-connections-per-client",
+            "4",
+            "--queue-timeout",
+            "2",
+        ],
+    );
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    commit_file(&work, "a.txt", "a\n", "first");
+    let url = node.repo_url("alice", "demo");
+    git_ok(&work, &["push", "-q", &url, "main"]);
+
+    // Two idle WebSockets after their advertisement: they hold the node's
+    // only fetch slot neither of them, so a clone over HTTP gets it.
+    let first = idle_upload_socket(&node);
+    let second = idle_upload_socket(&node);
+    let dest = tmp.path().join("clone");
+    git_ok(tmp.path(), &["clone", "-q", &url, &path_str(&dest)]);
+    assert_eq!(rev_parse(&dest, "HEAD"), rev_parse(&work, "HEAD"));
+
+    // They count as connections of this client: with four open, a fifth
+    // connection is refused until one of them closes.
+    let third = idle_upload_socket(&node);
+    let fourth = idle_upload_socket(&node);
+    let refused = try_http_request(node.addr(), "GET", "/api/v1/health", &[], b"");
+    match refused {
+        Ok(resp) => assert_eq!(resp.status, 503, "{}", resp.text()),
+        Err(e) => println!("the fourth connection was closed at once: {e}"),
+    }
+    drop((first, second, third, fourth));
+    eventually(
+        10,
+        "connections are counted out when WebSockets close",
+        || {
+            try_http_request(node.addr(), "GET", "/api/v1/health", &[], b"")
+                .is_ok_and(|r| r.status == 200)
+        },
     );
 }

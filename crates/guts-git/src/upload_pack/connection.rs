@@ -20,6 +20,10 @@ use crate::storage::Repo;
 /// negotiating over a long history a few dozen).
 pub const MAX_COMMANDS: usize = 256;
 
+/// A command read from the client, to be answered
+/// ([`Connection::answer`]).
+pub struct Command(v2::Request);
+
 /// A v2 upload-pack connection: input and output are the two directions of
 /// the connection (no sockets here).
 pub struct Connection<'a> {
@@ -62,9 +66,20 @@ impl<'a> Connection<'a> {
     /// the session. Errors are reported to the client in-band (as for one
     /// stateless request) and returned; the connection should then end.
     pub fn serve_next(&mut self, stats: &mut UploadStats) -> Result<bool> {
+        match self.next_command(stats)? {
+            Some(command) => self.answer(command, stats).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Read the next command, without answering it: the caller may wait
+    /// for room to do the work in between (a client waiting to send its
+    /// next command holds nothing). `Ok(None)` when the client ended the
+    /// session; errors are reported to the client in-band and returned.
+    pub fn next_command(&mut self, stats: &mut UploadStats) -> Result<Option<Command>> {
         let request = match v2::read_request(&mut *self.input) {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(false),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(self.report(e, stats)),
         };
         if self.served >= self.max_commands {
@@ -75,7 +90,19 @@ impl<'a> Connection<'a> {
             return Err(self.report(e, stats));
         }
         self.served += 1;
-        let result = match self.resume.take() {
+        Ok(Some(Command(request)))
+    }
+
+    /// Refuse a command read by [`Connection::next_command`] (the node has
+    /// no room for it): `why` goes to the client in-band.
+    pub fn refuse(&mut self, why: &str, stats: &mut UploadStats) {
+        Session::new(&mut *self.out, stats).report_error(why);
+    }
+
+    /// Answer a command read by [`Connection::next_command`].
+    pub fn answer(&mut self, command: Command, stats: &mut UploadStats) -> Result<()> {
+        let request = command.0;
+        match self.resume.take() {
             Some(point) if request.command == "fetch" => {
                 let mut skip = SkipPrefix::new(&mut *self.out, point);
                 let mut session = Session::new(&mut skip, stats);
@@ -97,8 +124,7 @@ impl<'a> Connection<'a> {
                 }
                 result
             }
-        };
-        result.map(|()| true)
+        }
     }
 
     fn report(&mut self, e: Error, stats: &mut UploadStats) -> Error {

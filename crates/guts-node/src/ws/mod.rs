@@ -26,6 +26,7 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::Extension;
 use futures_util::StreamExt;
 use guts_git::names::RepoName;
 use guts_git::protocol::{Service, Version};
@@ -40,6 +41,7 @@ use crate::body::{blocking_reader, prefetch, response_channel, TransferLimits};
 use crate::error::{GitHttpError, NodeError};
 use crate::http::{open, protocol_version, request_host, Shared};
 use crate::limits::Work;
+use crate::server::HeldSlot;
 
 /// Largest WebSocket message (and frame) the node accepts. git's packets
 /// are at most 65,520 bytes and the helper sends what it reads at once.
@@ -60,6 +62,7 @@ pub(crate) async fn git_ws(
     Path((owner, name)): Path<(String, String)>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
+    held: Option<Extension<HeldSlot>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, GitHttpError> {
     let service = q
@@ -84,6 +87,7 @@ pub(crate) async fn git_ws(
             let version = protocol_version(&headers);
             let permit = state.slots.acquire(Work::Fetch).await?;
             Ok(ws.on_upgrade(move |socket| async move {
+                let _held = held;
                 let upload = Upload {
                     state,
                     name,
@@ -109,8 +113,8 @@ pub(crate) async fn git_ws(
             let permit = state.slots.acquire(Work::Push).await?;
             let limits = limits(&state);
             Ok(ws.on_upgrade(move |socket| async move {
+                let _held = held;
                 serve(socket, limits, move |input, out| {
-                    let _permit = permit;
                     let push = crate::push::Push {
                         repos: &state.repos,
                         metrics: &state.metrics,
@@ -119,7 +123,7 @@ pub(crate) async fn git_ws(
                         host: host.as_deref(),
                         probe: false,
                     };
-                    push.run(gate, true, input, out);
+                    push.run_connected(gate, permit, &state.slots, input, out);
                 })
                 .await
             }))
@@ -195,7 +199,6 @@ impl Upload {
         input: &mut dyn std::io::BufRead,
         out: &mut dyn std::io::Write,
     ) {
-        let _permit = permit;
         let sent = std::cell::Cell::new(0u64);
         let mut out = Tally {
             inner: out,
@@ -218,10 +221,14 @@ impl Upload {
                     return;
                 }
             };
+        // The slot taken before the upgrade covered the advertisement; each
+        // command takes one again once it has arrived, so a client that
+        // waits before its next command holds no work slot.
+        drop(permit);
         let mut sent_before = 0;
         let result = loop {
             let mut stats = UploadStats::default();
-            let result = conn.serve_next(&mut stats);
+            let result = self.next(&mut conn, &mut stats);
             let now = sent.get();
             metrics
                 .git
@@ -244,6 +251,27 @@ impl Upload {
             }
         }
         crate::memory::release();
+    }
+}
+
+impl Upload {
+    /// Read the next command, wait for a fetch slot, answer it. Must run on
+    /// a blocking thread of the runtime. `Ok(false)` when the client ended.
+    fn next(&self, conn: &mut Connection<'_>, stats: &mut UploadStats) -> guts_git::Result<bool> {
+        let Some(command) = conn.next_command(stats)? else {
+            return Ok(false);
+        };
+        let slots = &self.state.slots;
+        let permit = tokio::runtime::Handle::current().block_on(slots.acquire(Work::Fetch));
+        let _permit = match permit {
+            Ok(p) => p,
+            Err(e) => {
+                let why = e.to_string();
+                conn.refuse(&why, stats);
+                return Err(guts_git::Error::Protocol(why));
+            }
+        };
+        conn.answer(command, stats).map(|()| true)
     }
 }
 
