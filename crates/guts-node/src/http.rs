@@ -319,6 +319,20 @@ async fn receive_pack(
 }
 
 /// The request's `Host` header.
+/// The request's `Host` if it is a plausible host name or address (with a
+/// port), for links the node writes back: nothing else is echoed.
+pub(crate) fn link_host(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+}
+
 pub(crate) fn request_host(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::HOST)

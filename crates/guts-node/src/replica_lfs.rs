@@ -40,10 +40,6 @@ fn key(repo: &RepoId, oid: &LfsOid) -> [u8; 64] {
     k
 }
 
-fn store_oid(oid: &LfsOid) -> crate::lfs::LfsOid {
-    crate::lfs::LfsOid(oid.0)
-}
-
 fn local(e: impl std::fmt::Display) -> Fault {
     Fault::Local(e.to_string())
 }
@@ -115,7 +111,7 @@ impl PeerLfs {
 
     /// Whether the store holds `oid` of `repo`.
     pub fn has(&self, repo: &RepoId, oid: &LfsOid) -> bool {
-        self.store.size(repo, &store_oid(oid)).is_some()
+        self.store.size(repo, oid).is_some()
     }
 
     /// `oid` of `repo` from byte `offset` on, and its whole size.
@@ -127,7 +123,7 @@ impl PeerLfs {
     ) -> Result<(u64, Box<dyn Read + Send>), Fault> {
         let mut file = self
             .store
-            .open_read(repo, &store_oid(oid))
+            .open_read(repo, oid)
             .map_err(|_| local(format!("this node does not have LFS object {oid}")))?;
         let size = file.metadata().map_err(local)?.len();
         if offset > size {
@@ -191,7 +187,7 @@ impl PeerLfs {
         };
         let imported = self.store.import(
             repo,
-            &store_oid(&pointer.oid),
+            &pointer.oid,
             LfsSize(pointer.size),
             room.min(self.max_object_bytes),
             &mut head.chain(&mut tee),

@@ -106,15 +106,7 @@ fn operator_candidate(headers: &HeaderMap) -> Option<String> {
 /// names (its scheme, behind a TLS proxy), else `http://` and the
 /// request's `Host`.
 pub fn base_url(state: &Shared, headers: &HeaderMap) -> Result<String, NodeError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
+    let host = crate::http::link_host(headers)
         .ok_or_else(|| NodeError::Invalid("the request has no valid Host header".into()))?
         .to_ascii_lowercase();
     for url in &state.repos.rules().public_urls {

@@ -151,10 +151,7 @@ fn answer_objects(
     };
     let mut out = Vec::with_capacity(objects.len());
     for obj in objects {
-        let parsed = obj
-            .oid
-            .parse::<LfsOid>()
-            .ok()
+        let parsed = LfsOid::from_hex(obj.oid.as_bytes())
             .zip(obj.size.as_i64().and_then(LfsSize::from_json));
         let Some((oid, size)) = parsed else {
             out.push(object_error(

@@ -14,7 +14,6 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use guts_identity::doc::RepoId;
 use sha2::{Digest, Sha256};
@@ -26,41 +25,19 @@ pub const LFS_DIR: &str = "lfs";
 /// Buffer of an import: the most of an object held in memory at once.
 const IMPORT_BUFFER: usize = 64 * 1024;
 
-/// A Git LFS object id: the SHA-256 of the object's content.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LfsOid(pub [u8; 32]);
+/// A Git LFS object id: the SHA-256 of the object's content (the type
+/// pointers carry, `guts_git::lfs`).
+pub use guts_git::lfs::LfsOid;
 
-impl FromStr for LfsOid {
-    type Err = NodeError;
-
-    /// Parse exactly 64 lowercase hex characters (the form git-lfs sends).
-    fn from_str(s: &str) -> Result<Self, NodeError> {
-        let bad = || {
-            NodeError::Invalid(format!(
-                "{:?} is not an LFS object id (64 lowercase hex characters)",
-                truncate(s)
-            ))
-        };
-        let bytes = s.as_bytes();
-        if bytes.len() != 64 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let hi = hex_value(pair[0]).ok_or_else(bad)?;
-            let lo = hex_value(pair[1]).ok_or_else(bad)?;
-            out[i] = (hi << 4) | lo;
-        }
-        Ok(LfsOid(out))
-    }
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
+/// Parse an object id from a request: exactly 64 lowercase hex characters
+/// (the form git-lfs sends).
+pub fn parse_oid(s: &str) -> Result<LfsOid, NodeError> {
+    LfsOid::from_hex(s.as_bytes()).ok_or_else(|| {
+        NodeError::Invalid(format!(
+            "{:?} is not an LFS object id (64 lowercase hex characters)",
+            truncate(s)
+        ))
+    })
 }
 
 /// At most 80 characters of hostile input, for an error message.
@@ -76,18 +53,6 @@ fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     s
-}
-
-impl fmt::Display for LfsOid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
-    }
-}
-
-impl fmt::Debug for LfsOid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LfsOid({self})")
-    }
 }
 
 /// The size of an LFS object in bytes, as declared by a client (never
@@ -357,15 +322,15 @@ mod tests {
     #[test]
     fn oid_parses_only_64_lowercase_hex() {
         let s = "a".repeat(64);
-        assert_eq!(s.parse::<LfsOid>().unwrap().to_string(), s);
+        assert_eq!(parse_oid(&s).unwrap().to_string(), s);
         let h = oid_of(b"x");
-        assert_eq!(h.to_string().parse::<LfsOid>().unwrap(), h);
-        assert!("A".repeat(64).parse::<LfsOid>().is_err());
-        assert!("a".repeat(63).parse::<LfsOid>().is_err());
-        assert!("a".repeat(65).parse::<LfsOid>().is_err());
-        assert!("g".repeat(64).parse::<LfsOid>().is_err());
-        assert!(format!("{}é", "a".repeat(62)).parse::<LfsOid>().is_err());
-        assert!("../".repeat(22).parse::<LfsOid>().is_err());
+        assert_eq!(parse_oid(&h.to_string()).unwrap(), h);
+        assert!(parse_oid(&"A".repeat(64)).is_err());
+        assert!(parse_oid(&"a".repeat(63)).is_err());
+        assert!(parse_oid(&"a".repeat(65)).is_err());
+        assert!(parse_oid(&"g".repeat(64)).is_err());
+        assert!(parse_oid(&format!("{}é", "a".repeat(62))).is_err());
+        assert!(parse_oid(&"../".repeat(22)).is_err());
         assert_eq!(LfsSize::from_json(-1), None);
         assert_eq!(LfsSize::from_json(5), Some(LfsSize(5)));
     }

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api;
-use super::{ImportOutcome, LfsOid, LfsSize};
+use super::store::parse_oid;
+use super::{ImportOutcome, LfsSize};
 use crate::body::{blocking_reader, response_channel};
 use crate::error::{LfsError, NodeError};
 use crate::http::{start_body, Shared};
@@ -27,7 +28,7 @@ pub async fn download(
     Path((owner, name, oid)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, LfsError> {
-    let oid: LfsOid = oid.parse()?;
+    let oid = parse_oid(&oid)?;
     let ctx = api::repo_ctx(&state, owner, name).await?;
     let st = Arc::clone(&state);
     let id = ctx.identity.id;
@@ -107,7 +108,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LfsError> {
-    let oid: LfsOid = oid.parse()?;
+    let oid = parse_oid(&oid)?;
     let size = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -213,7 +214,7 @@ pub async fn verify(
     body: Body,
 ) -> Result<Response, LfsError> {
     let req: VerifyRequest = api::json_body(body, MAX_VERIFY_BODY).await?;
-    let oid: LfsOid = req.oid.parse()?;
+    let oid = parse_oid(&req.oid)?;
     let size = LfsSize::from_json(req.size)
         .ok_or_else(|| NodeError::Invalid("the size is negative".into()))?;
     let ctx = api::repo_ctx(&state, owner, name).await?;

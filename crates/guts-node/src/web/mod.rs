@@ -244,15 +244,6 @@ pub(crate) fn clone_base(state: &Shared, headers: &HeaderMap) -> String {
     if let Some(url) = state.repos.rules().public_urls.first() {
         return url.trim_end_matches('/').to_owned();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .unwrap_or("localhost");
+    let host = crate::http::link_host(headers).unwrap_or("localhost");
     format!("http://{host}")
 }
