@@ -346,3 +346,65 @@ fn idle_websockets_hold_no_work_slot_but_count_as_connections() {
         },
     );
 }
+
+#[test]
+fn a_clone_over_guts_tls_through_a_tls_terminator() {
+    let tmp = tmpdir();
+    let node = Node::start();
+    node.create_repo("alice", "demo");
+    let work = tmp.path().join("work");
+    init_work_repo(&work);
+    let head = commit_file(&work, "a.txt", "over TLS\n", "first");
+    git_ok(
+        &work,
+        &["push", "-q", &node.repo_url("alice", "demo"), "main"],
+    );
+    let tls = common::ws::TlsTerminator::start(node.addr());
+    let cert = tmp.path().join("cert.pem");
+    std::fs::write(&cert, &tls.cert_pem).expect("write cert");
+    let url = format!("guts+tls://{}/alice/demo", tls.addr);
+    // git runs `git-remote-guts+tls` for guts+tls:// URLs: the link the
+    // user guide tells users to make.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    std::os::unix::fs::symlink(
+        common::ws::helper_dir().join("git-remote-guts"),
+        bin.join("git-remote-guts+tls"),
+    )
+    .expect("link git-remote-guts+tls");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    // Without the certificate trusted, the helper refuses the server.
+    let out = common::ws::git_guts_cmd(tmp.path())
+        .args(["clone", &url, "untrusted"])
+        .env("PATH", &path)
+        .output()
+        .expect("run git");
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted"
+    );
+    let err = stderr_of(&out);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!tmp.path().join("untrusted").exists());
+
+    // With it in SSL_CERT_FILE, the clone works.
+    let out = common::ws::git_guts_cmd(tmp.path())
+        .args(["clone", &url, "trusted"])
+        .env("PATH", &path)
+        .env("SSL_CERT_FILE", &cert)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let dest = tmp.path().join("trusted");
+    assert_eq!(rev_parse(&dest, "HEAD"), head);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("a.txt")).expect("a.txt"),
+        "over TLS\n"
+    );
+    assert_fsck(&dest.join(".git"));
+}

@@ -136,3 +136,64 @@ fn relay(client: TcpStream, server: TcpStream, down: Arc<AtomicU64>, cuts: Arc<M
     }
     let _ = c_write.shutdown(Shutdown::Write);
 }
+
+/// A TLS terminator in front of a node, as an operator puts one
+/// (`guts+tls://`): it decrypts with a self-signed certificate for
+/// `localhost` and relays the bytes to the node's HTTP address.
+pub struct TlsTerminator {
+    /// `localhost:PORT`.
+    pub addr: String,
+    /// The certificate (PEM), for `SSL_CERT_FILE`.
+    pub cert_pem: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsTerminator {
+    /// Start one relaying to `node` (`HOST:PORT`).
+    pub fn start(node: &str) -> TlsTerminator {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("cert params");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+        let key_der =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key_der)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let node = node.to_owned();
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (acceptor, node) = (acceptor.clone(), node.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&node).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+                });
+            }
+        });
+        TlsTerminator {
+            addr: format!("localhost:{port}"),
+            cert_pem: cert.pem(),
+            _runtime: runtime,
+        }
+    }
+}

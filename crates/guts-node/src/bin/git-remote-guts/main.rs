@@ -23,6 +23,9 @@ e.g. `git clone guts://127.0.0.1:8080/alice/demo`. Put it on PATH.
 A clone or fetch whose connection drops while the pack arrives is resumed
 (up to 5 times): the node sends only the bytes git does not have yet.
 Pushes: sign them (`guts-node git-setup`), or set GUTS_TOKEN to a push token.
+guts+tls:// needs the helper also under the name git-remote-guts+tls
+(`ln -s git-remote-guts git-remote-guts+tls` in its directory); it trusts
+the webpki root certificates and those of the PEM file SSL_CERT_FILE names.
 ";
 
 fn main() {

@@ -56,7 +56,11 @@ pub async fn connect(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+    let tls = match remote.ws_url(service, None).starts_with("wss://") {
+        true => Some(tokio_tungstenite::Connector::Rustls(tls_config()?)),
+        false => None,
+    };
+    match tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, tls).await {
         Ok((ws, _)) => Ok(ws),
         Err(WsError::Http(resp)) => {
             let body = resp
@@ -68,6 +72,36 @@ pub async fn connect(
         }
         Err(e) => Err(format!("cannot connect to {}: {e}", remote.display)),
     }
+}
+
+/// The TLS client configuration of `guts+tls://`: the webpki root
+/// certificates, and those of the PEM file `SSL_CERT_FILE` names (a private
+/// certificate authority, or a test's self-signed certificate), as OpenSSL
+/// and git's curl read it.
+fn tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
+        let shown = std::path::Path::new(&path).display().to_string();
+        let certs = CertificateDer::pem_file_iter(&path)
+            .map_err(|e| format!("cannot read SSL_CERT_FILE {shown}: {e}"))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("SSL_CERT_FILE {shown}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("SSL_CERT_FILE {shown}: {e}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Read git's bytes (after the `connect` line) on a thread of their own.
