@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use guts_git::lfs::{LfsOid, LfsPointer};
 use guts_git::names::RepoName;
 use guts_git::ObjectId;
 use guts_identity::{RepoId, SignedRefUpdate};
@@ -27,6 +28,9 @@ struct Memory {
     log: Mutex<LogSet>,
     docs: Mutex<Vec<Vec<u8>>>,
     scores: Mutex<BTreeMap<PeerId, Score>>,
+    /// LFS objects named by pointers received, and those held.
+    lfs_wanted: Vec<LfsPointer>,
+    lfs_held: Mutex<BTreeSet<LfsOid>>,
 }
 
 impl Replica for Memory {
@@ -98,6 +102,26 @@ impl Replica for Memory {
     fn serve_fetch(&self, _: &RepoName, _: &[u8], _: Option<guts_git::resume::ResumePoint>, _: &mut dyn std::io::Write) -> Result<(), Fault> {
         Err(Fault::Local("not here".into()))
     }
+    fn lfs_wanted(&self, repo: &RepoName, max: usize) -> Vec<LfsPointer> {
+        if *repo != self.name {
+            return Vec::new();
+        }
+        let held = self.lfs_held.lock().expect("lfs");
+        self.lfs_wanted.iter().filter(|p| !held.contains(&p.oid)).take(max).copied().collect()
+    }
+    fn lfs_has(&self, _: &RepoName, oid: &LfsOid) -> bool {
+        self.lfs_held.lock().expect("lfs").contains(oid)
+    }
+    fn lfs_open(&self, _: &RepoName, _: &LfsOid, _: u64) -> Result<(u64, Box<dyn std::io::Read + Send>), Fault> {
+        Err(Fault::Local("not here".into()))
+    }
+    fn lfs_resume_point(&self, _: &RepoName, _: &LfsPointer) -> u64 {
+        0
+    }
+    fn lfs_receive(&self, _: &RepoName, pointer: &LfsPointer, _: u64, _: &mut dyn std::io::Read) -> Result<(), Fault> {
+        self.lfs_held.lock().expect("lfs").insert(pointer.oid);
+        Ok(())
+    }
 }
 
 fn peer(i: u8) -> PeerId {
@@ -114,6 +138,8 @@ fuzz_target!(|data: &[u8]| {
         log: Mutex::default(),
         docs: Mutex::new(vec![b"genesis".to_vec()]),
         scores: Mutex::default(),
+        lfs_wanted: (0..3u8).map(|i| LfsPointer { oid: LfsOid([i; 32]), size: u64::from(i) }).collect(),
+        lfs_held: Mutex::default(),
     });
     let mut now = 1_000;
     let mut s = Service::new(peer(9), replica, Config::default(), now);
@@ -161,7 +187,7 @@ fuzz_target!(|data: &[u8]| {
         s.tick(now);
         for io in s.drain() {
             match io {
-                Io::Request { id, peer, .. } | Io::Fetch { id, peer, .. } => {
+                Io::Request { id, peer, .. } | Io::Fetch { id, peer, .. } | Io::FetchLfs { id, peer, .. } => {
                     assert!(!blocked.contains(&peer), "asked a blocked peer");
                     open.push(id);
                 }
