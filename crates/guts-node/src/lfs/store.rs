@@ -224,7 +224,8 @@ impl LfsStore {
     }
 }
 
-fn too_large(oid: &LfsOid, size: u64, max: u64) -> NodeError {
+/// The refusal of an object of `size` bytes when at most `max` may be stored.
+pub(crate) fn too_large(oid: &LfsOid, size: u64, max: u64) -> NodeError {
     NodeError::Git(guts_git::Error::TooLarge(format!(
         "LFS object {oid} of {size} bytes is over the {max} bytes this repository may still store or this node accepts per object"
     )))

@@ -132,11 +132,7 @@ pub async fn upload(
     };
     if size.get() > room {
         // Refused before a byte of the body is read.
-        let mut reader = io::empty();
-        state
-            .lfs
-            .store
-            .import(&ctx.identity.id, &oid, size, room, &mut reader)?;
+        return Err(super::store::too_large(&oid, size.get(), room).into());
     }
     let permit = state.slots.acquire(Work::Push).await?;
     let (pre, body) = start_body(body).await?;
